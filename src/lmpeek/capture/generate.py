@@ -1,0 +1,165 @@
+"""Generation one token at a time, each step carrying its own summaries (for streaming views)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lmpeek.analysis.predictions import next_token_stats
+from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
+from lmpeek.capture.tokens import tokenize
+from lmpeek.capture.trace import decode_topk
+from lmpeek.errors import InvalidInput
+from lmpeek.models.loaded import LoadedModel
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token.
+
+    prob, topk_*, entropy: the distribution the token was drawn from (the previous position's
+    prediction). norms[component] [L] and attn_entropy [L, H]: the model's internals at the new
+    token's own position (computed when the token is fed back in).
+    """
+
+    index: int  # 0 for the first generated token
+    position: int  # position in the whole sequence (prompt tokens come first)
+    token_id: int
+    token: str
+    prob: float
+    topk_ids: np.ndarray  # [k]
+    topk_probs: np.ndarray  # [k]
+    topk_tokens: list[str]
+    entropy: float
+    norms: dict[str, np.ndarray]  # component -> [L]
+    attn_entropy: np.ndarray  # [L, H]
+    finished: bool  # True on the last step (max_new_tokens reached or end-of-sequence token)
+
+
+def _check(name: str, value, lo: float, hi: float | None, integer: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise InvalidInput(f"{name} must be {'an integer ' if integer else 'a number '}{bound}, got {value!r}")
+
+
+def _sampler(temperature: float, top_p: float, top_k: int):
+    """Logits [V] -> filtered logits, via transformers' own warpers (same semantics as model.generate)."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    procs = LogitsProcessorList()
+    if temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        procs.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p))
+    return procs
+
+
+def generate(
+    model: LoadedModel,
+    prompt: str,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    show_k: int = 10,
+    stop_at_eos: bool = True,
+) -> Iterator[Step]:
+    """Yield one `Step` per new token, using the KV cache (the prefix is never re-run).
+
+    temperature 0 means greedy (equal to `model.generate(do_sample=False)`); otherwise tokens are
+    sampled after temperature, top_k (0 = off) and top_p (1 = off) filtering, reproducibly for a seed.
+    `prompt` with `<eot>` separators is chat-formatted, ending with an open assistant turn.
+    """
+    _check("max_new_tokens", max_new_tokens, 1, 100_000, integer=True)
+    _check("temperature", temperature, 0.0, 100.0)
+    _check("top_p", top_p, 0.0, 1.0)
+    _check("top_k", top_k, 0, None, integer=True)
+    _check("show_k", show_k, 1, None, integer=True)
+    if top_p == 0.0:
+        raise InvalidInput("top_p must be > 0 (1 turns it off)")
+    install_attention(model.hf)
+    tok = tokenize(model.tokenizer, prompt, model.context_length)
+    ctx = model.context_length
+    if ctx is not None and tok.token_ids.size + max_new_tokens > ctx:
+        raise InvalidInput(
+            f"prompt ({tok.token_ids.size} tokens) + max_new_tokens ({max_new_tokens}) exceeds this "
+            f"model's context length {ctx}"
+        )
+    # validation above runs at call time; the steps run lazily as the caller iterates
+    return _steps(model, tok.token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos)
+
+
+@torch.inference_mode()
+def _steps(model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos) -> Iterator[Step]:
+    from transformers import DynamicCache
+
+    device = model.device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+    warp = _sampler(temperature, top_p, top_k) if temperature > 0 else None
+    eos = set(_eos_ids(model))
+    cache = DynamicCache(config=model.hf.config)
+    ids = torch.as_tensor(token_ids, device=device)[None]
+    out = model.hf(input_ids=ids, past_key_values=cache, use_cache=True)
+    logits = out.logits[0, -1]
+    position = ids.shape[1]
+    for index in range(max_new_tokens):
+        if warp is None:
+            next_id = int(logits.argmax())
+        else:
+            filtered = warp(ids, logits[None].float())[0]
+            next_id = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
+        stats = next_token_stats(logits[None], [0], show_k)
+        prob = float(torch.softmax(logits.float(), -1)[next_id])
+        ids = torch.tensor([[next_id]], device=device)
+        summaries = Summaries(model.bound, last_only=True)
+        with attach(model.bound, summaries.handlers()):
+            out = model.hf(input_ids=ids, past_key_values=cache, use_cache=True)
+        logits = out.logits[0, -1]
+        finished = index == max_new_tokens - 1 or (stop_at_eos and next_id in eos)
+        yield Step(
+            index=index,
+            position=position,
+            token_id=next_id,
+            token=model.tokenizer.decode([next_id]),
+            prob=prob,
+            topk_ids=stats.topk_ids[0],
+            topk_probs=stats.topk_probs[0],
+            topk_tokens=decode_topk(model.tokenizer, stats.topk_ids)[0],
+            entropy=float(stats.entropy[0]),
+            norms={
+                c: np.array([float(summaries.norms[norm_name(layer, c)][0]) for layer in range(model.n_layers)])
+                for c in COMPONENTS
+            },
+            attn_entropy=summaries.stacked_entropy()[:, :, 0].cpu().numpy(),
+            finished=finished,
+        )
+        position += 1
+        if finished:
+            return
+
+
+def _eos_ids(model: LoadedModel) -> list[int]:
+    out: list[int] = []
+    for src in (getattr(model.hf, "generation_config", None), model.hf.config, model.tokenizer):
+        value = getattr(src, "eos_token_id", None)
+        if isinstance(value, int):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            out += [v for v in value if isinstance(v, int)]
+    return out

@@ -1,0 +1,74 @@
+"""Per-layer summaries computed inside the hooks, so the big tensors can be dropped at once."""
+
+from __future__ import annotations
+
+import torch
+
+from lmpeek.analysis.activations import norms
+from lmpeek.analysis.attention import attention_entropy
+from lmpeek.capture.hooks import Handler
+from lmpeek.models.adapters import Bound
+
+# residual-stream components whose per-token norm every Trace and generation step carries
+COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def norm_name(layer: int, component: str) -> str:
+    return f"blocks.{layer}.hook_{component}"
+
+
+class Summaries:
+    """Collects norms[hook] -> [T] and attention entropy [L, H, T] for the positions of one forward.
+
+    `last_only` keeps just the last position (generation steps, where earlier positions are cached).
+    """
+
+    def __init__(self, bound: Bound, last_only: bool = False):
+        self.bound = bound
+        self.last_only = last_only
+        self.norms: dict[str, torch.Tensor] = {}
+        self.attn_entropy: list[torch.Tensor | None] = [None] * bound.n_layers
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x[0, -1:] if self.last_only else x[0]
+
+    def handlers(self) -> dict[str, Handler]:
+        out: dict[str, Handler] = {}
+        for layer in range(self.bound.n_layers):
+            for comp in COMPONENTS:
+                name = norm_name(layer, comp)
+                out[name] = lambda x, name=name: self.norms.__setitem__(name, norms(self._rows(x)))
+            out[f"blocks.{layer}.attn.hook_pattern"] = lambda p, layer=layer: self._entropy(layer, p)
+        return out
+
+    def _entropy(self, layer: int, pattern: torch.Tensor) -> None:
+        # pattern [B, H, Tq, Tk] -> [H, Tq]
+        p = pattern[0, :, -1:] if self.last_only else pattern[0]
+        self.attn_entropy[layer] = attention_entropy(p)
+
+    def stacked_entropy(self) -> torch.Tensor:
+        """[L, H, T]"""
+        missing = [i for i, e in enumerate(self.attn_entropy) if e is None]
+        if missing:
+            raise RuntimeError(f"no attention pattern was seen for layers {missing}")
+        return torch.stack(self.attn_entropy)  # type: ignore[arg-type]
+
+
+def merge(*handler_maps: dict[str, Handler]) -> dict[str, Handler]:
+    """Combine handler maps; several handlers on one hook point all run, in order."""
+    merged: dict[str, list[Handler]] = {}
+    for m in handler_maps:
+        for name, fn in m.items():
+            merged.setdefault(name, []).append(fn)
+
+    def chain(fns: list[Handler]) -> Handler:
+        if len(fns) == 1:
+            return fns[0]
+
+        def run(x: torch.Tensor) -> None:
+            for f in fns:
+                f(x)
+
+        return run
+
+    return {name: chain(fns) for name, fns in merged.items()}

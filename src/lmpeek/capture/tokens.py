@@ -1,0 +1,87 @@
+"""Text -> token ids, char offsets and display strings (with `<eot>` chat formatting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmpeek.errors import InvalidInput
+
+EOT = "<eot>"
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    text: str  # the text the offsets index into (chat-formatted when `chat`)
+    token_ids: np.ndarray  # [T] int64
+    offsets: np.ndarray  # [T, 2] int64 char spans into `text`; (0, 0) for added special tokens
+    tokens: list[str]  # [T] as displayed
+    chat: bool
+
+
+def chat_messages(text: str) -> list[dict[str, str]]:
+    """'a<eot>b<eot>c' -> user a, assistant b, user c (tiny-activation-dashboard's convention)."""
+    turns = text.split(EOT)
+    if turns and turns[-1].strip() == "":
+        turns = turns[:-1]
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+def format_text(tokenizer, text: str) -> tuple[str, bool]:
+    """Apply the chat template when the text has `<eot>` separators and the tokenizer has a template."""
+    if EOT not in text or not getattr(tokenizer, "chat_template", None):
+        return text, False
+    messages = chat_messages(text)
+    # Ending on a user turn means the model should answer next: open the assistant turn.
+    prompt = messages[-1]["role"] == "user"
+    formatted = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    return formatted, True
+
+
+def display_tokens(text: str, offsets: np.ndarray, ids: np.ndarray, tokenizer) -> list[str]:
+    """Each token's text as the user should see it; joining them gives back `text` where possible.
+
+    Whitespace the tokenizer left out of every span (sentencepiece's '▁' prefix) goes to the following
+    token, as sentencepiece does. Tokens with no span of their own (added BOS, or the 2nd piece of a
+    character split over several byte tokens) are shown by decoding the id.
+    """
+    out: list[str] = []
+    covered = 0
+    for (start, end), tid in zip(offsets.tolist(), ids.tolist()):
+        if end <= start or start < covered:
+            piece = tokenizer.decode([tid])
+            out.append(piece if piece else tokenizer.convert_ids_to_tokens(tid))
+            continue
+        gap = text[covered:start]
+        out.append((gap if gap.isspace() else "") + text[start:end])
+        covered = end
+    return out
+
+
+def tokenize(tokenizer, text: str, context_length: int | None, *, add_special_tokens: bool = True) -> Tokenized:
+    if not isinstance(text, str) or text.strip() == "":
+        raise InvalidInput("text is empty: give some text to run the model on")
+    formatted, chat = format_text(tokenizer, text)
+    enc = tokenizer(
+        formatted,
+        add_special_tokens=add_special_tokens and not chat,  # the chat template adds its own
+        return_offsets_mapping=bool(getattr(tokenizer, "is_fast", False)),
+    )
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    if ids.size == 0:
+        raise InvalidInput("text produced no tokens")
+    if context_length is not None and ids.size > context_length:
+        raise InvalidInput(
+            f"text is {ids.size} tokens long; this model reads at most {context_length}. Shorten the text."
+        )
+    if "offset_mapping" in enc:
+        offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    else:  # slow tokenizer: no offsets; spans from decoding prefixes
+        offsets = np.zeros((ids.size, 2), dtype=np.int64)
+        pos = 0
+        for i in range(ids.size):
+            end = len(tokenizer.decode(ids[: i + 1].tolist()))
+            offsets[i] = (pos, max(pos, end))
+            pos = max(pos, end)
+    return Tokenized(formatted, ids, offsets, display_tokens(formatted, offsets, ids, tokenizer), chat)

@@ -1,0 +1,223 @@
+"""Trace: one forward pass -> tokens, predictions, per-layer summaries and any kept tensors."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmpeek.analysis.predictions import next_token_stats
+from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.summaries import Summaries, merge
+from lmpeek.capture.tokens import tokenize
+from lmpeek.errors import InvalidInput
+from lmpeek.models.loaded import LoadedModel
+
+FORMAT_VERSION = 1
+_ARRAYS = ("token_ids", "offsets", "topk_ids", "topk_probs", "entropy", "loss", "true_prob", "attn_entropy")
+
+
+@dataclass
+class Trace:
+    """Everything one forward pass over a text showed. Shapes: T tokens, k alternatives, L layers, H heads.
+
+    token_ids [T] int64; offsets [T, 2] char spans into `text`; tokens: display strings.
+    topk_ids, topk_probs [T, k]: the prediction made *at* position t (for token t+1).
+    entropy [T] (nats); loss [T] = -log p(token t+1), NaN at the last position; true_prob [T] = exp(-loss).
+    norms[hook] -> [T] for blocks.{l}.hook_{resid_pre,attn_out,resid_mid,mlp_out,resid_post}.
+    attn_entropy [L, H, T]: entropy of each query's attention distribution.
+    tensors[hook] -> the hook point's array for every hook named in `keep` (see trace()).
+    """
+
+    text: str
+    tokens: list[str]
+    token_ids: np.ndarray
+    offsets: np.ndarray
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+    topk_tokens: list[list[str]]
+    entropy: np.ndarray
+    loss: np.ndarray
+    true_prob: np.ndarray
+    norms: dict[str, np.ndarray]
+    attn_entropy: np.ndarray
+    model: dict[str, Any]
+    chat: bool = False
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise KeyError(
+                f"'{name}' was not kept in this trace; pass keep=['{name}'] (glob patterns work, "
+                f"e.g. keep=['blocks.*.attn.hook_pattern']) to lmpeek.trace"
+            ) from None
+
+    @property
+    def kept(self) -> list[str]:
+        return list(self.tensors)
+
+    def norm_matrix(self, component: str) -> np.ndarray:
+        """[L, T] norms of one component ('resid_pre', 'attn_out', 'resid_mid', 'mlp_out', 'resid_post')."""
+        return np.stack([self.norms[f"blocks.{i}.hook_{component}"] for i in range(self.model["n_layers"])])
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary fields (NaN -> None)."""
+
+        def clean(a: np.ndarray) -> Any:
+            if a.dtype.kind == "f":
+                return [clean(x) for x in a] if a.ndim > 1 else [None if math.isnan(v) else v for v in a.tolist()]
+            return a.tolist()
+
+        return {
+            "model": self.model,
+            "text": self.text,
+            "chat": self.chat,
+            "tokens": self.tokens,
+            "token_ids": self.token_ids.tolist(),
+            "offsets": self.offsets.tolist(),
+            "topk_ids": self.topk_ids.tolist(),
+            "topk_probs": clean(self.topk_probs),
+            "topk_tokens": self.topk_tokens,
+            "entropy": clean(self.entropy),
+            "loss": clean(self.loss),
+            "true_prob": clean(self.true_prob),
+            "norms": {k: clean(v) for k, v in self.norms.items()},
+            "attn_entropy": clean(self.attn_entropy),
+            "kept": self.kept,
+        }
+
+    # --- storage: <dir>/trace.safetensors (arrays) + <dir>/trace.json (strings, model info) ----------
+
+    def save(self, path: str | Path, heavy_dtype: str = "float16") -> Path:
+        """Write the trace to folder `path`. Kept tensors are stored as `heavy_dtype` (float16 halves the
+        disk; pass "float32" to keep full precision); every summary is stored exactly."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
+        arrays |= {f"norms/{k}": v for k, v in self.norms.items()}
+        arrays |= {f"tensors/{k}": np.ascontiguousarray(v.astype(heavy_dtype)) for k, v in self.tensors.items()}
+        save_file(arrays, str(path / "trace.safetensors"))
+        meta = {
+            "format": FORMAT_VERSION,
+            "text": self.text,
+            "chat": self.chat,
+            "tokens": self.tokens,
+            "topk_tokens": self.topk_tokens,
+            "model": self.model,
+            "norms": list(self.norms),
+            "tensors": list(self.tensors),
+        }
+        (path / "trace.json").write_text(json.dumps(meta, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        if not (path / "trace.json").is_file() or not (path / "trace.safetensors").is_file():
+            raise InvalidInput(f"{path} is not a saved lmpeek trace (expected trace.json + trace.safetensors)")
+        meta = json.loads((path / "trace.json").read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise InvalidInput(f"{path}: trace format {meta.get('format')} is not {FORMAT_VERSION}")
+        arrays = load_file(str(path / "trace.safetensors"))
+        return cls(
+            text=meta["text"],
+            chat=meta["chat"],
+            tokens=meta["tokens"],
+            topk_tokens=meta["topk_tokens"],
+            model=meta["model"],
+            norms={k: arrays[f"norms/{k}"] for k in meta["norms"]},
+            tensors={k: arrays[f"tensors/{k}"] for k in meta["tensors"]},
+            **{name: arrays[name] for name in _ARRAYS},
+        )
+
+
+def resolve_keep(model: LoadedModel, keep: Iterable[str]) -> list[str]:
+    """Expand glob patterns over this model's hook names; a pattern matching nothing is an error."""
+    names = model.bound.hook_names()
+    out: list[str] = []
+    for pattern in [keep] if isinstance(keep, str) else keep:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise InvalidInput(
+                f"keep pattern '{pattern}' matches no hook point of this model; examples: "
+                f"'blocks.0.hook_resid_post', 'blocks.*.attn.hook_pattern', 'hook_embed'"
+            )
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _keeper(store: dict[str, np.ndarray], name: str):
+    def keep(x: torch.Tensor) -> None:
+        # drop the batch dim; float32 copy on the CPU, detached from the model's buffers
+        store[name] = x[0].detach().to("cpu", torch.float32).numpy().copy()
+
+    return keep
+
+
+def decode_topk(tokenizer, topk_ids: np.ndarray) -> list[list[str]]:
+    # decode (not convert_ids_to_tokens) so byte-level tokens read as text (' Paris', not 'ĠParis')
+    cache: dict[int, str] = {}
+
+    def one(i: int) -> str:
+        s = cache.get(i)
+        if s is None:
+            s = cache[i] = tokenizer.decode([i])
+        return s
+
+    return [[one(i) for i in row] for row in topk_ids.tolist()]
+
+
+@torch.inference_mode()
+def trace(model: LoadedModel, text: str, top_k: int = 10, keep: Iterable[str] = ()) -> Trace:
+    """Run `model` once on `text` and return a Trace (see Trace for the fields and shapes).
+
+    `text` with `<eot>` separators is formatted with the tokenizer's chat template as alternating
+    user/assistant turns. `keep`: hook names or glob patterns whose full arrays to keep, e.g.
+    `["blocks.*.attn.hook_pattern", "blocks.3.hook_resid_post"]`.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInput(f"top_k must be a positive integer, got {top_k!r}")
+    install_attention(model.hf)
+    tok = tokenize(model.tokenizer, text, model.context_length)
+    keep_names = resolve_keep(model, keep)
+    summaries = Summaries(model.bound)
+    kept: dict[str, np.ndarray] = {}
+    handlers = merge(summaries.handlers(), {n: _keeper(kept, n) for n in keep_names})
+    ids = torch.as_tensor(tok.token_ids, device=model.device)[None]
+    with attach(model.bound, handlers):
+        logits = model.hf(input_ids=ids, use_cache=False).logits[0]  # [T, V]
+    stats = next_token_stats(logits, tok.token_ids, top_k)
+    del logits
+    return Trace(
+        text=tok.text,
+        chat=tok.chat,
+        tokens=tok.tokens,
+        token_ids=tok.token_ids,
+        offsets=tok.offsets,
+        topk_ids=stats.topk_ids,
+        topk_probs=stats.topk_probs,
+        topk_tokens=decode_topk(model.tokenizer, stats.topk_ids),
+        entropy=stats.entropy,
+        loss=stats.loss,
+        true_prob=stats.true_prob,
+        norms={k: v.cpu().numpy() for k, v in summaries.norms.items()},
+        attn_entropy=summaries.stacked_entropy().cpu().numpy(),
+        model=model.info(),
+        tensors={n: kept[n] for n in keep_names},
+    )

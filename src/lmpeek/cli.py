@@ -1,0 +1,209 @@
+"""`lmpeek trace|generate|check|models`: a thin layer over lmpeek.api.
+
+Errors a user can cause (bad text, unknown model, bad numbers) end the command with exit code 2 and
+one line on stderr; a failed `check` exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import warnings
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from lmpeek.errors import LmpeekError
+
+app = typer.Typer(
+    help="See inside a transformer language model while it reads or writes text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (files, CI logs) has no terminal width; rich would assume 80 columns and wrap tables.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="'default', a HF folder, a hub id in the local cache, a .gguf file, tiny:ARCH"),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn the errors a user can cause into one line and exit code 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LmpeekError as e:
+            _fail(str(e))
+
+    return run
+
+
+def _load(source: str):
+    from lmpeek.api import load
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = load(source)
+    for w in caught:
+        if "lmpeek" in str(w.message) or "adapter" in str(w.message):
+            err.print(f"[yellow]note:[/] {w.message}")
+    return model
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _show(token: str) -> str:
+    return token.replace("\n", "\\n").replace("\t", "\\t")
+
+
+@app.command("trace")
+@friendly
+def trace_cmd(
+    text: Annotated[str, typer.Argument(help="Text to run; '<eot>' separates chat turns.")],
+    model: ModelOpt = "default",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trace's summary fields as JSON.")] = False,
+    save: Annotated[str | None, typer.Option("--save", help="Save the trace to this folder.")] = None,
+    keep: Annotated[list[str] | None, typer.Option("--keep", help="Hook names/globs to keep (with --save).")] = None,
+) -> None:
+    """Run the model on TEXT once and show, per token, what it predicted next."""
+    from lmpeek.api import trace
+
+    m = _load(model)
+    t = trace(m, text, top_k=top_k, keep=keep or ())
+    if save:
+        path = t.save(save)
+        err.print(f"saved trace to {path}")
+    if as_json:
+        sys.stdout.write(json.dumps(t.summary(), ensure_ascii=False) + "\n")
+        return
+    table = Table(title=f"{m.name} · {len(t)} tokens", title_justify="left", expand=False)
+    for col, just in [("#", "right"), ("token", "left"), ("next", "left"), ("p(next)", "right"),
+                      ("loss", "right"), ("entropy", "right"), ("top-3 predictions", "left")]:  # fmt: skip
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for i, tok in enumerate(t.tokens):
+        nxt = t.tokens[i + 1] if i + 1 < len(t) else ""
+        p = float(t.true_prob[i])
+        style = "" if math.isnan(p) else ("green" if p >= 0.5 else "yellow" if p >= 0.1 else "red")
+        alts = "  ".join(f"{_show(s)!r} {pr:.2f}" for s, pr in zip(t.topk_tokens[i][:3], t.topk_probs[i][:3]))
+        table.add_row(str(i), repr(tok), repr(nxt) if nxt else "", Text(_fmt(p), style=style),
+                      _fmt(float(t.loss[i])), _fmt(float(t.entropy[i])), alts)  # fmt: skip
+    out.print(table)
+    mean_loss = float(t.loss[:-1].mean()) if len(t) > 1 else float("nan")
+    out.print(f"mean loss {_fmt(mean_loss)} nats · perplexity {_fmt(math.exp(mean_loss), 2)}")
+
+
+@app.command("generate")
+@friendly
+def generate_cmd(
+    prompt: Annotated[str, typer.Argument(help="Prompt; '<eot>' separates chat turns.")],
+    model: ModelOpt = "default",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 32,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="0 = off.")] = 0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token.")] = False,
+) -> None:
+    """Generate from PROMPT, streaming each token with the probability it had."""
+    from lmpeek.api import generate
+
+    m = _load(model)
+    steps = generate(m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                     top_k=top_k, seed=seed)  # fmt: skip
+    if not as_json:
+        out.print(Text(prompt, style="dim"), end="")
+    for s in steps:
+        if as_json:
+            row = {"index": s.index, "token": s.token, "token_id": s.token_id, "prob": s.prob,
+                   "entropy": s.entropy, "top": list(zip(s.topk_tokens[:5], s.topk_probs[:5].tolist()))}  # fmt: skip
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            continue
+        style = "green" if s.prob >= 0.5 else "yellow" if s.prob >= 0.1 else "red"
+        out.print(Text(s.token, style=style), Text(f"[{s.prob:.2f}]", style="dim"), sep="", end="")
+    if not as_json:
+        out.print()
+
+
+@app.command("check")
+@friendly
+def check_cmd(
+    source: Annotated[str, typer.Argument(help="Model: 'default', folder, hub id, .gguf, tiny:ARCH.")],
+    text: Annotated[str | None, typer.Option(help="Text to run the check on.")] = None,
+    rtol: Annotated[float, typer.Option(help="Tolerance relative to the reference's scale.")] = 1e-4,
+) -> None:
+    """Verify every hook point of a model against a plain transformers forward."""
+    from lmpeek.api import check
+
+    m = _load(source)
+    rows = check(m, text, rtol=rtol) if text else check(m, rtol=rtol)
+    table = Table(title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left")
+    for col in ("hook point", "compared with", "max |dev|", "scale", "ok", "worst at"):
+        table.add_column(col, justify="right" if col in ("max |dev|", "scale") else "left")
+    for r in rows:
+        table.add_row(r.hook, r.against, f"{r.max_dev:.2e}", f"{r.scale:.3g}",
+                      Text("ok", style="green") if r.ok else Text("FAIL", style="bold red"), r.worst)  # fmt: skip
+    out.print(table)
+    if m.bound.adapter.note:
+        out.print(f"note: {m.bound.adapter.note}")
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        out.print(f"[bold red]{len(failed)} of {len(rows)} checks failed[/]: do not trust those hook points.")
+        raise typer.Exit(1)
+    out.print(f"[green]all {len(rows)} checks passed[/] (tolerance {rtol:g} × scale)")
+
+
+@app.command("models")
+@friendly
+def models_cmd() -> None:
+    """List supported architectures, tiny test models and the conversion cache."""
+    from lmpeek.models.adapters import REGISTRY
+    from lmpeek.models.sources import cache_dir, cached_models
+    from lmpeek.models.tiny import TINY_ARCHITECTURES
+
+    table = Table(title="Supported architectures (Hugging Face model_type)", title_justify="left")
+    table.add_column("adapter")
+    table.add_column("model_type")
+    table.add_column("notes")
+    for a in REGISTRY:
+        table.add_row(a.name, ", ".join(a.model_types), a.note)
+    table.add_row("generic", "other llama-like layouts", "found by looking; verify with `lmpeek check`")
+    out.print(table)
+    out.print("tiny random models: " + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES))
+    rows = cached_models()
+    out.print(f"cache: {cache_dir()}" + ("" if rows else " (empty)"))
+    for r in rows:
+        out.print(f"  {r.get('name')}  {r.get('size', 0) / 1e6:.0f} MB  {r.get('path')}")
+
+
+def main() -> None:
+    try:
+        app()
+    except LmpeekError as e:
+        err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,423 @@
+"""One registry: architecture -> where its blocks, attention, MLP, norms and rotary live.
+
+Everything outside this module uses the uniform hook names (TransformerLens style) and never a
+model-specific attribute path. A new architecture is one `Adapter` entry plus one tiny config in
+tests/models/tiny_configs.py; nothing else changes.
+
+Hook points every model gets (shapes are for one sequence of T tokens):
+
+    hook_embed                        [T, D]      token embedding as it enters the residual stream
+    hook_pos_embed                    [T, D]      learned position embedding (gpt2 only)
+    blocks.{l}.hook_resid_pre         [T, D]
+    blocks.{l}.attn.hook_q / hook_k / hook_v
+                                      [T, H, d]   before RoPE (k, v have the KV heads: H_kv <= H)
+    blocks.{l}.attn.hook_rot_q / hook_rot_k
+                                      [T, H, d]   after RoPE (only where the model has RoPE)
+    blocks.{l}.attn.hook_pattern      [H, T, T]   softmax attention (query, key)
+    blocks.{l}.attn.hook_z            [T, H, d]   per-head attention output, the input of W_O
+    blocks.{l}.hook_attn_out          [T, D]      what the attention sublayer adds to the residual
+    blocks.{l}.hook_resid_mid         [T, D]      resid_pre + attn_out (see `parallel` below)
+    blocks.{l}.mlp.hook_pre           [T, M]      MLP pre-activation (the gate for gated MLPs)
+    blocks.{l}.mlp.hook_post          [T, M]      MLP activation, the input of the down projection
+    blocks.{l}.hook_mlp_out           [T, D]      what the MLP sublayer adds to the residual
+    blocks.{l}.hook_resid_post        [T, D]      before the final norm, also for the last block
+    ln_final.hook_normalized          [T, D]      final norm output, the input of the unembedding
+
+Conventions that differ between architectures and are made uniform here:
+- Gemma 3 normalises each sublayer's output before adding it (post_attention_layernorm,
+  post_feedforward_layernorm): hook_attn_out / hook_mlp_out are those norms' outputs, i.e. what is
+  really added to the residual stream. hook_q / hook_k are after q_norm / k_norm, i.e. the vectors
+  RoPE is applied to.
+- gpt_neox with `use_parallel_residual` (Pythia) computes attention and MLP from the same
+  resid_pre: resid_post = resid_pre + attn_out + mlp_out. There is no stream the MLP reads, so
+  hook_resid_mid is defined as resid_pre + attn_out (the identities below still hold; the MLP's
+  input is resid_pre, not resid_mid).
+- Identities (checked by `lmpeek check`): resid_pre + attn_out == resid_mid and
+  resid_mid + mlp_out == resid_post.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lmpeek.errors import UnsupportedArchitecture
+
+Config = Any  # a transformers PretrainedConfig; kept loose so adapters need no transformers import
+Take = Callable[[torch.Tensor, Config], torch.Tensor]
+
+
+# --- shape helpers (batch-first tensors in, [B, T, heads, d_head] out) -------------------------
+
+
+def head_dim(config: Config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def n_kv_heads(config: Config) -> int:
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+
+
+def _heads(x: torch.Tensor, config: Config) -> torch.Tensor:
+    # [B, T, heads * d] -> [B, T, heads, d]
+    return x.unflatten(-1, (-1, head_dim(config)))
+
+
+def _bhtd_to_bthd(x: torch.Tensor, config: Config) -> torch.Tensor:
+    # q_norm/k_norm run after the view+transpose to [B, heads, T, d]
+    return x.transpose(1, 2)
+
+
+def _neox_qkv(i: int) -> Take:
+    # query_key_value's output is viewed as [B, T, H, 3*d] and chunked on the last dim: per-head
+    # interleaving, not [q | k | v] blocks (modeling_gpt_neox.GPTNeoXAttention.forward).
+    def take(x: torch.Tensor, config: Config) -> torch.Tensor:
+        return x.unflatten(-1, (config.num_attention_heads, -1)).chunk(3, dim=-1)[i]
+
+    return take
+
+
+def _fused_qkv(i: int) -> Take:
+    # [q (H*d) | k (H_kv*d) | v (H_kv*d)] along the last dim (phi3 qkv_proj)
+    def take(x: torch.Tensor, config: Config) -> torch.Tensor:
+        d = head_dim(config)
+        sizes = [config.num_attention_heads * d, n_kv_heads(config) * d, n_kv_heads(config) * d]
+        return _heads(x.split(sizes, dim=-1)[i], config)
+
+    return take
+
+
+def _gpt2_qkv(i: int) -> Take:
+    def take(x: torch.Tensor, config: Config) -> torch.Tensor:
+        return _heads(x.split(config.hidden_size, dim=-1)[i], config)
+
+    return take
+
+
+def _first_half(x: torch.Tensor, config: Config) -> torch.Tensor:
+    # phi3's gate_up_proj output is [gate | up]; the gate is the pre-activation
+    return x.chunk(2, dim=-1)[0]
+
+
+def _rotary_dims(config: Config) -> int | None:
+    rope = getattr(config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and "full_attention" in rope:  # gemma3: one set per layer type
+        rope = rope["full_attention"]
+    factor = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+    return int(head_dim(config) * factor)
+
+
+def _no_rotary(config: Config) -> int | None:
+    return None
+
+
+# --- adapter description ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where one hook point is read inside a block: a submodule's input or output, reshaped by `take`."""
+
+    path: str
+    side: Literal["input", "output"] = "output"
+    take: Take | None = None
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where an architecture keeps its parts. Paths are `get_submodule` paths.
+
+    `blocks`, `embed`, `pos_embed`, `final_norm`, `unembed` are relative to the CausalLM; the `Tap`s
+    and `attn` are relative to one block.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str
+    embed: str
+    final_norm: str
+    unembed: str
+    attn: str
+    o_proj: str
+    attn_out: Tap
+    mlp_out: Tap
+    resid_mid: Tap | None  # None: parallel block, resid_mid := resid_pre + attn_out
+    mlp_pre: Tap
+    mlp_post: Tap
+    q: Tap
+    k: Tap
+    v: Tap
+    pos_embed: str | None = None
+    rotary_dims: Callable[[Config], int | None] = _rotary_dims
+    refuse: Callable[[Config], str | None] = lambda config: None
+    note: str = ""
+
+    def parallel(self, config: Config) -> bool:
+        return self.resid_mid is None or bool(getattr(config, "use_parallel_residual", False))
+
+
+def _llama_like(name: str, model_types: tuple[str, ...], **over: Any) -> Adapter:
+    fields: dict[str, Any] = dict(
+        name=name,
+        model_types=model_types,
+        blocks="model.layers",
+        embed="model.embed_tokens",
+        final_norm="model.norm",
+        unembed="lm_head",
+        attn="self_attn",
+        o_proj="self_attn.o_proj",
+        attn_out=Tap("self_attn"),
+        mlp_out=Tap("mlp"),
+        resid_mid=Tap("post_attention_layernorm", "input"),
+        mlp_pre=Tap("mlp.gate_proj"),
+        mlp_post=Tap("mlp.down_proj", "input"),
+        q=Tap("self_attn.q_proj", take=_heads),
+        k=Tap("self_attn.k_proj", take=_heads),
+        v=Tap("self_attn.v_proj", take=_heads),
+    )
+    fields.update(over)
+    return Adapter(**fields)
+
+
+def _refuse_gpt2(config: Config) -> str | None:
+    if getattr(config, "reorder_and_upcast_attn", False):
+        return "reorder_and_upcast_attn=True bypasses the attention interface lmpeek hooks into"
+    if getattr(config, "add_cross_attention", False):
+        return "cross-attention (encoder-decoder GPT-2) is not a causal LM layout"
+    return None
+
+
+REGISTRY: tuple[Adapter, ...] = (
+    _llama_like("llama", ("llama", "mistral")),
+    _llama_like("qwen2", ("qwen2",)),
+    _llama_like(
+        "qwen3",
+        ("qwen3",),
+        # q_norm/k_norm run on [B, T, H, d] before the transpose; RoPE is applied to their output
+        q=Tap("self_attn.q_norm"),
+        k=Tap("self_attn.k_norm"),
+        note="q/k are after q_norm/k_norm",
+    ),
+    _llama_like(
+        "gemma3",
+        ("gemma3_text",),
+        attn_out=Tap("post_attention_layernorm"),
+        mlp_out=Tap("post_feedforward_layernorm"),
+        resid_mid=Tap("pre_feedforward_layernorm", "input"),
+        q=Tap("self_attn.q_norm", take=_bhtd_to_bthd),
+        k=Tap("self_attn.k_norm", take=_bhtd_to_bthd),
+        note="attn_out/mlp_out are the post-sublayer norms' outputs; q/k are after q_norm/k_norm",
+    ),
+    _llama_like(
+        "phi3",
+        ("phi3",),
+        mlp_pre=Tap("mlp.gate_up_proj", take=_first_half),
+        q=Tap("self_attn.qkv_proj", take=_fused_qkv(0)),
+        k=Tap("self_attn.qkv_proj", take=_fused_qkv(1)),
+        v=Tap("self_attn.qkv_proj", take=_fused_qkv(2)),
+    ),
+    Adapter(
+        name="gpt2",
+        model_types=("gpt2",),
+        blocks="transformer.h",
+        embed="transformer.wte",
+        pos_embed="transformer.wpe",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        attn="attn",
+        o_proj="attn.c_proj",
+        attn_out=Tap("attn"),
+        mlp_out=Tap("mlp"),
+        resid_mid=Tap("ln_2", "input"),
+        mlp_pre=Tap("mlp.c_fc"),
+        mlp_post=Tap("mlp.c_proj", "input"),
+        q=Tap("attn.c_attn", take=_gpt2_qkv(0)),
+        k=Tap("attn.c_attn", take=_gpt2_qkv(1)),
+        v=Tap("attn.c_attn", take=_gpt2_qkv(2)),
+        rotary_dims=_no_rotary,
+        refuse=_refuse_gpt2,
+    ),
+    Adapter(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        blocks="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        attn="attention",
+        o_proj="attention.dense",
+        attn_out=Tap("attention"),
+        mlp_out=Tap("mlp"),
+        # sequential gpt_neox reads resid_mid in post_attention_layernorm; parallel has none
+        resid_mid=Tap("post_attention_layernorm", "input"),
+        mlp_pre=Tap("mlp.dense_h_to_4h"),
+        mlp_post=Tap("mlp.dense_4h_to_h", "input"),
+        q=Tap("attention.query_key_value", take=_neox_qkv(0)),
+        k=Tap("attention.query_key_value", take=_neox_qkv(1)),
+        v=Tap("attention.query_key_value", take=_neox_qkv(2)),
+        note="with use_parallel_residual, resid_mid := resid_pre + attn_out (the MLP reads resid_pre)",
+    ),
+)
+
+_BY_TYPE: dict[str, Adapter] = {t: a for a in REGISTRY for t in a.model_types}
+
+
+def supported_architectures() -> list[str]:
+    """Hugging Face `model_type`s with an adapter (others may still work through the generic one)."""
+    return sorted(_BY_TYPE)
+
+
+# --- binding an adapter to one model ----------------------------------------------------------
+
+
+@dataclass
+class Bound:
+    """An adapter resolved against one model instance: real modules and sizes."""
+
+    adapter: Adapter
+    model: nn.Module
+    config: Config
+    blocks: list[nn.Module]
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+    rotary_dims: int | None
+    parallel: bool
+    generic: bool = False
+    attn_modules: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return self.config.model_type
+
+    def module(self, path: str) -> nn.Module:
+        return self.model.get_submodule(path)
+
+    def block_module(self, layer: int, path: str) -> nn.Module:
+        return self.blocks[layer].get_submodule(path)
+
+    def hook_names(self) -> list[str]:
+        """Every hook point this model has, in forward order."""
+        names = ["hook_embed"] + (["hook_pos_embed"] if self.adapter.pos_embed else [])
+        per_block = [
+            "hook_resid_pre",
+            "attn.hook_q",
+            "attn.hook_k",
+            "attn.hook_v",
+            *(["attn.hook_rot_q", "attn.hook_rot_k"] if self.rotary_dims else []),
+            "attn.hook_pattern",
+            "attn.hook_z",
+            "hook_attn_out",
+            "hook_resid_mid",
+            "mlp.hook_pre",
+            "mlp.hook_post",
+            "hook_mlp_out",
+            "hook_resid_post",
+        ]
+        for layer in range(self.n_layers):
+            names += [f"blocks.{layer}.{n}" for n in per_block]
+        return names + ["ln_final.hook_normalized"]
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _generic_adapter(model: nn.Module, model_type: str) -> Adapter | None:
+    """A llama-like layout found by looking: a ModuleList of blocks with self_attn.{q,k,v,o}_proj and mlp."""
+    for path, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        block = mod[0]
+        if not all(_has(block, f"self_attn.{p}_proj") for p in "qkvo") or not _has(block, "mlp.down_proj"):
+            continue
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        prefix = f"{parent}." if parent else ""
+        norm = next((f"{prefix}{n}" for n in ("norm", "final_layernorm", "ln_f") if _has(model, prefix + n)), None)
+        embed = next((n for n, m in model.named_modules() if m is model.get_input_embeddings()), None)
+        unembed = next((n for n, m in model.named_modules() if m is model.get_output_embeddings()), None)
+        if norm is None or embed is None or unembed is None:
+            return None
+        gated = _has(block, "mlp.gate_proj")
+        qk_norm = _has(block, "self_attn.q_norm")
+        return _llama_like(
+            f"generic ({model_type})",
+            (model_type,),
+            blocks=path,
+            embed=embed,
+            final_norm=norm,
+            unembed=unembed,
+            resid_mid=Tap("post_attention_layernorm", "input")
+            if _has(block, "post_attention_layernorm")
+            else None,
+            mlp_pre=Tap("mlp.gate_proj") if gated else Tap("mlp.up_proj"),
+            q=Tap("self_attn.q_norm") if qk_norm else Tap("self_attn.q_proj", take=_heads),
+            k=Tap("self_attn.k_norm") if qk_norm else Tap("self_attn.k_proj", take=_heads),
+            note="found by the generic llama-like adapter; run `lmpeek check` to verify the hook points",
+        )
+    return None
+
+
+def bind(model: nn.Module) -> Bound:
+    """Resolve the adapter for `model` (a transformers CausalLM) or raise `UnsupportedArchitecture`."""
+    config = model.config
+    model_type = getattr(config, "model_type", type(model).__name__)
+    adapter = _BY_TYPE.get(model_type)
+    generic = adapter is None
+    if adapter is None:
+        adapter = _generic_adapter(model, model_type)
+        if adapter is None:
+            raise UnsupportedArchitecture(
+                f"architecture '{model_type}' is not supported: it has no adapter and no llama-like layout "
+                f"(decoder layers with self_attn.q_proj/k_proj/v_proj/o_proj and mlp.down_proj). "
+                f"Supported: {', '.join(supported_architectures())}."
+            )
+        msg = (
+            f"'{model_type}' has no lmpeek adapter; using the generic llama-like one "
+            f"(blocks at '{adapter.blocks}'). Run `lmpeek check` to verify every hook point."
+        )
+        warnings.warn(msg, stacklevel=2)
+    reason = adapter.refuse(config)
+    if reason:
+        raise UnsupportedArchitecture(f"{model_type}: {reason}")
+    try:
+        blocks = list(model.get_submodule(adapter.blocks))
+        for path in (adapter.embed, adapter.final_norm, adapter.unembed, *filter(None, [adapter.pos_embed])):
+            model.get_submodule(path)
+        for tap in (adapter.attn_out, adapter.mlp_out, adapter.mlp_pre, adapter.mlp_post, adapter.q):
+            blocks[0].get_submodule(tap.path)
+    except AttributeError as err:
+        raise UnsupportedArchitecture(
+            f"'{model_type}' does not have the layout the '{adapter.name}' adapter expects: {err}"
+        ) from err
+    mlp_post = blocks[0].get_submodule(adapter.mlp_post.path)
+    d_mlp = getattr(mlp_post, "in_features", None) or getattr(mlp_post, "nx", None)  # Conv1D keeps nx
+    parallel = adapter.parallel(config)
+    return Bound(
+        adapter=adapter,
+        model=model,
+        config=config,
+        blocks=blocks,
+        n_layers=len(blocks),
+        n_heads=config.num_attention_heads,
+        n_kv_heads=n_kv_heads(config),
+        d_head=head_dim(config),
+        d_model=config.hidden_size,
+        d_mlp=int(d_mlp),
+        rotary_dims=adapter.rotary_dims(config),
+        parallel=parallel,
+        generic=generic,
+        attn_modules=[b.get_submodule(adapter.attn) for b in blocks],
+    )

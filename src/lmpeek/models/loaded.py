@@ -1,0 +1,79 @@
+"""A model ready for lmpeek: the transformers model, its tokenizer and its bound adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmpeek.models.adapters import Bound, bind
+
+
+@dataclass
+class LoadedModel:
+    hf: Any  # transformers PreTrainedModel (CausalLM), eval mode
+    tokenizer: Any  # transformers tokenizer
+    bound: Bound
+    name: str
+    origin: str = "memory"  # "default" | "folder" | "hub" | "gguf" | "memory"
+    path: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return self.bound.architecture
+
+    @property
+    def n_layers(self) -> int:
+        return self.bound.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.bound.n_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.bound.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def context_length(self) -> int | None:
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.hf.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def info(self) -> dict[str, Any]:
+        b = self.bound
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "adapter": b.adapter.name,
+            "n_layers": b.n_layers,
+            "n_heads": b.n_heads,
+            "n_kv_heads": b.n_kv_heads,
+            "d_model": b.d_model,
+            "d_head": b.d_head,
+            "d_mlp": b.d_mlp,
+            "rotary_dims": b.rotary_dims,
+            "parallel": b.parallel,
+            "vocab_size": int(self.hf.config.vocab_size),
+            "context_length": self.context_length,
+            "origin": self.origin,
+        }
+
+
+def wrap(hf_model: Any, tokenizer: Any, name: str | None = None, **kw: Any) -> LoadedModel:
+    """Wrap an in-memory transformers CausalLM (+ tokenizer) without loading anything."""
+    hf_model.eval()
+    return LoadedModel(
+        hf=hf_model,
+        tokenizer=tokenizer,
+        bound=bind(hf_model),
+        name=name or getattr(hf_model.config, "name_or_path", "") or hf_model.config.model_type,
+        **kw,
+    )
