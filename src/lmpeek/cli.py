@@ -103,7 +103,7 @@ def trace_cmd(
         nxt = t.tokens[i + 1] if i + 1 < len(t) else ""
         p = float(t.true_prob[i])
         style = "" if math.isnan(p) else ("green" if p >= 0.5 else "yellow" if p >= 0.1 else "red")
-        alts = "  ".join(f"{_show(s)!r} {pr:.2f}" for s, pr in zip(t.topk_tokens[i][:3], t.topk_probs[i][:3]))
+        alts = "  ".join(f"{s!r} {pr:.2f}" for s, pr in zip(t.topk_tokens[i][:3], t.topk_probs[i][:3]))
         table.add_row(str(i), repr(tok), repr(nxt) if nxt else "", Text(_fmt(p), style=style),
                       _fmt(float(t.loss[i])), _fmt(float(t.entropy[i])), alts)  # fmt: skip
     out.print(table)
@@ -160,7 +160,7 @@ def check_cmd(
     for col in ("hook point", "compared with", "max |dev|", "scale", "ok", "worst at"):
         table.add_column(col, justify="right" if col in ("max |dev|", "scale") else "left")
     for r in rows:
-        table.add_row(r.hook, r.against, f"{r.max_dev:.2e}", f"{r.scale:.3g}",
+        table.add_row(Text(r.hook), Text(r.against), f"{r.max_dev:.2e}", f"{r.scale:.3g}",
                       Text("ok", style="green") if r.ok else Text("FAIL", style="bold red"), r.worst)  # fmt: skip
     out.print(table)
     if m.bound.adapter.note:

@@ -59,6 +59,26 @@ def display_tokens(text: str, offsets: np.ndarray, ids: np.ndarray, tokenizer) -
     return out
 
 
+def from_ids(tokenizer, token_ids, context_length: int | None) -> Tokenized:
+    """Tokens given as ids (e.g. a generated sequence): no re-tokenisation, which could split differently.
+
+    Each token is decoded on its own and `text` is their concatenation, so offsets are exact for that
+    text (it equals decode(ids) except where one character was split over several byte tokens).
+    """
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if ids.size == 0:
+        raise InvalidInput("no token ids given")
+    vocab = len(tokenizer)
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise InvalidInput(f"token ids must be in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
+    if context_length is not None and ids.size > context_length:
+        raise InvalidInput(f"{ids.size} tokens; this model reads at most {context_length}")
+    pieces = [tokenizer.decode([int(i)]) for i in ids]
+    ends = np.cumsum([len(p) for p in pieces])
+    offsets = np.stack([ends - [len(p) for p in pieces], ends], axis=1).astype(np.int64)
+    return Tokenized("".join(pieces), ids, offsets, pieces, False)
+
+
 def tokenize(tokenizer, text: str, context_length: int | None, *, add_special_tokens: bool = True) -> Tokenized:
     if not isinstance(text, str) or text.strip() == "":
         raise InvalidInput("text is empty: give some text to run the model on")

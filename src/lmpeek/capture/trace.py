@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import torch
 from lmpeek.analysis.predictions import next_token_stats
 from lmpeek.capture.hooks import attach, install_attention
 from lmpeek.capture.summaries import Summaries, merge
-from lmpeek.capture.tokens import tokenize
+from lmpeek.capture.tokens import from_ids, tokenize
 from lmpeek.errors import InvalidInput
 from lmpeek.models.loaded import LoadedModel
 
@@ -184,9 +184,10 @@ def decode_topk(tokenizer, topk_ids: np.ndarray) -> list[list[str]]:
 
 
 @torch.inference_mode()
-def trace(model: LoadedModel, text: str, top_k: int = 10, keep: Iterable[str] = ()) -> Trace:
+def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: Iterable[str] = ()) -> Trace:
     """Run `model` once on `text` and return a Trace (see Trace for the fields and shapes).
 
+    `text` may also be a sequence of token ids (e.g. prompt + generated tokens), used as given.
     `text` with `<eot>` separators is formatted with the tokenizer's chat template as alternating
     user/assistant turns. `keep`: hook names or glob patterns whose full arrays to keep, e.g.
     `["blocks.*.attn.hook_pattern", "blocks.3.hook_resid_post"]`.
@@ -194,7 +195,10 @@ def trace(model: LoadedModel, text: str, top_k: int = 10, keep: Iterable[str] = 
     if not isinstance(top_k, int) or top_k < 1:
         raise InvalidInput(f"top_k must be a positive integer, got {top_k!r}")
     install_attention(model.hf)
-    tok = tokenize(model.tokenizer, text, model.context_length)
+    if isinstance(text, str):
+        tok = tokenize(model.tokenizer, text, model.context_length)
+    else:
+        tok = from_ids(model.tokenizer, text, model.context_length)
     keep_names = resolve_keep(model, keep)
     summaries = Summaries(model.bound)
     kept: dict[str, np.ndarray] = {}

