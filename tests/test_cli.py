@@ -1,0 +1,76 @@
+"""CLI on a tiny model: readable output, JSON, saving, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lmpeek.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_trace_table():
+    r = run("trace", "The capital of France is Paris.", "-m", "tiny:llama")
+    assert r.exit_code == 0, r.output
+    for col in ("token", "p(next)", "loss", "entropy", "top-3 predictions"):
+        assert col in r.output
+    assert "' capital'" in r.output and "mean loss" in r.output
+
+
+def test_trace_json_and_save(tmp_path):
+    import lmpeek
+
+    r = run("trace", "Hello world", "-m", "tiny:gpt2", "--json", "--top-k", "3", "--save", str(tmp_path / "t"),
+            "--keep", "blocks.0.*")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(data["topk_ids"][0]) == 3 and data["loss"][-1] is None
+    assert set(data) >= {"tokens", "token_ids", "offsets", "topk_probs", "entropy", "loss", "true_prob", "norms",
+                         "attn_entropy"}  # fmt: skip
+    saved = lmpeek.Trace.load(tmp_path / "t")
+    assert saved.tokens == data["tokens"] and "blocks.0.attn.hook_pattern" in saved.kept
+
+
+def test_generate_streams_tokens_with_probabilities():
+    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "4")
+    assert r.exit_code == 0 and r.output.startswith("Hello") and r.output.count("[0.") + r.output.count("[1.") == 4
+    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "3", "--json", "--temperature", "0.7", "--seed", "1")
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2] and all(0 < row["prob"] <= 1 for row in rows)
+
+
+def test_check_passes_on_a_tiny_model():
+    r = run("check", "tiny:gpt_neox")
+    assert r.exit_code == 0, r.output
+    assert "all" in r.output and "checks passed" in r.output and "hidden_states[l+1]" in r.output
+
+
+def test_models_lists_architectures_and_cache():
+    r = run("models")
+    assert r.exit_code == 0
+    assert "gpt_neox" in r.output and "gemma3_text" in r.output and "cache:" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["trace", "", "-m", "tiny:llama"], "empty"),
+        (["trace", "hello " * 600, "-m", "tiny:llama"], "at most 512"),
+        (["trace", "hi", "-m", "/no/such/model"], "No such file"),
+        (["trace", "hi", "-m", "tiny:nonesuch"], "no tiny model"),
+        (["generate", "hi", "-m", "tiny:llama", "--top-p", "3"], "top_p"),
+        (["trace", "hi", "-m", "tiny:llama", "--keep", "blocks.99.*"], "matches no hook point"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr and "Traceback" not in r.output + r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2  # one message (rich may wrap a long path)
