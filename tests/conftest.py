@@ -11,39 +11,12 @@ import pathlib
 
 import pytest
 
-_WORDS = "the capital of france is paris germany berlin a an and . , hello world".split()
-
-
-def make_tiny_tokenizer():
-    """A tiny word-level tokenizer built in-process (no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "<s>", "</s>", *_WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="</s>"
-    )
-
 
 def save_tiny_llama(folder: pathlib.Path, *, seed: int = 0):
-    """Save a tiny random Llama model and its tokenizer as a Hugging Face folder; return the model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Save lmpeek's tiny random Llama (and its byte-level tokenizer) as a Hugging Face folder."""
+    from lmpeek.models.tiny import tiny_hf_model
 
-    tokenizer = make_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
+    model, tokenizer = tiny_hf_model("llama", seed=seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model

@@ -27,21 +27,47 @@ def test_trace_table():
 def test_trace_json_and_save(tmp_path):
     import lmpeek
 
-    r = run("trace", "Hello world", "-m", "tiny:gpt2", "--json", "--top-k", "3", "--save", str(tmp_path / "t"),
-            "--keep", "blocks.0.*")  # fmt: skip
+    r = run(
+        "trace",
+        "Hello world",
+        "-m",
+        "tiny:gpt2",
+        "--json",
+        "--top-k",
+        "3",
+        "--save",
+        str(tmp_path / "t"),
+        "--keep",
+        "blocks.0.*",
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(data["topk_ids"][0]) == 3 and data["loss"][-1] is None
-    assert set(data) >= {"tokens", "token_ids", "offsets", "topk_probs", "entropy", "loss", "true_prob", "norms",
-                         "attn_entropy"}  # fmt: skip
+    assert set(data) >= {
+        "tokens",
+        "token_ids",
+        "offsets",
+        "topk_probs",
+        "entropy",
+        "loss",
+        "true_prob",
+        "norms",
+        "attn_entropy",
+    }
     saved = lmpeek.Trace.load(tmp_path / "t")
     assert saved.tokens == data["tokens"] and "blocks.0.attn.hook_pattern" in saved.kept
 
 
 def test_generate_streams_tokens_with_probabilities():
     r = run("generate", "Hello", "-m", "tiny:llama", "-n", "4")
-    assert r.exit_code == 0 and r.output.startswith("Hello") and r.output.count("[0.") + r.output.count("[1.") == 4
-    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "3", "--json", "--temperature", "0.7", "--seed", "1")
+    assert (
+        r.exit_code == 0
+        and r.output.startswith("Hello")
+        and r.output.count("[0.") + r.output.count("[1.") == 4
+    )
+    r = run(
+        "generate", "Hello", "-m", "tiny:llama", "-n", "3", "--json", "--temperature", "0.7", "--seed", "1"
+    )
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [row["index"] for row in rows] == [0, 1, 2] and all(0 < row["prob"] <= 1 for row in rows)
 

@@ -35,13 +35,18 @@ def plain(model):
 def test_default_model_shape(model):
     info = model.info()
     assert (info["architecture"], info["n_layers"], info["n_heads"], info["n_kv_heads"], info["d_model"]) == (
-        "llama", 30, 9, 3, 576,
-    )  # fmt: skip
+        "llama",
+        30,
+        9,
+        3,
+        576,
+    )
     assert info["vocab_size"] == 49152
 
 
-# lmpeek computes attention with transformers' eager kernel (the only one that yields patterns); it
-# matches eager to 1e-5. sdpa's fused kernel rounds differently: entropies differ by up to ~4e-5 nats.
+# lmpeek computes attention with its own blocked kernel (capture/attention_kernel.py), which rounds
+# differently from both eager and sdpa; over 30 layers logits move by ~1e-6 relative. Probabilities
+# and entropies stay within 1e-5 (absolute) of eager, losses within 1e-5 relative (up to 11 nats).
 @pytest.mark.parametrize("impl, tol", [("eager", 1e-5), ("sdpa", 1e-4)])
 def test_predictions_equal_plain_forward(model, plain, impl, tol):
     t = lmpeek.trace(model, TEXT, top_k=10)
@@ -60,7 +65,7 @@ def test_predictions_equal_plain_forward(model, plain, impl, tol):
     np.testing.assert_allclose(t.entropy, -(p * logp).sum(-1).numpy(), atol=tol)
     T = len(t)
     loss = -logp[torch.arange(T - 1), torch.as_tensor(t.token_ids[1:])].numpy()
-    np.testing.assert_allclose(t.loss[:-1], loss, atol=tol)
+    np.testing.assert_allclose(t.loss[:-1], loss, rtol=tol, atol=tol / 10)
     np.testing.assert_allclose(t.true_prob[:-1], np.exp(-loss), atol=tol)
 
 
@@ -74,9 +79,10 @@ def test_greedy_generation_matches(model, plain):
     prompt = "Once upon a time"
     ours = [s.token_id for s in lmpeek.generate(model, prompt, max_new_tokens=24, stop_at_eos=False)]
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
-    ref = plain.generate(ids, max_new_tokens=24, min_new_tokens=24, do_sample=False,
-                         pad_token_id=model.tokenizer.eos_token_id)  # fmt: skip
-    assert ours == ref[0, ids.shape[1]:].tolist()
+    ref = plain.generate(
+        ids, max_new_tokens=24, min_new_tokens=24, do_sample=False, pad_token_id=model.tokenizer.eos_token_id
+    )
+    assert ours == ref[0, ids.shape[1] :].tolist()
 
 
 def test_chat_text(model):

@@ -32,7 +32,9 @@ err = Console(stderr=True, highlight=False)
 
 ModelOpt = Annotated[
     str,
-    typer.Option("--model", "-m", help="'default', a HF folder, a hub id in the local cache, a .gguf file, tiny:ARCH"),
+    typer.Option(
+        "--model", "-m", help="'default', a HF folder, a hub id in the local cache, a .gguf file, tiny:ARCH"
+    ),
 ]
 
 
@@ -80,9 +82,13 @@ def trace_cmd(
     text: Annotated[str, typer.Argument(help="Text to run; '<eot>' separates chat turns.")],
     model: ModelOpt = "default",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the trace's summary fields as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the trace's summary fields as JSON.")
+    ] = False,
     save: Annotated[str | None, typer.Option("--save", help="Save the trace to this folder.")] = None,
-    keep: Annotated[list[str] | None, typer.Option("--keep", help="Hook names/globs to keep (with --save).")] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option("--keep", help="Hook names/globs to keep (with --save).")
+    ] = None,
 ) -> None:
     """Run the model on TEXT once and show, per token, what it predicted next."""
     from lmpeek.api import trace
@@ -96,16 +102,31 @@ def trace_cmd(
         sys.stdout.write(json.dumps(t.summary(), ensure_ascii=False) + "\n")
         return
     table = Table(title=f"{m.name} · {len(t)} tokens", title_justify="left", expand=False)
-    for col, just in [("#", "right"), ("token", "left"), ("next", "left"), ("p(next)", "right"),
-                      ("loss", "right"), ("entropy", "right"), ("top-3 predictions", "left")]:  # fmt: skip
+    for col, just in [
+        ("#", "right"),
+        ("token", "left"),
+        ("next", "left"),
+        ("p(next)", "right"),
+        ("loss", "right"),
+        ("entropy", "right"),
+        ("top-3 predictions", "left"),
+    ]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for i, tok in enumerate(t.tokens):
         nxt = t.tokens[i + 1] if i + 1 < len(t) else ""
         p = float(t.true_prob[i])
         style = "" if math.isnan(p) else ("green" if p >= 0.5 else "yellow" if p >= 0.1 else "red")
-        alts = "  ".join(f"{s!r} {pr:.2f}" for s, pr in zip(t.topk_tokens[i][:3], t.topk_probs[i][:3]))
-        table.add_row(str(i), repr(tok), repr(nxt) if nxt else "", Text(_fmt(p), style=style),
-                      _fmt(float(t.loss[i])), _fmt(float(t.entropy[i])), alts)  # fmt: skip
+        top3 = zip(t.topk_tokens[i][:3], t.topk_probs[i][:3], strict=True)
+        alts = "  ".join(f"{s!r} {pr:.2f}" for s, pr in top3)
+        table.add_row(
+            str(i),
+            repr(tok),
+            repr(nxt) if nxt else "",
+            Text(_fmt(p), style=style),
+            _fmt(float(t.loss[i])),
+            _fmt(float(t.entropy[i])),
+            alts,
+        )
     out.print(table)
     mean_loss = float(t.loss[:-1].mean()) if len(t) > 1 else float("nan")
     out.print(f"mean loss {_fmt(mean_loss)} nats · perplexity {_fmt(math.exp(mean_loss), 2)}")
@@ -127,14 +148,21 @@ def generate_cmd(
     from lmpeek.api import generate
 
     m = _load(model)
-    steps = generate(m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                     top_k=top_k, seed=seed)  # fmt: skip
+    steps = generate(
+        m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
+    )
     if not as_json:
         out.print(Text(prompt, style="dim"), end="")
     for s in steps:
         if as_json:
-            row = {"index": s.index, "token": s.token, "token_id": s.token_id, "prob": s.prob,
-                   "entropy": s.entropy, "top": list(zip(s.topk_tokens[:5], s.topk_probs[:5].tolist()))}  # fmt: skip
+            row = {
+                "index": s.index,
+                "token": s.token,
+                "token_id": s.token_id,
+                "prob": s.prob,
+                "entropy": s.entropy,
+                "top": list(zip(s.topk_tokens[:5], s.topk_probs[:5].tolist(), strict=False)),
+            }
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             sys.stdout.flush()
             continue
@@ -156,12 +184,20 @@ def check_cmd(
 
     m = _load(source)
     rows = check(m, text, rtol=rtol) if text else check(m, rtol=rtol)
-    table = Table(title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left")
+    table = Table(
+        title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left"
+    )
     for col in ("hook point", "compared with", "max |dev|", "scale", "ok", "worst at"):
         table.add_column(col, justify="right" if col in ("max |dev|", "scale") else "left")
     for r in rows:
-        table.add_row(Text(r.hook), Text(r.against), f"{r.max_dev:.2e}", f"{r.scale:.3g}",
-                      Text("ok", style="green") if r.ok else Text("FAIL", style="bold red"), r.worst)  # fmt: skip
+        table.add_row(
+            Text(r.hook),
+            Text(r.against),
+            f"{r.max_dev:.2e}",
+            f"{r.scale:.3g}",
+            Text("ok", style="green") if r.ok else Text("FAIL", style="bold red"),
+            r.worst,
+        )
     out.print(table)
     if m.bound.adapter.note:
         out.print(f"note: {m.bound.adapter.note}")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from lmpeek.analysis.attention import attention_entropy
 from lmpeek.analysis.activations import norms
+from lmpeek.analysis.attention import attention_entropy
 from lmpeek.analysis.predictions import next_token_stats
 
 

@@ -48,11 +48,15 @@ def _break(model, **change):
         # gemma3 adds the *normed* attention output; the raw one breaks resid_pre + attn_out == resid_mid
         ("gemma3", {"attn_out": Tap("self_attn")}, "blocks.*.hook_resid_mid"),
         # q before q_norm is not what RoPE rotates
-        ("qwen3", {"q": Tap("self_attn.q_proj", take=lambda x, c: x.unflatten(-1, (-1, 16)))}, "blocks.*.attn.hook_rot_q"),
+        (
+            "qwen3",
+            {"q": Tap("self_attn.q_proj", take=lambda x, c: x.unflatten(-1, (-1, 16)))},
+            "blocks.*.attn.hook_rot_q",
+        ),
         # the MLP's input is not its output
         ("llama", {"mlp_out": Tap("mlp", "input")}, "blocks.*.hook_resid_post"),
     ],
-)  # fmt: skip
+)
 def test_a_wrong_adapter_fails_the_contract(arch, change, failing):
     rows = check(_break(_model(arch), **change))
     assert any(r.hook == failing and not r.ok for r in rows), [r for r in rows if not r.ok]

@@ -24,7 +24,7 @@ def test_greedy_equals_model_generate(arch):
     hf, tok = tiny_hf_model(arch)  # plain model, default attention implementation
     ids = torch.tensor([tok(PROMPT)["input_ids"]])
     ref = hf.generate(ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
-    assert [s.token_id for s in steps] == ref[0, ids.shape[1]:].tolist()
+    assert [s.token_id for s in steps] == ref[0, ids.shape[1] :].tolist()
     assert steps[-1].finished and not steps[0].finished
 
 
@@ -49,7 +49,9 @@ def test_steps_match_a_trace_of_the_whole_sequence():
 def test_uses_the_kv_cache():
     m = _model()
     seen = []
-    handle = m.hf.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    handle = m.hf.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         list(lmpeek.generate(m, PROMPT, max_new_tokens=5, stop_at_eos=False))
     finally:
@@ -70,8 +72,12 @@ def test_sampling_is_reproducible_with_a_seed():
 def test_top_k_one_is_greedy():
     m = _model()
     greedy = [s.token_id for s in lmpeek.generate(m, PROMPT, max_new_tokens=6, stop_at_eos=False)]
-    sampled = [s.token_id for s in lmpeek.generate(m, PROMPT, max_new_tokens=6, temperature=1.0, top_k=1,
-                                                   seed=3, stop_at_eos=False)]  # fmt: skip
+    sampled = [
+        s.token_id
+        for s in lmpeek.generate(
+            m, PROMPT, max_new_tokens=6, temperature=1.0, top_k=1, seed=3, stop_at_eos=False
+        )
+    ]
     assert greedy == sampled
 
 

@@ -109,9 +109,7 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
     def shape_ok(name: str, shape: tuple[int, ...]) -> None:
         t = got.get(name)
         bad = t is None or tuple(t.shape) != shape
-        rows.add(
-            "every hook point", "expected shape", name, torch.tensor([float(bad)]), torch.tensor([0.0])
-        )
+        rows.add("every hook point", "expected shape", name, torch.tensor([float(bad)]), torch.tensor([0.0]))
 
     if missing:
         rows.add("every hook point", "was computed", missing[0], torch.tensor([1.0]), torch.tensor([0.0]))
@@ -120,58 +118,129 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
     for layer in range(L):
         p = f"blocks.{layer}."
         shapes = {
-            "hook_resid_pre": (T, D), "hook_attn_out": (T, D), "hook_resid_mid": (T, D),
-            "hook_mlp_out": (T, D), "hook_resid_post": (T, D), "attn.hook_q": (T, H, dh),
-            "attn.hook_k": (T, Hkv, dh), "attn.hook_v": (T, Hkv, dh), "attn.hook_pattern": (H, T, T),
-            "attn.hook_z": (T, H, dh), "mlp.hook_pre": (T, b.d_mlp), "mlp.hook_post": (T, b.d_mlp),
-        }  # fmt: skip
+            "hook_resid_pre": (T, D),
+            "hook_attn_out": (T, D),
+            "hook_resid_mid": (T, D),
+            "hook_mlp_out": (T, D),
+            "hook_resid_post": (T, D),
+            "attn.hook_q": (T, H, dh),
+            "attn.hook_k": (T, Hkv, dh),
+            "attn.hook_v": (T, Hkv, dh),
+            "attn.hook_pattern": (H, T, T),
+            "attn.hook_z": (T, H, dh),
+            "mlp.hook_pre": (T, b.d_mlp),
+            "mlp.hook_post": (T, b.d_mlp),
+        }
         if b.rotary_dims:
             shapes |= {"attn.hook_rot_q": (T, H, dh), "attn.hook_rot_k": (T, Hkv, dh)}
         for point, shape in shapes.items():
             shape_ok(p + point, shape)
         if missing:
             continue
-        g = {k[len(p):]: v for k, v in got.items() if k.startswith(p)}
-        rows.add("blocks.*.hook_resid_pre", "hidden_states[l]", p + "hook_resid_pre",
-                 g["hook_resid_pre"], ref.hidden_states[layer][0])  # fmt: skip
+        g = {k[len(p) :]: v for k, v in got.items() if k.startswith(p)}
+        rows.add(
+            "blocks.*.hook_resid_pre",
+            "hidden_states[l]",
+            p + "hook_resid_pre",
+            g["hook_resid_pre"],
+            ref.hidden_states[layer][0],
+        )
         if layer < L - 1:
-            rows.add("blocks.*.hook_resid_post", "hidden_states[l+1]", p + "hook_resid_post",
-                     g["hook_resid_post"], ref.hidden_states[layer + 1][0])  # fmt: skip
+            rows.add(
+                "blocks.*.hook_resid_post",
+                "hidden_states[l+1]",
+                p + "hook_resid_post",
+                g["hook_resid_post"],
+                ref.hidden_states[layer + 1][0],
+            )
         else:  # transformers applies the final norm to its last hidden state
-            rows.add("blocks.*.hook_resid_post", "hidden_states[L] before the final norm",
-                     p + "hook_resid_post", final_norm(g["hook_resid_post"]), ref.hidden_states[L][0])  # fmt: skip
-        rows.add("blocks.*.attn.hook_pattern", "eager output_attentions", p + "attn.hook_pattern",
-                 g["attn.hook_pattern"], ref.attentions[layer][0])  # fmt: skip
-        rows.add("blocks.*.attn.hook_pattern", "rows sum to 1", p + "attn.hook_pattern",
-                 g["attn.hook_pattern"].sum(-1), torch.ones(H, T))  # fmt: skip
+            rows.add(
+                "blocks.*.hook_resid_post",
+                "hidden_states[L] before the final norm",
+                p + "hook_resid_post",
+                final_norm(g["hook_resid_post"]),
+                ref.hidden_states[L][0],
+            )
+        rows.add(
+            "blocks.*.attn.hook_pattern",
+            "eager output_attentions",
+            p + "attn.hook_pattern",
+            g["attn.hook_pattern"],
+            ref.attentions[layer][0],
+        )
+        rows.add(
+            "blocks.*.attn.hook_pattern",
+            "rows sum to 1",
+            p + "attn.hook_pattern",
+            g["attn.hook_pattern"].sum(-1),
+            torch.ones(H, T),
+        )
         mid_against = "resid_pre + attn_out" + (" (by definition: parallel block)" if b.parallel else "")
-        rows.add("blocks.*.hook_resid_mid", mid_against, p + "hook_resid_mid",
-                 g["hook_resid_pre"] + g["hook_attn_out"], g["hook_resid_mid"])  # fmt: skip
-        rows.add("blocks.*.hook_resid_post", "resid_mid + mlp_out", p + "hook_resid_post",
-                 g["hook_resid_mid"] + g["hook_mlp_out"], g["hook_resid_post"])  # fmt: skip
+        rows.add(
+            "blocks.*.hook_resid_mid",
+            mid_against,
+            p + "hook_resid_mid",
+            g["hook_resid_pre"] + g["hook_attn_out"],
+            g["hook_resid_mid"],
+        )
+        rows.add(
+            "blocks.*.hook_resid_post",
+            "resid_mid + mlp_out",
+            p + "hook_resid_post",
+            g["hook_resid_mid"] + g["hook_mlp_out"],
+            g["hook_resid_post"],
+        )
         attn = b.attn_modules[layer]
-        q, k = (g["attn.hook_rot_q"], g["attn.hook_rot_k"]) if b.rotary_dims else (g["attn.hook_q"], g["attn.hook_k"])
+        q, k = (
+            (g["attn.hook_rot_q"], g["attn.hook_rot_k"])
+            if b.rotary_dims
+            else (g["attn.hook_q"], g["attn.hook_k"])
+        )
         window = getattr(attn, "sliding_window", None)
         if getattr(attn, "scaling", None) is not None:
-            rows.add("blocks.*.attn.hook_q/k", "softmax(q·k * scale) == pattern", p + "attn.hook_q",
-                     _recomputed_pattern(q, _repeat_kv(k, H), attn.scaling, window),
-                     g["attn.hook_pattern"].double())  # fmt: skip
+            rows.add(
+                "blocks.*.attn.hook_q/k",
+                "softmax(q·k * scale) == pattern",
+                p + "attn.hook_q",
+                _recomputed_pattern(q, _repeat_kv(k, H), attn.scaling, window),
+                g["attn.hook_pattern"].double(),
+            )
         z = torch.einsum("hqk,khd->qhd", g["attn.hook_pattern"], _repeat_kv(g["attn.hook_v"], H))
         rows.add("blocks.*.attn.hook_v/z", "pattern @ v == z", p + "attn.hook_z", z, g["attn.hook_z"])
         if b.rotary_dims:
             rd = b.rotary_dims
             for which in ("q", "k"):
                 pre, rot = g[f"attn.hook_{which}"], g[f"attn.hook_rot_{which}"]
-                rows.add(f"blocks.*.attn.hook_rot_{which}", "RoPE is the identity at position 0",
-                         p + f"attn.hook_rot_{which}", rot[0], pre[0])  # fmt: skip
-                rows.add(f"blocks.*.attn.hook_rot_{which}", "RoPE keeps each head's norm",
-                         p + f"attn.hook_rot_{which}", rot[..., :rd].norm(dim=-1), pre[..., :rd].norm(dim=-1))  # fmt: skip
+                rows.add(
+                    f"blocks.*.attn.hook_rot_{which}",
+                    "RoPE is the identity at position 0",
+                    p + f"attn.hook_rot_{which}",
+                    rot[0],
+                    pre[0],
+                )
+                rows.add(
+                    f"blocks.*.attn.hook_rot_{which}",
+                    "RoPE keeps each head's norm",
+                    p + f"attn.hook_rot_{which}",
+                    rot[..., :rd].norm(dim=-1),
+                    pre[..., :rd].norm(dim=-1),
+                )
                 if rd < dh:
-                    rows.add(f"blocks.*.attn.hook_rot_{which}", "dims past rotary_dims untouched",
-                             p + f"attn.hook_rot_{which}", rot[..., rd:], pre[..., rd:])  # fmt: skip
+                    rows.add(
+                        f"blocks.*.attn.hook_rot_{which}",
+                        "dims past rotary_dims untouched",
+                        p + f"attn.hook_rot_{which}",
+                        rot[..., rd:],
+                        pre[..., rd:],
+                    )
     if not missing:
-        rows.add("ln_final.hook_normalized", "hidden_states[L]", "ln_final.hook_normalized",
-                 got["ln_final.hook_normalized"], ref.hidden_states[L][0])  # fmt: skip
+        rows.add(
+            "ln_final.hook_normalized",
+            "hidden_states[L]",
+            "ln_final.hook_normalized",
+            got["ln_final.hook_normalized"],
+            ref.hidden_states[L][0],
+        )
         embed = got["hook_embed"] + (got["hook_pos_embed"] if "hook_pos_embed" in got else 0)
         rows.add("hook_embed", "blocks.0.hook_resid_pre", "hook_embed", embed, got["blocks.0.hook_resid_pre"])
     return list(rows.rows.values())

@@ -46,7 +46,9 @@ def _check(name: str, value, lo: float, hi: float | None, integer: bool = False)
         ok = float(value).is_integer()
     if not ok or value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise InvalidInput(f"{name} must be {'an integer ' if integer else 'a number '}{bound}, got {value!r}")
+        raise InvalidInput(
+            f"{name} must be {'an integer ' if integer else 'a number '}{bound}, got {value!r}"
+        )
 
 
 def _sampler(temperature: float, top_p: float, top_k: int):
@@ -105,7 +107,9 @@ def generate(
 
 
 @torch.inference_mode()
-def _steps(model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos) -> Iterator[Step]:
+def _steps(
+    model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos
+) -> Iterator[Step]:
     from transformers import DynamicCache
 
     device = model.device
@@ -143,7 +147,9 @@ def _steps(model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, sh
             topk_tokens=decode_topk(model.tokenizer, stats.topk_ids)[0],
             entropy=float(stats.entropy[0]),
             norms={
-                c: np.array([float(summaries.norms[norm_name(layer, c)][0]) for layer in range(model.n_layers)])
+                c: np.array(
+                    [float(summaries.norms[norm_name(layer, c)][0]) for layer in range(model.n_layers)]
+                )
                 for c in COMPONENTS
             },
             attn_entropy=summaries.stacked_entropy()[:, :, 0].cpu().numpy(),

@@ -14,21 +14,39 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from lmpeek.analysis.attention import attention_entropy
+from lmpeek.capture.attention_kernel import causal_attention
 from lmpeek.errors import UnsupportedArchitecture
 from lmpeek.models.adapters import Bound, Tap
 
 ATTENTION_IMPL = "lmpeek"
 
 Handler = Callable[[torch.Tensor], None]
-AttentionListener = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+# Arguments transformers passes to attention functions that plain causal attention may ignore
+# (the mask already encodes sliding windows and cache positions).
+_IGNORABLE = {"dropout", "scaling", "softcap", "sliding_window", "position_ids", "output_attentions",
+              "use_cache", "cache_position", "is_causal"}  # fmt: skip
+
+
+@dataclass
+class _AttentionListener:
+    """What `attach` wants from one attention module's call; tensors are batch-first."""
+
+    pattern: Handler | None = None  # [B, H, Tq, Tk]
+    entropy: Handler | None = None  # [B, H, Tq]
+    rot_q: Handler | None = None  # [B, Tq, H, d]
+    rot_k: Handler | None = None  # [B, Tk, H_kv, d]
+
 
 # id(attention module) -> listener; filled only inside `attach`
-_listeners: dict[int, AttentionListener] = {}
+_listeners: dict[int, _AttentionListener] = {}
 _eager_by_class: dict[type, Callable[..., Any]] = {}
 
 
@@ -45,12 +63,42 @@ def _eager_for(module: nn.Module) -> Callable[..., Any]:
     return fn
 
 
+def _plain_causal(module: nn.Module, query, key, mask, kwargs) -> bool:
+    """True when `causal_attention` computes exactly what the model's eager function would."""
+    return (
+        not module.training
+        and getattr(module, "is_causal", True)
+        and set(kwargs) <= _IGNORABLE
+        and not kwargs.get("dropout")
+        and query.shape[1] % key.shape[1] == 0
+        and (mask is None or (mask.dim() == 4 and mask.shape[-2:] == (query.shape[-2], key.shape[-2])))
+    )
+
+
 def _attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     # query [B, H, Tq, d] after RoPE; key/value [B, H_kv, Tk, d] (including any cached keys)
-    out, weights = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
     listener = _listeners.get(id(module))
-    if listener is not None:
-        listener(query, key, value, weights)
+    if listener is None:
+        return _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+    if listener.rot_q is not None:
+        listener.rot_q(query.transpose(1, 2))
+    if listener.rot_k is not None:
+        listener.rot_k(key.transpose(1, 2))
+    if _plain_causal(module, query, key, attention_mask, kwargs):
+        scaling = kwargs.get("scaling")
+        out, entropy, weights = causal_attention(
+            query, key, value, attention_mask,
+            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+            softcap=kwargs.get("softcap"),
+            want_pattern=listener.pattern is not None,
+        )  # fmt: skip
+    else:  # anything unusual: the model's own eager attention, entropy from its pattern
+        out, weights = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+        entropy = attention_entropy(weights)
+    if listener.entropy is not None:
+        listener.entropy(entropy)
+    if listener.pattern is not None:
+        listener.pattern(weights)
     return out, weights
 
 
@@ -65,6 +113,16 @@ def install_attention(model: nn.Module) -> None:
         AttentionMaskInterface.register(ATTENTION_IMPL, eager_mask)
     if getattr(model.config, "_attn_implementation", None) != ATTENTION_IMPL:
         model.set_attn_implementation(ATTENTION_IMPL)
+
+
+# attention-side points -> _AttentionListener field. "attn.entropy" is not a hook point: it is the
+# per-query attention entropy [B, H, Tq], which the kernel computes without keeping the pattern.
+_ATTENTION_POINTS = {
+    "attn.hook_pattern": "pattern",
+    "attn.entropy": "entropy",
+    "attn.hook_rot_q": "rot_q",
+    "attn.hook_rot_k": "rot_k",
+}
 
 
 def _first(x: Any) -> torch.Tensor:
@@ -89,7 +147,7 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
     config = bound.config
     handles: list[Any] = []
     listening: list[int] = []
-    per_layer_attn: dict[int, dict[str, Handler]] = {}
+    per_layer_attn: dict[int, _AttentionListener] = {}
 
     def on(module: nn.Module, side: str, fn: Callable[[torch.Tensor], None]) -> None:
         if side == "input":
@@ -143,16 +201,17 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
                     _resid_mid_from_sum(bound, layer, fn, on, tap)
                 else:
                     tap(layer, a.resid_mid, fn)  # type: ignore[arg-type]
-            elif point in ("attn.hook_pattern", "attn.hook_rot_q", "attn.hook_rot_k"):
-                if point != "attn.hook_pattern" and not bound.rotary_dims:
+            elif point in _ATTENTION_POINTS:
+                if point in ("attn.hook_rot_q", "attn.hook_rot_k") and not bound.rotary_dims:
                     raise KeyError(name)
-                per_layer_attn.setdefault(layer, {})[point] = fn
+                listener = per_layer_attn.setdefault(layer, _AttentionListener())
+                setattr(listener, _ATTENTION_POINTS[point], fn)
             else:
                 raise KeyError(name)
 
-        for layer, fns in per_layer_attn.items():
+        for layer, listener in per_layer_attn.items():
             module = bound.attn_modules[layer]
-            _listeners[id(module)] = _attention_listener(fns)
+            _listeners[id(module)] = listener
             listening.append(id(module))
         yield
     finally:
@@ -160,22 +219,6 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
             h.remove()
         for key in listening:
             _listeners.pop(key, None)
-
-
-def _attention_listener(fns: dict[str, Handler]) -> AttentionListener:
-    pattern = fns.get("attn.hook_pattern")
-    rot_q = fns.get("attn.hook_rot_q")
-    rot_k = fns.get("attn.hook_rot_k")
-
-    def listener(q, k, v, weights):
-        if rot_q is not None:
-            rot_q(q.transpose(1, 2))
-        if rot_k is not None:
-            rot_k(k.transpose(1, 2))
-        if pattern is not None:
-            pattern(weights)
-
-    return listener
 
 
 def _resid_mid_from_sum(bound: Bound, layer: int, fn: Handler, on, tap) -> None:

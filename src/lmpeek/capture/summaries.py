@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from lmpeek.analysis.activations import norms
-from lmpeek.analysis.attention import attention_entropy
 from lmpeek.capture.hooks import Handler
 from lmpeek.models.adapters import Bound
 
@@ -38,13 +37,12 @@ class Summaries:
             for comp in COMPONENTS:
                 name = norm_name(layer, comp)
                 out[name] = lambda x, name=name: self.norms.__setitem__(name, norms(self._rows(x)))
-            out[f"blocks.{layer}.attn.hook_pattern"] = lambda p, layer=layer: self._entropy(layer, p)
+            out[f"blocks.{layer}.attn.entropy"] = lambda e, layer=layer: self._entropy(layer, e)
         return out
 
-    def _entropy(self, layer: int, pattern: torch.Tensor) -> None:
-        # pattern [B, H, Tq, Tk] -> [H, Tq]
-        p = pattern[0, :, -1:] if self.last_only else pattern[0]
-        self.attn_entropy[layer] = attention_entropy(p)
+    def _entropy(self, layer: int, entropy: torch.Tensor) -> None:
+        # [B, H, Tq] -> [H, Tq]
+        self.attn_entropy[layer] = entropy[0, :, -1:] if self.last_only else entropy[0]
 
     def stacked_entropy(self) -> torch.Tensor:
         """[L, H, T]"""

@@ -48,7 +48,7 @@ def display_tokens(text: str, offsets: np.ndarray, ids: np.ndarray, tokenizer) -
     """
     out: list[str] = []
     covered = 0
-    for (start, end), tid in zip(offsets.tolist(), ids.tolist()):
+    for (start, end), tid in zip(offsets.tolist(), ids.tolist(), strict=True):
         if end <= start or start < covered:
             piece = tokenizer.decode([tid])
             out.append(piece if piece else tokenizer.convert_ids_to_tokens(tid))
@@ -79,7 +79,9 @@ def from_ids(tokenizer, token_ids, context_length: int | None) -> Tokenized:
     return Tokenized("".join(pieces), ids, offsets, pieces, False)
 
 
-def tokenize(tokenizer, text: str, context_length: int | None, *, add_special_tokens: bool = True) -> Tokenized:
+def tokenize(
+    tokenizer, text: str, context_length: int | None, *, add_special_tokens: bool = True
+) -> Tokenized:
     if not isinstance(text, str) or text.strip() == "":
         raise InvalidInput("text is empty: give some text to run the model on")
     formatted, chat = format_text(tokenizer, text)

@@ -77,7 +77,11 @@ class Trace:
 
         def clean(a: np.ndarray) -> Any:
             if a.dtype.kind == "f":
-                return [clean(x) for x in a] if a.ndim > 1 else [None if math.isnan(v) else v for v in a.tolist()]
+                return (
+                    [clean(x) for x in a]
+                    if a.ndim > 1
+                    else [None if math.isnan(v) else v for v in a.tolist()]
+                )
             return a.tolist()
 
         return {
@@ -109,7 +113,9 @@ class Trace:
         path.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
         arrays |= {f"norms/{k}": v for k, v in self.norms.items()}
-        arrays |= {f"tensors/{k}": np.ascontiguousarray(v.astype(heavy_dtype)) for k, v in self.tensors.items()}
+        arrays |= {
+            f"tensors/{k}": np.ascontiguousarray(v.astype(heavy_dtype)) for k, v in self.tensors.items()
+        }
         save_file(arrays, str(path / "trace.safetensors"))
         meta = {
             "format": FORMAT_VERSION,
@@ -130,7 +136,9 @@ class Trace:
 
         path = Path(path)
         if not (path / "trace.json").is_file() or not (path / "trace.safetensors").is_file():
-            raise InvalidInput(f"{path} is not a saved lmpeek trace (expected trace.json + trace.safetensors)")
+            raise InvalidInput(
+                f"{path} is not a saved lmpeek trace (expected trace.json + trace.safetensors)"
+            )
         meta = json.loads((path / "trace.json").read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise InvalidInput(f"{path}: trace format {meta.get('format')} is not {FORMAT_VERSION}")

@@ -345,7 +345,9 @@ def _generic_adapter(model: nn.Module, model_type: str) -> Adapter | None:
             continue
         parent = path.rsplit(".", 1)[0] if "." in path else ""
         prefix = f"{parent}." if parent else ""
-        norm = next((f"{prefix}{n}" for n in ("norm", "final_layernorm", "ln_f") if _has(model, prefix + n)), None)
+        norm = next(
+            (f"{prefix}{n}" for n in ("norm", "final_layernorm", "ln_f") if _has(model, prefix + n)), None
+        )
         embed = next((n for n, m in model.named_modules() if m is model.get_input_embeddings()), None)
         unembed = next((n for n, m in model.named_modules() if m is model.get_output_embeddings()), None)
         if norm is None or embed is None or unembed is None:

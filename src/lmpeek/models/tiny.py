@@ -48,13 +48,32 @@ def _configs(vocab: int) -> dict[str, Any]:
             **llama, partial_rotary_factor=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2
         ),
         "gpt2": lambda: tf.GPT2Config(
-            vocab_size=vocab, bos_token_id=0, eos_token_id=0, n_embd=D, n_layer=L, n_head=H, n_inner=M, n_positions=CTX
+            vocab_size=vocab,
+            bos_token_id=0,
+            eos_token_id=0,
+            n_embd=D,
+            n_layer=L,
+            n_head=H,
+            n_inner=M,
+            n_positions=CTX,
         ),
         "gpt_neox": lambda: tf.GPTNeoXConfig(
-            **_COMMON, vocab_size=vocab, bos_token_id=0, eos_token_id=0, max_position_embeddings=CTX, rotary_pct=0.25, use_parallel_residual=True
+            **_COMMON,
+            vocab_size=vocab,
+            bos_token_id=0,
+            eos_token_id=0,
+            max_position_embeddings=CTX,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
         ),
         "gpt_neox_sequential": lambda: tf.GPTNeoXConfig(
-            **_COMMON, vocab_size=vocab, bos_token_id=0, eos_token_id=0, max_position_embeddings=CTX, rotary_pct=0.5, use_parallel_residual=False
+            **_COMMON,
+            vocab_size=vocab,
+            bos_token_id=0,
+            eos_token_id=0,
+            max_position_embeddings=CTX,
+            rotary_pct=0.5,
+            use_parallel_residual=False,
         ),
         # not in the registry: exercises the generic llama-like adapter
         "olmo": lambda: tf.OlmoConfig(**llama, eos_token_id=0, pad_token_id=0),
@@ -75,7 +94,10 @@ def tiny_tokenizer():
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=400, show_progress=False, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        show_progress=False,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator([_CORPUS], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
@@ -92,7 +114,9 @@ def tiny_hf_model(arch: str, seed: int = 0):
     if arch not in configs:
         raise SourceNotFound(f"no tiny model '{arch}'; choose one of: {', '.join(configs)}")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(configs[arch](), attn_implementation="eager", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(
+        configs[arch](), attn_implementation="eager", dtype=torch.float32
+    )
     # transformers' init (std 0.02) gives near-uniform attention and logits, which would let
     # comparisons pass trivially; larger weights give peaked patterns and confident predictions.
     with torch.no_grad():
