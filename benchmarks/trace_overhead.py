@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/trace_overhead.py [--lengths 128 512 2048] [--repeat 5]
 
-For each length T it runs, each in a fresh process (so peak memory is that configuration's own):
+For each length T it runs (peak memory: each mode alone in a fresh process):
   plain sdpa   transformers' default forward (the baseline every ratio is against)
   plain eager  transformers' eager forward (what pattern-returning tools must use)
   summaries    lmpeek.trace(model, ids): predictions, norms, attention entropy
   all patterns lmpeek.trace(model, ids, keep=["blocks.*.attn.hook_pattern"])
-and prints the median wall time, the ratio to plain sdpa, and the peak resident memory added on top
-of the loaded model (Linux VmHWM after resetting it through /proc/self/clear_refs).
+and prints the median wall time (all modes of one length in one process, run round-robin), the
+ratio to plain sdpa, and the peak resident memory added on top of the loaded model (Linux VmHWM,
+reset through /proc/self/clear_refs).
 Target: summaries <= 1.3x plain sdpa at 512 tokens.
 """
 
@@ -32,7 +33,7 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def _child(mode: str, length: int, repeat: int) -> None:
+def _setup(length: int):
     import torch
 
     import lmpeek
@@ -42,66 +43,90 @@ def _child(mode: str, length: int, repeat: int) -> None:
     text = open(__file__.replace("trace_overhead.py", "sample.txt")).read()
     ids = model.tokenizer(text)["input_ids"]
     ids = (ids * (length // len(ids) + 1))[:length]
-    x = torch.tensor([ids])
+    return model, ids
+
+
+def _runner(mode: str, model, ids):
+    import torch
+
+    import lmpeek
+
     if mode.startswith("plain"):
         from transformers import AutoModelForCausalLM
 
         hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
         hf.set_attn_implementation(mode.split()[1])
-        del model
+        x = torch.tensor([ids])
 
         def run():
             with torch.inference_mode():
                 return hf(x).logits
 
-    else:
-        keep = ["blocks.*.attn.hook_pattern"] if mode == "all patterns" else []
+        return run
+    keep = ["blocks.*.attn.hook_pattern"] if mode == "all patterns" else []
+    return lambda: lmpeek.trace(model, ids, keep=keep)
 
-        def run():
-            return lmpeek.trace(model, ids, keep=keep)
 
+def _child_time(length: int, repeat: int) -> None:
+    """All modes in one process, run round-robin so that drift in machine speed hits them alike."""
+    model, ids = _setup(length)
+    runs = {mode: _runner(mode, model, ids) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for run in runs.values():
+        run()  # warm-up
+    for _ in range(repeat):
+        for mode, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[mode].append(time.perf_counter() - t)
+    print(json.dumps({mode: statistics.median(ts) for mode, ts in times.items()}))
+
+
+def _child_memory(mode: str, length: int) -> None:
+    """One mode in a fresh process: peak resident memory added by one run on top of the loaded model."""
+    model, ids = _setup(length)
+    run = _runner(mode, model, ids)
+    if mode.startswith("plain"):
+        del model
     run()  # warm-up
     base = _rss_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current RSS
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t)
-        del out
-    peak = _rss_kb("VmHWM")
-    print(json.dumps({"median_s": statistics.median(times), "peak_extra_mb": (peak - base) / 1024}))
+    run()
+    print(json.dumps({"peak_extra_mb": (_rss_kb("VmHWM") - base) / 1024}))
+
+
+def _child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{args} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        _child(args.child[0], int(args.child[1]), args.repeat)
+        if args.child[0] == "time":
+            _child_time(int(args.child[1]), int(args.child[2]))
+        else:
+            _child_memory(args.child[1], int(args.child[2]))
         return
     rows = []
     for length in args.lengths:
-        results = {}
+        repeat = args.repeat if length <= 512 else max(3, args.repeat // 2)
+        times = _child(["time", str(length), str(repeat)])
+        base = times["plain sdpa"]
         for mode in MODES:
-            repeat = args.repeat if length <= 512 else max(2, args.repeat // 2)
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", mode, str(length), "--repeat", str(repeat)],
-                capture_output=True,
-                text=True,
+            mb = _child(["memory", mode, str(length)])["peak_extra_mb"]
+            rows.append((length, mode, times[mode], times[mode] / base, mb))
+            print(
+                f"{length:>5} {mode:<13} {times[mode]:8.3f} s  {times[mode] / base:5.2f}x  +{mb:7.0f} MB",
+                flush=True,
             )
-            if proc.returncode != 0:
-                sys.exit(f"{mode} at {length} tokens failed:\n{proc.stderr[-2000:]}")
-            results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-        base = results["plain sdpa"]["median_s"]
-        for mode in MODES:
-            r = results[mode]
-            rows.append((length, mode, r["median_s"], r["median_s"] / base, r["peak_extra_mb"]))
-            print(f"{length:>5} {mode:<13} {r['median_s']:8.3f} s  {r['median_s'] / base:5.2f}x  "
-                  f"+{r['peak_extra_mb']:7.0f} MB", flush=True)  # fmt: skip
     print("\n| tokens | run | time (s) | × plain sdpa | peak memory over the loaded model |")
     print("|---:|---|---:|---:|---:|")
     for length, mode, s, ratio, mb in rows:

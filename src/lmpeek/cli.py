@@ -56,12 +56,20 @@ def friendly(fn):
     return run
 
 
-def _load(source: str):
+RemoteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code", help="Allow a model's own Python code to run (only if you trust it)."
+    ),
+]
+
+
+def _load(source: str, trust_remote_code: bool = False):
     from lmpeek.api import load
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        model = load(source)
+        model = load(source, trust_remote_code=trust_remote_code)
     for w in caught:
         if "lmpeek" in str(w.message) or "adapter" in str(w.message):
             err.print(f"[yellow]note:[/] {w.message}")
@@ -89,11 +97,12 @@ def trace_cmd(
     keep: Annotated[
         list[str] | None, typer.Option("--keep", help="Hook names/globs to keep (with --save).")
     ] = None,
+    trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Run the model on TEXT once and show, per token, what it predicted next."""
     from lmpeek.api import trace
 
-    m = _load(model)
+    m = _load(model, trust_remote_code)
     t = trace(m, text, top_k=top_k, keep=keep or ())
     if save:
         path = t.save(save)
@@ -143,11 +152,12 @@ def generate_cmd(
     top_k: Annotated[int, typer.Option("--top-k", help="0 = off.")] = 0,
     seed: Annotated[int | None, typer.Option()] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token.")] = False,
+    trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Generate from PROMPT, streaming each token with the probability it had."""
     from lmpeek.api import generate
 
-    m = _load(model)
+    m = _load(model, trust_remote_code)
     steps = generate(
         m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
     )
@@ -178,11 +188,12 @@ def check_cmd(
     source: Annotated[str, typer.Argument(help="Model: 'default', folder, hub id, .gguf, tiny:ARCH.")],
     text: Annotated[str | None, typer.Option(help="Text to run the check on.")] = None,
     rtol: Annotated[float, typer.Option(help="Tolerance relative to the reference's scale.")] = 1e-4,
+    trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Verify every hook point of a model against a plain transformers forward."""
     from lmpeek.api import check
 
-    m = _load(source)
+    m = _load(source, trust_remote_code)
     rows = check(m, text, rtol=rtol) if text else check(m, rtol=rtol)
     table = Table(
         title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left"
