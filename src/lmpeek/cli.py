@@ -219,6 +219,29 @@ def check_cmd(
     out.print(f"[green]all {len(rows)} checks passed[/] (tolerance {rtol:g} × scale)")
 
 
+@app.command("serve")
+@friendly
+def serve_cmd(
+    model: Annotated[
+        str, typer.Argument(help="'default', a HF folder, a hub id in the local cache, .gguf, tiny:ARCH")
+    ] = "default",
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+) -> None:
+    """Start the web app; the page shows the model's loading progress until it is ready."""
+    import uvicorn
+
+    from lmpeek.server.app import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]note:[/] listening on {host}: anyone who can reach it can run the model")
+    out.print(
+        f"lmpeek: serving {model} at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/",
+        soft_wrap=True,
+    )
+    uvicorn.run(create_app(model), host=host, port=port, log_level="warning")
+
+
 @app.command("models")
 @friendly
 def models_cmd() -> None:

@@ -1,0 +1,265 @@
+"""The local web app: JSON for summaries, float16 bytes for patterns, server-sent events for generation.
+
+The app object owns all state (the model, its lock, the trace store); `lmpeek serve` is a thin
+wrapper. The model is used by one request at a time: every model call holds `ModelHolder.lock`, so a
+second client waits instead of running the model concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import traceback
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from lmpeek.errors import LmpeekError
+from lmpeek.store.traces import TraceStore
+
+MAX_TEXT_CHARS = 200_000  # far past any context length; refuses pasted novels before tokenising them
+
+
+class ModelHolder:
+    """Loads the model in the background and serialises every use of it."""
+
+    def __init__(self, source: str, loader=None):
+        self.source = source
+        self.status: Literal["loading", "ready", "error"] = "loading"
+        self.message = f"loading {source}…"
+        self.model: Any = None
+        self.lock = threading.Lock()
+        self._loader = loader
+
+    def load(self) -> None:
+        try:
+            if self._loader is not None:
+                model = self._loader(self.source)
+            else:
+                from lmpeek.api import load
+
+                model = load(self.source, progress=False)
+            self.model = model
+            self.status, self.message = "ready", f"{model.name} ready"
+        except Exception as err:  # reported through /api/health; the server keeps running
+            self.status = "error"
+            self.message = str(err) if isinstance(err, LmpeekError) else f"{type(err).__name__}: {err}"
+            traceback.print_exc()
+
+    def start(self, background: bool = True) -> None:
+        if background:
+            threading.Thread(target=self.load, name="lmpeek-model-load", daemon=True).start()
+        else:
+            self.load()
+
+    def ready(self):
+        if self.status != "ready":
+            raise HTTPException(503, detail=f"model is not ready ({self.status}): {self.message}")
+        return self.model
+
+
+class TraceRequest(BaseModel):
+    text: str = Field(description="Text to run; '<eot>' separates chat turns.", max_length=MAX_TEXT_CHARS)
+    top_k: int = Field(10, ge=1, le=100, description="Alternatives kept per position.")
+
+
+class GenerateRequest(BaseModel):
+    prompt: str = Field(max_length=MAX_TEXT_CHARS)
+    max_new_tokens: int = Field(32, ge=1, le=2048)
+    temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off.")
+    seed: int | None = None
+
+
+def _summary(trace_id: str, trace) -> dict[str, Any]:
+    return {"id": trace_id, **trace.summary()}
+
+
+def _step_json(step) -> dict[str, Any]:
+    return {
+        "index": step.index,
+        "position": step.position,
+        "token": step.token,
+        "token_id": step.token_id,
+        "prob": step.prob,
+        "topk_tokens": step.topk_tokens,
+        "topk_probs": step.topk_probs.tolist(),
+        "topk_ids": step.topk_ids.tolist(),
+        "entropy": step.entropy,
+        "norms": {k: v.tolist() for k, v in step.norms.items()},
+        "attn_entropy": step.attn_entropy.tolist(),
+    }
+
+
+def _sse(event: str, data: Any) -> str:
+    # one event per frame; json.dumps never emits raw newlines, so `data:` stays one line
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
+
+
+def _static_dir() -> Path | None:
+    folder = resources.files("lmpeek").joinpath("static", "app")
+    path = Path(str(folder))
+    return path if (path / "index.html").is_file() else None
+
+
+_NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>lmpeek</title>
+<p>The lmpeek front end is not built. Run <code>make run</code> (it builds it), or
+<code>cd web && npm install && npm run build</code>. The API is at <a href="/docs">/docs</a>.</p>"""
+
+
+def create_app(
+    source: str = "default", *, background: bool = True, loader=None, store: TraceStore | None = None
+):
+    """The FastAPI app for one model. `background=False` loads the model before returning."""
+    app = FastAPI(
+        title="lmpeek",
+        summary="See inside a transformer language model while it reads or writes text.",
+        version=__import__("lmpeek").__version__,
+    )
+    holder = ModelHolder(source, loader)
+    traces = store or TraceStore()
+    app.state.holder = holder
+    app.state.traces = traces
+
+    @app.exception_handler(LmpeekError)
+    async def user_error(_request: Request, err: LmpeekError):
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        """Model name and shape, and whether it is `loading`, `ready` or failed (`error`)."""
+        model = holder.model
+        return {
+            "status": holder.status,
+            "message": holder.message,
+            "model": model.info() if model is not None else None,
+        }
+
+    @app.post("/api/trace")
+    def trace_text(req: TraceRequest) -> dict[str, Any]:
+        """Run the model once on `text`; returns the trace's summaries and its id."""
+        from lmpeek.capture.trace import trace
+
+        model = holder.ready()
+        with holder.lock:
+            t = trace(model, req.text, top_k=req.top_k)
+        return _summary(traces.put(t), t)
+
+    @app.get("/api/traces/{trace_id}")
+    def get_trace(trace_id: str) -> dict[str, Any]:
+        """A stored trace's summaries."""
+        return _summary(trace_id, _get(trace_id))
+
+    @app.get(
+        "/api/traces/{trace_id}/attention",
+        responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+    )
+    def attention(
+        request: Request,
+        trace_id: str,
+        layer: Annotated[int, Query(ge=0)],
+        head: Annotated[int, Query(ge=0)],
+        query: Annotated[
+            int | None, Query(ge=0, description="only this query's row (attention from it)")
+        ] = None,
+        key: Annotated[
+            int | None, Query(ge=0, description="only this key's column (attention to it)")
+        ] = None,
+    ):
+        """One head's attention pattern [T, T], or one row (`query`) or column (`key`) of it.
+
+        float16 little-endian bytes with `Accept: application/octet-stream` (shape in `X-Shape`),
+        JSON `{"shape", "data"}` otherwise."""
+        from lmpeek.capture.slices import attention_pattern
+
+        t = _get(trace_id)
+        model = holder.ready()
+        T, L, H = len(t), model.n_layers, model.n_heads
+        if layer >= L or head >= H:
+            raise HTTPException(422, detail=f"layer must be < {L} and head < {H}")
+        if query is not None and key is not None:
+            raise HTTPException(422, detail="give query or key, not both")
+        for name, value in (("query", query), ("key", key)):
+            if value is not None and value >= T:
+                raise HTTPException(422, detail=f"{name} must be < {T} (the trace has {T} tokens)")
+
+        def compute() -> np.ndarray:
+            with holder.lock:
+                return attention_pattern(model, t.token_ids, layer).astype(np.float16)
+
+        pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
+        if query is not None:
+            pattern = pattern[query : query + 1]
+        elif key is not None:
+            pattern = pattern[:, key][None]
+        pattern = np.ascontiguousarray(pattern)
+        shape = ",".join(map(str, pattern.shape))
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            return Response(
+                pattern.astype("<f2").tobytes(),
+                media_type="application/octet-stream",
+                headers={"X-Shape": shape, "Access-Control-Expose-Headers": "X-Shape"},
+            )
+        return {"shape": list(pattern.shape), "data": pattern.astype(np.float32).tolist()}
+
+    @app.post(
+        "/api/generate",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    def generate_stream(req: GenerateRequest) -> StreamingResponse:
+        """Server-sent events: `start` (prompt tokens), one `token` per new token, then `done` with the
+        id of a trace of the whole text (or `error`)."""
+        from lmpeek.capture.generate import generate
+        from lmpeek.capture.tokens import tokenize
+        from lmpeek.capture.trace import trace
+
+        model = holder.ready()
+        with holder.lock:  # validation errors surface as 400 before the stream starts
+            prompt = tokenize(model.tokenizer, req.prompt, model.context_length)
+            params = req.model_dump(exclude={"prompt"})
+            steps = generate(model, req.prompt, **params)
+        return StreamingResponse(_events(model, prompt, steps, trace), media_type="text/event-stream")
+
+    def _events(model, prompt, steps, trace) -> Iterator[str]:
+        yield _sse("start", {"prompt_tokens": prompt.tokens})
+        generated: list[int] = []
+        with holder.lock:
+            try:
+                for step in steps:
+                    generated.append(step.token_id)
+                    yield _sse("token", _step_json(step))
+                ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
+                t = trace(model, ids)
+            except LmpeekError as err:
+                yield _sse("error", {"detail": str(err)})
+                return
+        yield _sse("done", {"trace_id": traces.put(t)})
+
+    def _get(trace_id: str):
+        try:
+            return traces.get(trace_id)
+        except KeyError:
+            raise HTTPException(
+                404, detail=f"no trace with id '{trace_id}' (traces live in memory)"
+            ) from None
+
+    static = _static_dir()
+    if static is not None:
+        app.mount("/", StaticFiles(directory=static, html=True), name="app")
+    else:
+
+        @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+        def not_built() -> str:
+            return _NOT_BUILT
+
+    holder.start(background)
+    return app

@@ -1,0 +1,1 @@
+"""Where traces live between requests."""
