@@ -88,7 +88,7 @@ def test_models_lists_architectures_and_cache():
     "args, message",
     [
         (["trace", "", "-m", "tiny:llama"], "empty"),
-        (["trace", "hello " * 600, "-m", "tiny:llama"], "at most 512"),
+        (["trace", "hello " * 4200, "-m", "tiny:llama"], "at most 4096"),
         (["trace", "hi", "-m", "/no/such/model"], "No such file"),
         (["trace", "hi", "-m", "tiny:nonesuch"], "no tiny model"),
         (["generate", "hi", "-m", "tiny:llama", "--top-p", "3"], "top_p"),

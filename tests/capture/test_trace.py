@@ -172,8 +172,8 @@ def test_empty_text_is_refused(text):
 
 
 def test_text_past_the_context_length_is_refused():
-    with pytest.raises(InvalidInput, match="at most 512"):
-        lmpeek.trace(_model(), "hello " * 700)
+    with pytest.raises(InvalidInput, match="at most 4096"):
+        lmpeek.trace(_model(), "hello " * 4200)
 
 
 def test_bad_top_k_is_refused():

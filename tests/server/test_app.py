@@ -114,7 +114,7 @@ def test_sampling_with_a_seed_is_reproducible(client):
     [
         ("post", "/api/trace", {"text": ""}, 400, "empty"),
         ("post", "/api/trace", {"text": "   "}, 400, "empty"),
-        ("post", "/api/trace", {"text": "hello " * 700}, 400, "at most 512"),
+        ("post", "/api/trace", {"text": "hello " * 4200}, 400, "at most 4096"),
         ("post", "/api/trace", {"text": "x" * 300_000}, 422, "at most"),
         ("post", "/api/trace", {"text": "hi", "top_k": 0}, 422, "greater than or equal"),
         ("post", "/api/trace", {}, 422, "Field required"),
@@ -123,7 +123,7 @@ def test_sampling_with_a_seed_is_reproducible(client):
         ("post", "/api/generate", {"prompt": "hi", "top_p": 2}, 422, "less than or equal"),
         ("post", "/api/generate", {"prompt": "hi", "max_new_tokens": 0}, 422, "greater than or equal"),
         ("post", "/api/generate", {"prompt": ""}, 400, "empty"),
-        ("post", "/api/generate", {"prompt": "hi", "max_new_tokens": 600}, 400, "context length"),
+        ("post", "/api/generate", {"prompt": "hello " * 1500, "max_new_tokens": 2048}, 400, "4096"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(client, method, url, body, status, message):

@@ -27,7 +27,7 @@ _CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-D, L, H, KV, M, CTX = 64, 2, 4, 2, 128, 512
+D, L, H, KV, M, CTX = 64, 2, 4, 2, 128, 4096
 
 _COMMON = dict(hidden_size=D, num_hidden_layers=L, num_attention_heads=H, intermediate_size=M)
 

@@ -1,0 +1,204 @@
+"""The app in headless Chromium: generate and step through tokens; explore a text token by token.
+
+Each test checks that what the page shows is what the API returned, and saves a screenshot under
+test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import ARTIFACTS
+
+
+def _sse(body: str) -> list[tuple[str, dict]]:
+    out = []
+    for frame in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in frame.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def _selected(page) -> int:
+    return int(page.get_by_test_id("gen-selected-index").inner_text().strip())
+
+
+def _check_panels(page, step: dict) -> None:
+    rows = page.get_by_test_id("panel-topk").get_by_test_id("topk-row")
+    shown = [(rows.nth(i).get_attribute("data-token"), float(rows.nth(i).get_attribute("data-prob")))
+             for i in range(rows.count())]  # fmt: skip
+    want = list(zip(step["topk_tokens"], step["topk_probs"], strict=True))
+    assert shown[: len(want)] == want[: len(shown)] and len(shown) >= 5
+    chosen = page.get_by_test_id("panel-topk").locator("[data-testid=topk-row].chosen")
+    assert chosen.count() == 1 and chosen.get_attribute("data-token") == step["token"]
+    assert json.loads(page.get_by_test_id("panel-layers").get_attribute("data-values")) == step["norms"]
+    assert (
+        json.loads(page.get_by_test_id("panel-attn-entropy").get_attribute("data-values"))
+        == step["attn_entropy"]
+    )
+
+
+def test_generate_and_step_with_the_keyboard(page):
+    page.get_by_test_id("tab-generate").click()
+    page.get_by_test_id("gen-prompt").fill("The capital of France is")
+    page.get_by_test_id("gen-max-new-tokens").fill("6")
+    with page.expect_response("**/api/generate") as info:
+        page.get_by_test_id("gen-submit").click()
+    events = _sse(info.value.text())
+    steps = [d for e, d in events if e == "token"]
+    assert len(steps) == 6 and events[-1][0] == "done"
+    chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
+    chips.nth(5).wait_for()
+    assert chips.count() == 6
+    assert [chips.nth(i).get_attribute("data-index") for i in range(6)] == [str(i) for i in range(6)]
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=gen-selected-index]').innerText.trim() === '5'"
+    )
+    _check_panels(page, steps[5])
+
+    page.locator("body").click(position={"x": 5, "y": 5})  # focus out of the text fields
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    assert _selected(page) == 3
+    assert chips.nth(3).get_attribute("class") and "selected" in chips.nth(3).get_attribute("class")
+    _check_panels(page, steps[3])
+    page.keyboard.press("ArrowRight")
+    assert _selected(page) == 4
+    page.get_by_test_id("gen-prev").click()
+    assert _selected(page) == 3
+    page.get_by_test_id("gen-next").click()
+    page.get_by_test_id("gen-next").click()
+    assert _selected(page) == 5
+    page.get_by_test_id("gen-next").click()  # stays at the last token
+    assert _selected(page) == 5
+    page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
+
+
+def _run_explore(page, text: str) -> dict:
+    page.get_by_test_id("tab-explore").click()
+    page.get_by_test_id("explore-text").fill(text)
+    with page.expect_response("**/api/trace") as info:
+        page.get_by_test_id("explore-run").click()
+    data = info.value.json()
+    tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
+    tokens.nth(len(data["tokens"]) - 1).wait_for()
+    return data
+
+
+def _values(page) -> list[str]:
+    return page.eval_on_selector_all(
+        "[data-testid=explore-tokens] [data-testid=token]",
+        "els => els.map(e => e.getAttribute('data-value'))",
+    )
+
+
+TEXT = "The capital of France is Paris.\nThe capital of Germany is Berlin.\ndef f(x):\n    return x"
+
+
+def test_explore_metrics_tooltip_and_predictions(page, server_url):
+    data = _run_explore(page, TEXT)
+    T = len(data["tokens"])
+    tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
+    assert tokens.count() == T
+
+    page.get_by_test_id("metric-select").select_option("entropy")
+    assert [float(v) for v in _values(page)] == pytest.approx(data["entropy"], rel=1e-6)
+    page.get_by_test_id("metric-select").select_option("loss")
+    values = _values(page)
+    assert [float(v) for v in values[:-1]] == pytest.approx(data["loss"][:-1], rel=1e-6) and values[-1] == ""
+
+    tokens.nth(3).hover()
+    tooltip = page.get_by_test_id("tooltip")
+    tooltip.wait_for(state="visible")
+    assert "#3" in tooltip.inner_text() and f"{data['loss'][3]:.3f}"[:4] in tooltip.inner_text()
+
+    tokens.nth(2).click()
+    rows = page.get_by_test_id("panel-predictions").get_by_test_id("pred-row")
+    top5 = list(zip(data["topk_tokens"][2][:5], data["topk_probs"][2][:5], strict=True))
+    shown = [(rows.nth(i).get_attribute("data-token"), float(rows.nth(i).get_attribute("data-prob")))
+             for i in range(5)]  # fmt: skip
+    assert shown == top5
+    actual = page.get_by_test_id("panel-predictions").locator("[data-testid=pred-row].actual")
+    assert actual.count() == 1 and actual.get_attribute("data-token") == data["tokens"][3]
+    assert f"{data['loss'][2]:.2f}" in page.get_by_test_id("explore-loss").inner_text()
+
+    # attention from the selected token: the row the API serves for that layer/head/query
+    page.get_by_test_id("layer-input").fill("1")
+    page.get_by_test_id("layer-input").press("Enter")
+    page.get_by_test_id("head-input").fill("2")
+    page.get_by_test_id("head-input").press("Enter")
+    with page.expect_response("**/attention?*") as info:
+        page.get_by_test_id("metric-select").select_option("attn-from")
+    row = page.request.get(f"{server_url}/api/traces/{data['id']}/attention?layer=1&head=2&query=2").json()
+    page.wait_for_function("() => document.querySelector('[data-testid=explore-tokens] [data-testid=token]')"
+                           ".getAttribute('data-value') !== ''")  # fmt: skip
+    got = [float(v) if v else 0.0 for v in _values(page)]
+    assert got[:3] == pytest.approx(row["data"][0][:3], abs=1e-3)
+    assert info.value.ok
+
+    # opposite attention: how much later tokens attend to the selected one
+    with page.expect_response("**/attention?*"):
+        page.get_by_test_id("metric-select").select_option("attn-to")
+    col = page.request.get(f"{server_url}/api/traces/{data['id']}/attention?layer=1&head=2&key=2").json()
+    page.wait_for_timeout(200)
+    got = [float(v) if v else 0.0 for v in _values(page)]
+    assert got[2:] == pytest.approx(col["data"][0][2:], abs=1e-3)
+
+    # ArrowUp in the layer box steps it, bounded by the model's layers
+    page.get_by_test_id("layer-input").press("ArrowUp")
+    assert page.get_by_test_id("layer-input").input_value() == "1"  # tiny model has layers 0..1
+    page.get_by_test_id("layer-input").press("ArrowDown")
+    assert page.get_by_test_id("layer-input").input_value() == "0"
+    page.screenshot(path=str(ARTIFACTS / "explore.png"), full_page=True)
+
+
+def test_explore_opacity_and_newlines(page):
+    _run_explore(page, TEXT)
+    container = page.get_by_test_id("explore-tokens")
+    with_glyph = container.inner_text()
+    page.get_by_test_id("show-newlines").set_checked(not page.get_by_test_id("show-newlines").is_checked())
+    assert container.inner_text() != with_glyph
+    slider = page.get_by_test_id("opacity-slider")
+    before = container.get_by_test_id("token").nth(1).evaluate("e => getComputedStyle(e).backgroundColor")
+    slider.fill(slider.get_attribute("min") or "0")
+    after = container.get_by_test_id("token").nth(1).evaluate("e => getComputedStyle(e).backgroundColor")
+    assert before != after
+    assert (
+        page.get_by_test_id("scale-min").inner_text().strip()
+        and page.get_by_test_id("scale-max").inner_text()
+    )
+
+
+def test_bad_input_shows_the_servers_message(page):
+    page.get_by_test_id("tab-explore").click()
+    page.get_by_test_id("explore-text").fill("   ")
+    page.get_by_test_id("explore-run").click()
+    page.get_by_test_id("explore-error").filter(has_text="empty").wait_for(timeout=5000)
+
+
+LONGEST_TASK = """() => {
+  window.__longest = 0;
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) window.__longest = Math.max(window.__longest, e.duration);
+  }).observe({type: "longtask", buffered: true});
+}"""
+
+
+def test_a_2048_token_text_stays_responsive(page):
+    page.evaluate(LONGEST_TASK)
+    words = "alpha beta gamma delta, the capital of France is Paris. def f(x): return x + 1\n"
+    text = words * 48  # 43 tiny-model tokens a line: 2,064 tokens
+    data = _run_explore(page, text)
+    n = len(data["tokens"])
+    assert n >= 2048, n
+    tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
+    tokens.nth(n // 2).hover()
+    page.get_by_test_id("tooltip").wait_for(state="visible", timeout=3000)
+    page.get_by_test_id("metric-select").select_option("entropy")
+    tokens.nth(n - 1).click()
+    page.get_by_test_id("panel-predictions").get_by_test_id("pred-row").first.wait_for()
+    longest = page.evaluate("window.__longest")
+    assert longest < 1500, f"the main thread was blocked for {longest:.0f} ms"
+    page.screenshot(path=str(ARTIFACTS / "explore-2048.png"))
