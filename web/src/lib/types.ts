@@ -1,0 +1,80 @@
+/** The server's JSON shapes (see src/lmpeek/server/app.py). */
+
+export interface ModelInfo {
+  name: string;
+  architecture: string;
+  n_layers: number;
+  n_heads: number;
+  n_kv_heads?: number;
+  d_model: number;
+  d_head?: number;
+  d_mlp?: number;
+  vocab_size: number;
+  context_length: number;
+  [extra: string]: unknown;
+}
+
+export interface Health {
+  status: "loading" | "ready" | "error";
+  message: string;
+  model: ModelInfo | null;
+}
+
+export const COMPONENTS = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"] as const;
+export type Component = (typeof COMPONENTS)[number];
+
+/** POST /api/trace and GET /api/traces/{id}. Arrays are indexed by token position t. */
+export interface Trace {
+  id: string;
+  tokens: string[];
+  token_ids: number[];
+  offsets: [number, number][];
+  /** [T][k]: the prediction made AT t for token t+1 */
+  topk_ids: number[][];
+  topk_probs: number[][];
+  topk_tokens: string[][];
+  entropy: number[];
+  /** loss of the actual token t+1; null at the last token */
+  loss: (number | null)[];
+  true_prob: (number | null)[];
+  /** "blocks.{l}.hook_{component}" -> [T] */
+  norms: Record<string, number[]>;
+  /** [layer][head][T] */
+  attn_entropy: number[][][];
+  model: ModelInfo;
+  text: string;
+  chat: boolean;
+}
+
+export type StepNorms = Record<Component, number[]>;
+
+/** One `token` event of /api/generate. */
+export interface GenStep {
+  index: number;
+  position: number;
+  token: string;
+  token_id: number;
+  prob: number;
+  topk_tokens: string[];
+  topk_probs: number[];
+  topk_ids: number[];
+  entropy: number;
+  /** component -> [layer] */
+  norms: StepNorms;
+  /** [layer][head] */
+  attn_entropy: number[][];
+}
+
+export interface GenParams {
+  prompt: string;
+  max_new_tokens: number;
+  temperature: number;
+  top_p: number;
+  top_k: number;
+  seed: number | null;
+}
+
+export interface Pattern {
+  shape: number[];
+  data: Float32Array;
+}
