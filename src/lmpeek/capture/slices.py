@@ -1,13 +1,20 @@
-"""Heavy per-layer tensors recomputed on demand from a trace's token ids, instead of being stored.
+"""Heavy per-layer tensors recomputed on demand instead of being stored.
 
-A Trace keeps only summaries; a view that needs one layer's attention pattern gets it here by running
-the model up to that layer and stopping there (later layers cannot change it).
+A Trace keeps summaries; a view that needs one layer's internals gets them here, either by running the
+model up to that layer and stopping (`attention_pattern`, needs only token ids), or by running that one
+block on its stored input (`run_block`, needs the block's resid_pre): any hook point of block l is a
+function of resid_pre[l] alone, so storing the residual stream (~0.3 GB at 4k tokens) replaces storing
+every tensor (patterns alone would be 4.5 GB).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+from torch import nn
 
 from lmpeek.capture.hooks import attach, install_attention
 from lmpeek.errors import InvalidInput
@@ -37,3 +44,57 @@ def attention_pattern(model: LoadedModel, token_ids, layer: int) -> np.ndarray:
         except _Stop:
             pass
     return got["pattern"]
+
+
+@contextmanager
+def _only_block(model: LoadedModel, layer: int) -> Iterator[nn.Module]:
+    """The base model (no LM head) temporarily holding just block `layer`.
+
+    The base model's own forward then builds the rotary embeddings and the (sliding-window) mask for
+    that block exactly as in a full pass; `num_hidden_layers` and `layer_types` are narrowed to match
+    because forwards slice and index the block list with them.
+    """
+    b = model.bound
+    parent_path, attr = b.adapter.blocks.rsplit(".", 1)
+    base = b.module(parent_path)
+    blocks = getattr(base, attr)
+    config = base.config
+    saved = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
+    setattr(base, attr, nn.ModuleList([blocks[layer]]))
+    config.num_hidden_layers = 1
+    if saved.get("layer_types") is not None:
+        config.layer_types = [saved["layer_types"][layer]]
+    try:
+        yield base
+    finally:
+        setattr(base, attr, blocks)
+        for k, v in saved.items():
+            setattr(config, k, v)
+
+
+@torch.inference_mode()
+def run_block(
+    model: LoadedModel, layer: int, resid_pre: np.ndarray, hooks: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """Run block `layer` alone on its input resid_pre [T, D]; returns the named hook points of that block
+    (names relative to the block, e.g. "attn.hook_pattern", "hook_mlp_out"), batch dim dropped, float32.
+    Equal to a full forward's values (to float rounding) when resid_pre is the full forward's."""
+    if not 0 <= layer < model.n_layers:
+        raise InvalidInput(f"layer must be in 0..{model.n_layers - 1}, got {layer}")
+    install_attention(model.hf)
+    b = model.bound
+    got: dict[str, np.ndarray] = {}
+
+    def keeper(name: str):
+        return lambda x: got.__setitem__(name, x[0].to("cpu", torch.float32).numpy().copy())
+
+    x = torch.as_tensor(np.asarray(resid_pre), dtype=next(model.hf.parameters()).dtype, device=model.device)[
+        None
+    ]
+    if b.adapter.pos_embed:  # gpt2 adds learned positions to inputs_embeds: take them out first
+        positions = torch.arange(x.shape[1], device=model.device)
+        x = x - b.module(b.adapter.pos_embed)(positions)[None]
+    names = list(hooks)
+    with _only_block(model, layer) as base, attach(b, {f"blocks.{layer}.{n}": keeper(n) for n in names}):
+        base(inputs_embeds=x, use_cache=False)
+    return {n: got[n] for n in names}

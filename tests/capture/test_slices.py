@@ -1,0 +1,67 @@
+"""Per-layer internals recomputed from token ids or from a block's stored input equal a full pass."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import lmpeek
+from lmpeek.capture.slices import attention_pattern, run_block
+from lmpeek.errors import InvalidInput
+from lmpeek.models.tiny import TINY_ARCHITECTURES
+
+TEXT = "The capital of France is Paris. def f(x): return x * 2, and a few more words"
+POINTS = [
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+]
+
+
+def _model(arch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return lmpeek.load(f"tiny:{arch}")
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_run_block_equals_the_full_forward(arch):
+    m = _model(arch)
+    t = lmpeek.trace(m, TEXT, keep=["blocks.*"])
+    for layer in range(m.n_layers):
+        got = run_block(m, layer, t[f"blocks.{layer}.hook_resid_pre"], POINTS)
+        for p in POINTS:
+            want = t[f"blocks.{layer}.{p}"]
+            np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+    # the model is whole again afterwards
+    assert len(m.bound.module(m.bound.adapter.blocks)) == m.n_layers == m.hf.config.num_hidden_layers
+    np.testing.assert_allclose(lmpeek.trace(m, TEXT).entropy, t.entropy, rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_attention_pattern_stops_at_the_layer(arch):
+    m = _model(arch)
+    t = lmpeek.trace(m, TEXT, keep=["blocks.*.attn.hook_pattern"])
+    for layer in range(m.n_layers):
+        np.testing.assert_allclose(
+            attention_pattern(m, t.token_ids, layer), t[f"blocks.{layer}.attn.hook_pattern"], atol=1e-5
+        )
+
+
+def test_bad_layer():
+    m = _model("llama")
+    with pytest.raises(InvalidInput, match="layer"):
+        run_block(m, 5, np.zeros((3, 64), np.float32), ["hook_mlp_out"])
+    with pytest.raises(InvalidInput, match="layer"):
+        attention_pattern(m, [1, 2, 3], -1)
