@@ -28,7 +28,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server_url():
+def server_url(tmp_path_factory):
     import uvicorn
 
     from lmpeek.server.app import _static_dir, create_app
@@ -39,7 +39,12 @@ def server_url():
         )
     port = _free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app("tiny:llama"), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app("tiny:llama", store_dir=tmp_path_factory.mktemp("traces")),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -15,8 +15,8 @@ from lmpeek.server.app import create_app
 
 
 @pytest.fixture(scope="module")
-def client():
-    app = create_app("tiny:llama", background=False)
+def client(tmp_path_factory):
+    app = create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("traces"))
     with TestClient(app) as c:
         yield c
 
@@ -146,14 +146,14 @@ def test_bad_attention_parameters(client, query, status, message):
     assert r.status_code == status and message in r.text, r.text
 
 
-def test_loading_state_then_ready():
+def test_loading_state_then_ready(tmp_path):
     gate = threading.Event()
 
     def slow_loader(source):
         gate.wait(10)
         return lmpeek.load("tiny:gpt2")
 
-    app = create_app("tiny:gpt2", loader=slow_loader)
+    app = create_app("tiny:gpt2", loader=slow_loader, store_dir=tmp_path)
     with TestClient(app) as c:
         assert c.get("/api/health").json()["status"] == "loading"
         r = c.post("/api/trace", json={"text": "hi"})
@@ -166,8 +166,8 @@ def test_loading_state_then_ready():
         assert c.post("/api/trace", json={"text": "hi"}).status_code == 200
 
 
-def test_a_model_that_fails_to_load_is_reported():
-    app = create_app("/no/such/model", background=False)
+def test_a_model_that_fails_to_load_is_reported(tmp_path):
+    app = create_app("/no/such/model", background=False, store_dir=tmp_path)
     with TestClient(app) as c:
         h = c.get("/api/health").json()
         assert h["status"] == "error" and "No such file" in h["message"]

@@ -233,3 +233,20 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
         model=model.info(),
         tensors={n: kept[n] for n in keep_names},
     )
+
+
+def resid_names(model: LoadedModel) -> list[str]:
+    """The residual stream as hook names: every block's input, then the last block's output."""
+    L = model.n_layers
+    return [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+
+
+def trace_with_resid(
+    model: LoadedModel, text: str | Sequence[int], top_k: int = 10
+) -> tuple[Trace, np.ndarray]:
+    """`trace`, plus the residual stream [L+1, T, D] as float16 (what a store keeps on disk so that any
+    layer's internals can be recomputed later; see capture.slices.run_block)."""
+    names = resid_names(model)
+    t = trace(model, text, top_k=top_k, keep=names)
+    resid = np.stack([t.tensors.pop(n).astype(np.float16) for n in names])
+    return t, resid

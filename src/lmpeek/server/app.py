@@ -116,16 +116,26 @@ _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>lmpeek</title>
 
 
 def create_app(
-    source: str = "default", *, background: bool = True, loader=None, store: TraceStore | None = None
+    source: str = "default",
+    *,
+    background: bool = True,
+    loader=None,
+    store: TraceStore | None = None,
+    store_dir: str | Path | None = None,
 ):
-    """The FastAPI app for one model. `background=False` loads the model before returning."""
+    """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
+    their residual streams go to `store_dir` (default: <lmpeek cache>/traces)."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
         version=__import__("lmpeek").__version__,
     )
     holder = ModelHolder(source, loader)
-    traces = store or TraceStore()
+    if store is None:
+        from lmpeek.models.sources import cache_dir
+
+        store = TraceStore(Path(store_dir) if store_dir is not None else cache_dir() / "traces")
+    traces = store
     app.state.holder = holder
     app.state.traces = traces
 
@@ -146,12 +156,12 @@ def create_app(
     @app.post("/api/trace")
     def trace_text(req: TraceRequest) -> dict[str, Any]:
         """Run the model once on `text`; returns the trace's summaries and its id."""
-        from lmpeek.capture.trace import trace
+        from lmpeek.capture.trace import trace_with_resid
 
         model = holder.ready()
         with holder.lock:
-            t = trace(model, req.text, top_k=req.top_k)
-        return _summary(traces.put(t), t)
+            t, resid = trace_with_resid(model, req.text, top_k=req.top_k)
+        return _summary(traces.put(t, resid), t)
 
     @app.get("/api/traces/{trace_id}")
     def get_trace(trace_id: str) -> dict[str, Any]:
@@ -178,7 +188,7 @@ def create_app(
 
         float16 little-endian bytes with `Accept: application/octet-stream` (shape in `X-Shape`),
         JSON `{"shape", "data"}` otherwise."""
-        from lmpeek.capture.slices import attention_pattern
+        from lmpeek.capture.slices import attention_pattern, run_block
 
         t = _get(trace_id)
         model = holder.ready()
@@ -192,7 +202,13 @@ def create_app(
                 raise HTTPException(422, detail=f"{name} must be < {T} (the trace has {T} tokens)")
 
         def compute() -> np.ndarray:
-            with holder.lock:
+            if traces.has_resid(trace_id):  # one block on its stored input
+                resid = traces.resid(trace_id, layer)
+                with holder.lock:
+                    return run_block(model, layer, resid, ["attn.hook_pattern"])["attn.hook_pattern"].astype(
+                        np.float16
+                    )
+            with holder.lock:  # no stored stream: run the model up to this layer
                 return attention_pattern(model, t.token_ids, layer).astype(np.float16)
 
         pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
@@ -220,16 +236,18 @@ def create_app(
         id of a trace of the whole text (or `error`)."""
         from lmpeek.capture.generate import generate
         from lmpeek.capture.tokens import tokenize
-        from lmpeek.capture.trace import trace
+        from lmpeek.capture.trace import trace_with_resid
 
         model = holder.ready()
         with holder.lock:  # validation errors surface as 400 before the stream starts
             prompt = tokenize(model.tokenizer, req.prompt, model.context_length)
             params = req.model_dump(exclude={"prompt"})
             steps = generate(model, req.prompt, **params)
-        return StreamingResponse(_events(model, prompt, steps, trace), media_type="text/event-stream")
+        return StreamingResponse(
+            _events(model, prompt, steps, trace_with_resid), media_type="text/event-stream"
+        )
 
-    def _events(model, prompt, steps, trace) -> Iterator[str]:
+    def _events(model, prompt, steps, trace_with_resid) -> Iterator[str]:
         yield _sse("start", {"prompt_tokens": prompt.tokens})
         generated: list[int] = []
         with holder.lock:
@@ -238,11 +256,11 @@ def create_app(
                     generated.append(step.token_id)
                     yield _sse("token", _step_json(step))
                 ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
-                t = trace(model, ids)
+                t, resid = trace_with_resid(model, ids)
             except LmpeekError as err:
                 yield _sse("error", {"detail": str(err)})
                 return
-        yield _sse("done", {"trace_id": traces.put(t)})
+        yield _sse("done", {"trace_id": traces.put(t, resid)})
 
     def _get(trace_id: str):
         try:
