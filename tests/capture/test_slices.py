@@ -65,3 +65,17 @@ def test_bad_layer():
         run_block(m, 5, np.zeros((3, 64), np.float32), ["hook_mlp_out"])
     with pytest.raises(InvalidInput, match="layer"):
         attention_pattern(m, [1, 2, 3], -1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "phi3"])
+def test_head_results_sum_to_the_attention_output(arch):
+    from lmpeek.capture.slices import head_results
+
+    m = _model(arch)
+    t = lmpeek.trace(m, TEXT, keep=["blocks.1.attn.hook_z", "blocks.1.hook_attn_out"])
+    res = head_results(m, 1, t["blocks.1.attn.hook_z"])
+    assert res.shape == (len(t), m.n_heads, m.d_model)
+    o_proj = m.bound.block_module(1, m.bound.adapter.o_proj)
+    bias = getattr(o_proj, "bias", None)
+    bias = 0 if bias is None else bias.detach().numpy()
+    np.testing.assert_allclose(res.sum(1) + bias, t["blocks.1.hook_attn_out"], rtol=1e-4, atol=1e-4)

@@ -98,3 +98,24 @@ def run_block(
     with _only_block(model, layer) as base, attach(b, {f"blocks.{layer}.{n}": keeper(n) for n in names}):
         base(inputs_embeds=x, use_cache=False)
     return {n: got[n] for n in names}
+
+
+@torch.inference_mode()
+def head_results(model: LoadedModel, layer: int, z: np.ndarray) -> np.ndarray:
+    """Each head's write into the residual stream, z_h · W_O[h]: z [T, H, d] -> [T, H, D] (float32).
+
+    Computed with the model's own output projection applied to one head's slice of z at a time (the
+    rest zeroed) minus its bias, so Linear and GPT-2's Conv1D layouts need no special case. The heads'
+    writes sum to the projection's output less its bias; for Gemma 3 that output is then normalised
+    (post_attention_layernorm) before it is added, so there the writes are pre-norm contributions.
+    """
+    o_proj = model.bound.block_module(layer, model.bound.adapter.o_proj)
+    zt = torch.as_tensor(np.asarray(z), dtype=next(model.hf.parameters()).dtype, device=model.device)
+    T, H, d = zt.shape
+    bias = o_proj(torch.zeros(1, H * d, dtype=zt.dtype, device=zt.device))[0]  # the bias (or zeros)
+    out = torch.empty(T, H, model.d_model, dtype=torch.float32)
+    for h in range(H):
+        only = torch.zeros_like(zt)
+        only[:, h] = zt[:, h]
+        out[:, h] = (o_proj(only.reshape(T, H * d)) - bias).float().cpu()
+    return out.numpy()

@@ -262,6 +262,63 @@ def create_app(
                 return
         yield _sse("done", {"trace_id": traces.put(t, resid)})
 
+    @app.get("/api/components")
+    def list_components() -> list[dict[str, Any]]:
+        """The hook points a view can select for this model (`{l}` stands for the layer)."""
+        from lmpeek.server.components import components
+
+        return components(holder.ready())
+
+    @app.get(
+        "/api/traces/{trace_id}/vector",
+        responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}},
+    )
+    def vector(
+        trace_id: str,
+        hook: str,
+        token: Annotated[int, Query(ge=0)],
+        head: Annotated[int | None, Query(ge=0)] = None,
+        format: Literal["json", "npy"] = "json",
+    ):
+        """One token's vector at a hook point (float32), as JSON or as a .npy file to download."""
+        x = component(trace_id, hook, head)
+        if token >= x.shape[0]:
+            raise HTTPException(422, detail=f"token must be < {x.shape[0]}")
+        v = np.ascontiguousarray(x[token], dtype=np.float32)
+        name = f"{hook}{'' if head is None else f'.head{head}'}.token{token}".replace("{", "").replace(
+            "}", ""
+        )
+        if format == "npy":
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, v)
+            disposition = f'attachment; filename="{name}.npy"'
+            return Response(
+                buf.getvalue(),
+                media_type="application/octet-stream",
+                headers={"Content-Disposition": disposition},
+            )
+        return {"hook": hook, "head": head, "token": token, "shape": list(v.shape), "data": v.tolist()}
+
+    def component(trace_id: str, hook: str, head: int | None) -> np.ndarray:
+        """A hook point's array for a stored trace ([T, ...], float32), one block recomputed, cached."""
+        from lmpeek.server import components as comp
+
+        _get(trace_id)
+        model = holder.ready()
+        comp.parse(model, hook)
+        if not traces.has_resid(trace_id):
+            raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
+
+        def calc() -> np.ndarray:
+            with holder.lock:
+                return comp.compute(model, traces, trace_id, hook)
+
+        return comp.select_head(model, hook, traces.derived(trace_id, ("component", hook), calc), head)
+
+    app.state.component = component
+
     def _get(trace_id: str):
         try:
             return traces.get(trace_id)

@@ -1,0 +1,86 @@
+"""Hook-point arrays of a stored trace, recomputed from its residual stream one block at a time."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmpeek.errors import InvalidInput
+
+# block-level points a view can select, in forward order; attn.hook_result is each head's write into
+# the residual stream (z_h · W_O[h])
+BLOCK_POINTS = (
+    "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
+    "hook_mlp_out", "hook_resid_post",
+)  # fmt: skip
+PER_HEAD = {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",
+            "attn.hook_result"}  # fmt: skip
+KV_HEADS = {"attn.hook_k", "attn.hook_v", "attn.hook_rot_k"}
+_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def components(model) -> list[dict[str, Any]]:
+    """What the component selector offers for this model."""
+    rope = bool(model.bound.rotary_dims)
+    out = [{"hook": "hook_embed", "per_head": False, "per_layer": False}]
+    for point in BLOCK_POINTS:
+        if "rot_" in point and not rope:
+            continue
+        out.append({"hook": f"blocks.{{l}}.{point}", "point": point, "per_head": point in PER_HEAD,
+                    "per_layer": True})  # fmt: skip
+    out.append({"hook": "ln_final.hook_normalized", "per_head": False, "per_layer": False})
+    return out
+
+
+def parse(model, hook: str) -> tuple[int | None, str]:
+    m = _HOOK.match(hook)
+    if m:
+        layer, point = int(m.group(1)), m.group(2)
+        if point not in BLOCK_POINTS or ("rot_" in point and not model.bound.rotary_dims):
+            raise InvalidInput(f"unknown hook point '{point}'; choose one of {', '.join(BLOCK_POINTS)}")
+        if layer >= model.n_layers:
+            raise InvalidInput(f"layer must be < {model.n_layers}, got {layer}")
+        return layer, point
+    if hook in ("hook_embed", "ln_final.hook_normalized"):
+        return None, hook
+    raise InvalidInput(f"unknown hook '{hook}': use e.g. 'blocks.3.hook_resid_post', 'hook_embed'")
+
+
+def compute(model, traces, trace_id: str, hook: str) -> np.ndarray:
+    """The hook point's array for the whole trace, float32: [T, D], [T, M] or [T, heads, d | D]."""
+    from lmpeek.capture.slices import head_results, run_block
+
+    layer, point = parse(model, hook)
+    b = model.bound
+    if point == "hook_embed":
+        ids = torch.as_tensor(traces.get(trace_id).token_ids, device=model.device)
+        with torch.inference_mode():
+            return b.module(b.adapter.embed)(ids).float().cpu().numpy()
+    if point == "ln_final.hook_normalized":
+        x = torch.as_tensor(traces.resid(trace_id, model.n_layers), dtype=torch.float32, device=model.device)
+        with torch.inference_mode():
+            return b.module(b.adapter.final_norm)(x).float().cpu().numpy()
+    assert layer is not None
+    resid = traces.resid(trace_id, layer)
+    if point == "attn.hook_result":
+        z = run_block(model, layer, resid, ["attn.hook_z"])["attn.hook_z"]
+        return head_results(model, layer, z)
+    return run_block(model, layer, resid, [point])[point]
+
+
+def select_head(model, hook: str, array: np.ndarray, head: int | None) -> np.ndarray:
+    """[T, heads, d] -> [T, d] for `head` (a query head; K/V use the KV head it reads); others as is."""
+    _, point = parse(model, hook)
+    if point not in PER_HEAD:
+        return array
+    if head is None:
+        raise InvalidInput(f"'{hook}' is per head: give head=0..{model.n_heads - 1}")
+    if not 0 <= head < model.n_heads:
+        raise InvalidInput(f"head must be < {model.n_heads}, got {head}")
+    if point in KV_HEADS:
+        head = head // (model.n_heads // model.bound.n_kv_heads)
+    return array[:, head]

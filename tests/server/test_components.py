@@ -1,0 +1,84 @@
+"""Hook-point arrays of a stored trace, served per token, recomputed from the stored residual stream."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import lmpeek
+from lmpeek.server.app import create_app
+
+TEXT = "The capital of France is Paris. def f(x): return x"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with TestClient(create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("t"))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def full(client):
+    model = client.app.state.holder.model
+    return lmpeek.trace(model, TEXT, keep=["*"])
+
+
+@pytest.fixture(scope="module")
+def tid(client):
+    return client.post("/api/trace", json={"text": TEXT}).json()["id"]
+
+
+def test_components_list(client):
+    hooks = [c["hook"] for c in client.get("/api/components").json()]
+    assert "blocks.{l}.attn.hook_rot_q" in hooks and "blocks.{l}.attn.hook_result" in hooks
+    assert hooks[0] == "hook_embed" and hooks[-1] == "ln_final.hook_normalized"
+
+
+@pytest.mark.parametrize(
+    "hook, head, index",
+    [
+        ("blocks.1.hook_resid_post", None, None),
+        ("blocks.0.hook_mlp_out", None, None),
+        ("blocks.1.mlp.hook_post", None, None),
+        ("blocks.1.attn.hook_q", 3, 3),
+        ("blocks.1.attn.hook_k", 3, 1),  # query head 3 reads KV head 1 (4 heads, 2 KV heads)
+        ("blocks.0.attn.hook_rot_q", 1, 1),
+        ("blocks.1.attn.hook_z", 2, 2),
+        ("hook_embed", None, None),
+        ("ln_final.hook_normalized", None, None),
+    ],
+)
+def test_vectors_equal_the_full_forward(client, full, tid, hook, head, index):
+    for token in (0, 5, len(full) - 1):
+        params = {"hook": hook, "token": token} | ({"head": head} if head is not None else {})
+        got = np.array(client.get(f"/api/traces/{tid}/vector", params=params).json()["data"])
+        want = full[hook][token] if index is None else full[hook][token, index]
+        # recomputed from the float16-stored residual stream: float16 precision
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * max(1.0, np.abs(want).max()))
+
+
+def test_head_result_download_as_npy(client, tid):
+    r = client.get(f"/api/traces/{tid}/vector", params={"hook": "blocks.1.attn.hook_result", "token": 2,
+                                                         "head": 0, "format": "npy"})  # fmt: skip
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    v = np.load(io.BytesIO(r.content))
+    assert v.shape == (64,) and v.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "params, status, message",
+    [
+        ({"hook": "blocks.9.hook_resid_post", "token": 0}, 400, "layer must be"),
+        ({"hook": "blocks.0.hook_nope", "token": 0}, 400, "unknown hook point"),
+        ({"hook": "nonsense", "token": 0}, 400, "unknown hook"),
+        ({"hook": "blocks.0.attn.hook_q", "token": 0}, 400, "per head"),
+        ({"hook": "blocks.0.attn.hook_q", "token": 0, "head": 9}, 400, "head must be"),
+        ({"hook": "blocks.0.hook_resid_post", "token": 999}, 422, "token must be"),
+    ],
+)
+def test_bad_vector_requests(client, tid, params, status, message):
+    r = client.get(f"/api/traces/{tid}/vector", params=params)
+    assert r.status_code == status and message in r.text, r.text
