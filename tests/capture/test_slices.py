@@ -79,3 +79,20 @@ def test_head_results_sum_to_the_attention_output(arch):
     bias = getattr(o_proj, "bias", None)
     bias = 0 if bias is None else bias.detach().numpy()
     np.testing.assert_allclose(res.sum(1) + bias, t["blocks.1.hook_attn_out"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "gpt_neox", "qwen3"])
+def test_head_pattern_from_q_and_k(arch):
+    from lmpeek.capture.slices import head_pattern
+
+    m = _model(arch)
+    rope = m.bound.rotary_dims is not None
+    q, k = ("attn.hook_rot_q", "attn.hook_rot_k") if rope else ("attn.hook_q", "attn.hook_k")
+    t = lmpeek.trace(m, TEXT, keep=[f"blocks.*.{q}", f"blocks.*.{k}", "blocks.*.attn.hook_pattern"])
+    group = m.n_heads // m.bound.n_kv_heads
+    for layer in range(m.n_layers):
+        for h in range(m.n_heads):
+            got = head_pattern(
+                m, layer, t[f"blocks.{layer}.{q}"][:, h], t[f"blocks.{layer}.{k}"][:, h // group]
+            )
+            np.testing.assert_allclose(got, t[f"blocks.{layer}.attn.hook_pattern"][h], atol=1e-5)

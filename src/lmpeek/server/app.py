@@ -188,7 +188,7 @@ def create_app(
 
         float16 little-endian bytes with `Accept: application/octet-stream` (shape in `X-Shape`),
         JSON `{"shape", "data"}` otherwise."""
-        from lmpeek.capture.slices import attention_pattern, run_block
+        from lmpeek.capture.slices import attention_pattern, head_pattern
 
         t = _get(trace_id)
         model = holder.ready()
@@ -201,17 +201,26 @@ def create_app(
             if value is not None and value >= T:
                 raise HTTPException(422, detail=f"{name} must be < {T} (the trace has {T} tokens)")
 
-        def compute() -> np.ndarray:
-            if traces.has_resid(trace_id):  # one block on its stored input
-                resid = traces.resid(trace_id, layer)
-                with holder.lock:
-                    return run_block(model, layer, resid, ["attn.hook_pattern"])["attn.hook_pattern"].astype(
-                        np.float16
-                    )
-            with holder.lock:  # no stored stream: run the model up to this layer
-                return attention_pattern(model, t.token_ids, layer).astype(np.float16)
+        if traces.has_resid(trace_id):
+            # this head only, from its Q and K recomputed out of the stored residual stream
+            rope = model.bound.rotary_dims is not None
+            q_hook, k_hook = (
+                ("attn.hook_rot_q", "attn.hook_rot_k") if rope else ("attn.hook_q", "attn.hook_k")
+            )
+            q = component(trace_id, f"blocks.{layer}.{q_hook}", head)
+            k = component(trace_id, f"blocks.{layer}.{k_hook}", head)
+            pattern = traces.derived(
+                trace_id,
+                ("head_pattern", layer, head),
+                lambda: head_pattern(model, layer, q, k).astype(np.float16),
+            )
+        else:  # no stored stream: run the model up to this layer
 
-        pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
+            def compute() -> np.ndarray:
+                with holder.lock:
+                    return attention_pattern(model, t.token_ids, layer).astype(np.float16)
+
+            pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
         if query is not None:
             pattern = pattern[query : query + 1]
         elif key is not None:
