@@ -183,6 +183,10 @@ def create_app(
         key: Annotated[
             int | None, Query(ge=0, description="only this key's column (attention to it)")
         ] = None,
+        rope: Annotated[
+            Literal["full", "applied", "not_applied"],
+            Query(description="recompute from the full Q/K, only their rotary part, or only the rest"),
+        ] = "full",
     ):
         """One head's attention pattern [T, T], or one row (`query`) or column (`key`) of it.
 
@@ -201,7 +205,9 @@ def create_app(
             if value is not None and value >= T:
                 raise HTTPException(422, detail=f"{name} must be < {T} (the trace has {T} tokens)")
 
-        if traces.has_resid(trace_id):
+        if rope != "full":
+            pattern = _rope_part(trace_id, model, layer, head, rope)
+        elif traces.has_resid(trace_id):
             # this head only, from its Q and K recomputed out of the stored residual stream
             rope = model.bound.rotary_dims is not None
             q_hook, k_hook = (
@@ -234,6 +240,29 @@ def create_app(
                 headers={"X-Shape": shape, "Access-Control-Expose-Headers": "X-Shape"},
             )
         return {"shape": list(pattern.shape), "data": pattern.astype(np.float32).tolist()}
+
+    def _rope_part(trace_id: str, model, layer: int, head: int, part: str) -> np.ndarray:
+        """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
+        from lmpeek.analysis.attention import rope_parts_pattern
+
+        if not model.bound.rotary_dims:
+            raise HTTPException(422, detail="this model has no RoPE: only rope=full applies")
+        if not traces.has_resid(trace_id):
+            raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
+        qk = {
+            n: component(trace_id, f"blocks.{layer}.attn.hook_{n}", head)[:, None]
+            for n in ("q", "k", "rot_q", "rot_k")
+        }
+        attn = model.bound.attn_modules[layer]
+        scale = getattr(attn, "scaling", None) or model.bound.d_head**-0.5
+
+        def calc() -> np.ndarray:
+            p = rope_parts_pattern(
+                qk["q"], qk["k"], qk["rot_q"], qk["rot_k"], model.bound.rotary_dims, part, scale, 1
+            )
+            return p[0].astype(np.float16)
+
+        return traces.derived(trace_id, ("rope", part, layer, head), calc)
 
     @app.post(
         "/api/generate",
@@ -327,6 +356,27 @@ def create_app(
         return comp.select_head(model, hook, traces.derived(trace_id, ("component", hook), calc), head)
 
     app.state.component = component
+
+    from lmpeek.server.routes_analysis import add_analysis_routes
+
+    add_analysis_routes(app, holder, traces, component, lambda trace_id: _get(trace_id))
+
+    @app.get("/api/samples")
+    def samples() -> list[dict[str, Any]]:
+        """The bundled sample texts, and the user's (a folder named by $LMPEEK_SAMPLES)."""
+        from lmpeek.samples import library
+
+        return [{"id": s.id, "title": s.title, "kind": s.kind, "chars": len(s.text)} for s in library()]
+
+    @app.get("/api/samples/{sample_id}")
+    def sample(sample_id: str) -> dict[str, Any]:
+        from lmpeek.samples import get
+
+        try:
+            s = get(sample_id)
+        except KeyError as err:
+            raise HTTPException(404, detail=str(err).strip("'\"")) from None
+        return {"id": s.id, "title": s.title, "kind": s.kind, "text": s.text}
 
     def _get(trace_id: str):
         try:

@@ -1,0 +1,146 @@
+"""Explore-view analyses over HTTP against independent numpy computations on a full forward's arrays.
+
+The server recomputes each layer from the float16-stored residual stream, so values agree to float16
+precision (~1e-3 relative), not exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import lmpeek
+from lmpeek.server.app import create_app
+
+TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
+TOL = {"rtol": 2e-2, "atol": 2e-2}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with TestClient(create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("t"))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def full(client):
+    return lmpeek.trace(client.app.state.holder.model, TEXT, keep=["*"])
+
+
+@pytest.fixture(scope="module")
+def tid(client):
+    return client.post("/api/trace", json={"text": TEXT}).json()["id"]
+
+
+def get(client, tid, what, **params):
+    r = client.get(f"/api/traces/{tid}/{what}", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_activation_stats(client, full, tid):
+    x = full["blocks.1.hook_resid_post"]
+    r = get(client, tid, "activations", hook="blocks.1.hook_resid_post", stat="norm")
+    np.testing.assert_allclose(r["values"], np.linalg.norm(x, axis=1), **TOL)
+    r = get(client, tid, "activations", hook="blocks.1.hook_resid_post", stat="abs_sum", scale="minmax")
+    np.testing.assert_allclose(r["values"], np.abs(x).sum(1), **TOL)
+    assert min(r["scaled"]) == pytest.approx(0) and max(r["scaled"]) == pytest.approx(1)
+    r = get(client, tid, "activations", hook="blocks.0.attn.hook_q", head=1, stat="value", dim=3)
+    np.testing.assert_allclose(r["values"], full["blocks.0.attn.hook_q"][:, 1, 3], **TOL)
+    assert r["signed"] and all(-1 <= v <= 1 for v in r["scaled"])
+
+
+def test_similarities(client, full, tid):
+    x = full["blocks.1.hook_mlp_out"]
+    r = get(client, tid, "similarity", hook="blocks.1.hook_mlp_out", token=4, kind="tokens")
+    np.testing.assert_allclose(r["values"], [_cos(x[4], v) for v in x], atol=2e-2)
+    r = get(client, tid, "similarity", hook="blocks.1.hook_resid_post", token=0, kind="previous")
+    prev, cur = full["blocks.0.hook_resid_post"], full["blocks.1.hook_resid_post"]
+    np.testing.assert_allclose(r["values"], [_cos(a, b) for a, b in zip(cur, prev, strict=True)], atol=2e-2)
+    r = get(client, tid, "similarity", hook="blocks.1.hook_mlp_out", token=0, kind="residual")
+    mid = full["blocks.1.hook_resid_mid"]
+    np.testing.assert_allclose(r["values"], [_cos(a, b) for a, b in zip(x, mid, strict=True)], atol=2e-2)
+
+
+def test_histogram_and_outliers(client, full, tid):
+    r = get(client, tid, "histogram", hook="blocks.1.hook_resid_post", token=3, bins=16)
+    assert len(r["edges"]) == 17 and sum(r["token"]) == 64 and len(r["median"]) == 16
+    v = full["blocks.1.hook_resid_post"][3]
+    for d in r["outliers"]["dims"]:
+        assert (r["outliers"]["high"] is not None and v[d] > r["outliers"]["high"] - 0.1) or (
+            r["outliers"]["low"] is not None and v[d] < r["outliers"]["low"] + 0.1
+        )
+
+
+def test_scatter(client, full, tid):
+    x = full["blocks.0.hook_attn_out"]
+    r = get(client, tid, "scatter", hook="blocks.0.hook_attn_out", x=2, y=5)
+    np.testing.assert_allclose(r["x"], x[:, 2], **TOL)
+    np.testing.assert_allclose(r["y"], x[:, 5], **TOL)
+    r = get(client, tid, "scatter", hook="blocks.0.hook_attn_out", a=1, b=2)
+    np.testing.assert_allclose(r["x"], x[1], **TOL)
+
+
+def test_logit_lens_last_layer_is_the_prediction(client, full, tid):
+    r = get(client, tid, "logit_lens", token=5, k=5)
+    assert len(r["ids"]) == 2 and len(r["ids"][0]) == 5
+    assert r["ids"][-1][0] == int(full.topk_ids[5, 0])
+    np.testing.assert_allclose(r["probs"][-1], full.topk_probs[5, :5], atol=2e-3)
+
+
+def test_neurons(client, full, tid):
+    post = full["blocks.1.mlp.hook_post"]
+    r = get(client, tid, "neurons", layer=1, token=6, k=3)
+    assert r["indices"][0] == int(np.abs(post[6]).argmax())
+    r = get(client, tid, "neuron", layer=1, index=r["indices"][0])
+    np.testing.assert_allclose(r["values"], post[:, int(np.abs(post[6]).argmax())], **TOL)
+
+
+def test_rope_parts(client, full, tid):
+    url = f"/api/traces/{tid}/attention"
+    whole = np.array(client.get(url, params={"layer": 1, "head": 2, "rope": "full"}).json()["data"])
+    np.testing.assert_allclose(whole, full["blocks.1.attn.hook_pattern"][2], atol=2e-2)
+    for part in ("applied", "not_applied"):
+        p = np.array(client.get(url, params={"layer": 1, "head": 2, "rope": part}).json()["data"])
+        np.testing.assert_allclose(p.sum(1), 1, atol=2e-2)
+        assert (np.triu(p, 1) == 0).all()
+
+
+def test_compare(client, full, tid):
+    other = client.post("/api/trace", json={"text": "Completely different words here."}).json()["id"]
+    r = client.get("/api/compare", params={"a": tid, "b": other, "component": "mlp_out"}).json()
+    b = lmpeek.trace(client.app.state.holder.model, "Completely different words here.")
+    want = full.norm_matrix("mlp_out").mean(1) - b.norm_matrix("mlp_out").mean(1)
+    np.testing.assert_allclose(r["diff"], want, rtol=1e-4)
+
+
+def test_samples(client):
+    listing = client.get("/api/samples").json()
+    assert len(listing) >= 8
+    one = client.get(f"/api/samples/{listing[0]['id']}").json()
+    assert one["text"] and one["title"] == listing[0]["title"]
+    assert client.get("/api/samples/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "what, params, status",
+    [
+        ("activations", {"hook": "blocks.0.hook_resid_post", "stat": "value"}, 422),
+        ("activations", {"hook": "blocks.0.hook_resid_post", "stat": "bogus"}, 422),
+        ("similarity", {"hook": "blocks.0.hook_resid_post", "kind": "previous"}, 422),
+        ("similarity", {"hook": "blocks.1.hook_resid_post", "kind": "residual"}, 422),
+        ("similarity", {"hook": "blocks.1.hook_resid_post", "token": 999}, 422),
+        ("scatter", {"hook": "blocks.0.hook_resid_post"}, 422),
+        ("scatter", {"hook": "blocks.0.hook_resid_post", "x": 0, "y": 999}, 422),
+        ("logit_lens", {"token": 999}, 422),
+        ("neuron", {"layer": 0, "index": 10_000}, 422),
+        ("histogram", {"hook": "blocks.7.hook_resid_post"}, 400),
+    ],
+)
+def test_bad_analysis_requests(client, tid, what, params, status):
+    assert client.get(f"/api/traces/{tid}/{what}", params=params).status_code == status
