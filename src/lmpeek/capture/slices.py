@@ -85,8 +85,15 @@ def run_block(
     b = model.bound
     got: dict[str, np.ndarray] = {}
 
+    names = list(hooks)
+
     def keeper(name: str):
-        return lambda x: got.__setitem__(name, x[0].to("cpu", torch.float32).numpy().copy())
+        def keep(x: torch.Tensor) -> None:
+            got[name] = x[0].to("cpu", torch.float32).numpy().copy()
+            if len(got) == len(names):
+                raise _Stop  # everything wanted is in: skip the rest of the block (e.g. after Q/K)
+
+        return keep
 
     x = torch.as_tensor(np.asarray(resid_pre), dtype=next(model.hf.parameters()).dtype, device=model.device)[
         None
@@ -94,9 +101,11 @@ def run_block(
     if b.adapter.pos_embed:  # gpt2 adds learned positions to inputs_embeds: take them out first
         positions = torch.arange(x.shape[1], device=model.device)
         x = x - b.module(b.adapter.pos_embed)(positions)[None]
-    names = list(hooks)
     with _only_block(model, layer) as base, attach(b, {f"blocks.{layer}.{n}": keeper(n) for n in names}):
-        base(inputs_embeds=x, use_cache=False)
+        try:
+            base(inputs_embeds=x, use_cache=False)
+        except _Stop:
+            pass
     return {n: got[n] for n in names}
 
 

@@ -350,8 +350,12 @@ def create_app(
             raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
 
         def calc() -> np.ndarray:
+            hooks = comp.together(model, hook)
             with holder.lock:
-                return comp.compute(model, traces, trace_id, hook)
+                arrays = comp.compute_many(model, traces, trace_id, hooks)
+            for other in hooks[1:]:  # computed anyway: cache them too
+                traces.derived(trace_id, ("component", other), lambda other=other: arrays[other])
+            return arrays[hook]
 
         return comp.select_head(model, hook, traces.derived(trace_id, ("component", hook), calc), head)
 

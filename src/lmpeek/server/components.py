@@ -50,6 +50,31 @@ def parse(model, hook: str) -> tuple[int | None, str]:
     raise InvalidInput(f"unknown hook '{hook}': use e.g. 'blocks.3.hook_resid_post', 'hook_embed'")
 
 
+# computed together from one run of the block (the attention inputs come early in it)
+_TOGETHER = ("attn.hook_q", "attn.hook_k", "attn.hook_rot_q", "attn.hook_rot_k")
+
+
+def together(model, hook: str) -> list[str]:
+    """The hooks worth computing in the same block run as `hook` (itself first)."""
+    layer, point = parse(model, hook)
+    if layer is None or point not in _TOGETHER:
+        return [hook]
+    points = [p for p in _TOGETHER if model.bound.rotary_dims or "rot_" not in p]
+    return [hook] + [f"blocks.{layer}.{p}" for p in points if p != point]
+
+
+def compute_many(model, traces, trace_id: str, hooks: list[str]) -> dict[str, np.ndarray]:
+    """Several hook points of one block from a single run (see `together`)."""
+    from lmpeek.capture.slices import run_block
+
+    layer, _ = parse(model, hooks[0])
+    if len(hooks) == 1 or layer is None:
+        return {hooks[0]: compute(model, traces, trace_id, hooks[0])}
+    points = [parse(model, h)[1] for h in hooks]
+    got = run_block(model, layer, traces.resid(trace_id, layer), points)
+    return {h: got[p] for h, p in zip(hooks, points, strict=True)}
+
+
 def compute(model, traces, trace_id: str, hook: str) -> np.ndarray:
     """The hook point's array for the whole trace, float32: [T, D], [T, M] or [T, heads, d | D]."""
     from lmpeek.capture.slices import head_results, run_block
