@@ -10,6 +10,8 @@ export default defineConfig({
   // relative asset URLs: the app can be served under any prefix
   base: "./",
   plugins: [svelte()],
+  // tests run runes (lib/*.svelte.ts) client-side: the server build of svelte makes effects no-ops
+  resolve: process.env.VITEST ? { conditions: ["browser"] } : undefined,
   build: {
     outDir,
     emptyOutDir: true,
@@ -23,5 +25,5 @@ export default defineConfig({
     },
   },
   server: { proxy: { "/api": { target: api, changeOrigin: true } } },
-  test: { environment: "node", include: ["test/**/*.test.ts"] },
+  test: { environment: "./test/client-env.ts", include: ["test/**/*.test.ts"] },
 });

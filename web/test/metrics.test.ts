@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { errorMessage } from "../src/lib/api";
-import { clampIndex, isTextField, mean2d, metricRange, metricValues, predictionRows } from "../src/lib/metrics";
+import { clampIndex, isTextField, mean2d, metricLimits, metricRange, metricValues, predictionRows, remoteKey } from "../src/lib/metrics";
 import type { Trace } from "../src/lib/types";
 
 const trace = {
@@ -112,5 +112,36 @@ describe("helpers", () => {
     [502, "", "HTTP 502"],
   ])("errorMessage(%s, %j)", (status, body, want) => {
     expect(errorMessage(status, body)).toBe(want);
+  });
+});
+
+describe("remote metrics", () => {
+  const a = { hook: "blocks.1.hook_resid_post", head: null, layer: 1, selected: 2, dim: 7, neuron: 3, scale: "minmax" as const, rope: "full", normRemote: false };
+  it.each([
+    ["loss", a, null],
+    ["norm", a, null],
+    ["norm", { ...a, normRemote: true }, "t1|act|act-norm|blocks.1.hook_resid_post||"],
+    ["act-value", a, "t1|act|act-value|blocks.1.hook_resid_post||7"],
+    ["act-norm", { ...a, dim: 9 }, "t1|act|act-norm|blocks.1.hook_resid_post||"],
+    ["cos-tokens", a, "t1|sim|cos-tokens|blocks.1.hook_resid_post||2"],
+    ["cos-previous", a, "t1|sim|cos-previous|blocks.1.hook_resid_post||"],
+    ["neuron", a, "t1|neuron|1|3"],
+    ["attn-from", { ...a, head: 2, rope: "applied" }, "t1|attn|1|2|query|2|applied"],
+  ] as const)("%s -> %s", (m, args, key) => {
+    expect(remoteKey("t1", m, args)).toBe(key);
+  });
+  it("remote values fill the fetched metrics; the norm falls back to them off the summary", () => {
+    const remote = [1, null, -3, 4];
+    expect(metricValues(trace, "act-value", { ...base, remote })).toEqual([1, undefined, -3, 4]);
+    expect(metricValues(trace, "norm", { ...base, component: null, remote })).toEqual([1, undefined, -3, 4]);
+    expect(metricValues(trace, "neuron", { ...base, remote: null })).toEqual([undefined, undefined, undefined, undefined]);
+  });
+  it.each([
+    ["attn-from", [0.2, 0.5], "minmax_clip", { min: 0, divider: 0.25, max: 0.5 }],
+    ["loss", [1, 3], "raw", { min: 1, divider: 2, max: 3 }],
+    ["act-norm", [1, 3], "raw", { min: 1, divider: 2, max: 3 }],
+    ["act-value", [-1, 3], "minmax", { min: -1, divider: 0, max: 3 }],
+  ] as const)("metricLimits %s %j %s", (m, v, scale, want) => {
+    expect(metricLimits(m, [...v], scale)).toEqual(want);
   });
 });

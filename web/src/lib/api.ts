@@ -1,7 +1,14 @@
 /** The HTTP client: one instance per mounted app, bound to a base URL ("" = same origin). */
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
-import type { GenParams, Health, Pattern, Trace } from "./types";
+import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, Pattern, Rope, Sample, Trace, VectorData } from "./types";
+
+/** Query parameters: undefined and null are left out. */
+export function query(params: Record<string, string | number | null | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) q.set(k, String(v));
+  return q.toString();
+}
 
 export class ApiError extends Error {
   constructor(
@@ -45,7 +52,12 @@ export class Api {
       if ((err as Error).name === "AbortError") throw err;
       throw new ApiError(`cannot reach the lmpeek server (${(err as Error).message})`, 0);
     }
-    if (!resp.ok) throw new ApiError(errorMessage(resp.status, await resp.text()), resp.status);
+    if (!resp.ok) {
+      let msg = errorMessage(resp.status, await resp.text());
+      // FastAPI's bare 404: the route itself is missing (an older server)
+      if (resp.status === 404 && (msg === "Not Found" || msg === "HTTP 404: Not Found")) msg = `not available on this server (${path.split("?")[0]})`;
+      throw new ApiError(msg, resp.status);
+    }
     return resp;
   }
 
@@ -77,8 +89,10 @@ export class Api {
     head: number,
     which: { query?: number; key?: number },
     signal?: AbortSignal,
+    rope: Rope = "full",
   ): Promise<Pattern> {
     const q = new URLSearchParams({ layer: String(layer), head: String(head) });
+    if (rope !== "full") q.set("rope", rope);
     if (which.query !== undefined) q.set("query", String(which.query));
     if (which.key !== undefined) q.set("key", String(which.key));
     const resp = await this.request(`/api/traces/${encodeURIComponent(id)}/attention?${q}`, {
@@ -101,5 +115,74 @@ export class Api {
       signal,
     });
     await readSse(resp, onEvent);
+  }
+
+  private traceGet<T>(id: string, what: string, params: Record<string, string | number | null | undefined>, signal?: AbortSignal): Promise<T> {
+    return this.json(`/api/traces/${encodeURIComponent(id)}/${what}?${query(params)}`, { signal });
+  }
+
+  components(): Promise<HookPoint[]> {
+    return this.json("/api/components");
+  }
+
+  /** URL of one token's vector at a hook (JSON, or a .npy download). */
+  vectorUrl(id: string, hook: string, token: number, head: number | null, format: "json" | "npy" = "json"): string {
+    return `${this.base}/api/traces/${encodeURIComponent(id)}/vector?${query({ hook, token, head, format: format === "npy" ? "npy" : undefined })}`;
+  }
+
+  vector(id: string, hook: string, token: number, head: number | null, signal?: AbortSignal): Promise<VectorData> {
+    return this.traceGet(id, "vector", { hook, token, head }, signal);
+  }
+
+  activations(
+    id: string,
+    p: { hook: string; head: number | null; stat: "norm" | "abs_sum" | "value"; dim?: number; scale?: string },
+    signal?: AbortSignal,
+  ): Promise<Activations> {
+    return this.traceGet(id, "activations", p, signal);
+  }
+
+  similarity(
+    id: string,
+    p: { hook: string; head: number | null; token: number; kind: "tokens" | "previous" | "residual" },
+    signal?: AbortSignal,
+  ): Promise<{ values: (number | null)[] }> {
+    return this.traceGet(id, "similarity", p, signal);
+  }
+
+  histogram(id: string, p: { hook: string; head: number | null; token: number; bins?: number }, signal?: AbortSignal): Promise<Histogram> {
+    return this.traceGet(id, "histogram", { bins: 64, ...p }, signal);
+  }
+
+  scatter(
+    id: string,
+    p: { hook: string; head: number | null; x?: number; y?: number; a?: number; b?: number },
+    signal?: AbortSignal,
+  ): Promise<{ x: (number | null)[]; y: (number | null)[] }> {
+    return this.traceGet(id, "scatter", p, signal);
+  }
+
+  logitLens(id: string, token: number, k = 5, signal?: AbortSignal): Promise<LogitLens> {
+    return this.traceGet(id, "logit_lens", { token, k }, signal);
+  }
+
+  neurons(id: string, layer: number, token: number, k = 10, signal?: AbortSignal): Promise<{ indices: number[]; values: number[] }> {
+    return this.traceGet(id, "neurons", { layer, token, k }, signal);
+  }
+
+  neuron(id: string, layer: number, index: number, signal?: AbortSignal): Promise<{ values: (number | null)[] }> {
+    return this.traceGet(id, "neuron", { layer, index }, signal);
+  }
+
+  samples(): Promise<Sample[]> {
+    return this.json("/api/samples");
+  }
+
+  sample(id: string): Promise<Sample & { text: string }> {
+    return this.json(`/api/samples/${encodeURIComponent(id)}`);
+  }
+
+  compare(a: string, b: string, component: string, signal?: AbortSignal): Promise<Compare> {
+    return this.json(`/api/compare?${query({ a, b, component })}`, { signal });
   }
 }

@@ -1,5 +1,5 @@
 /** Value -> colour: range finding, normalisation and sequential colour maps with opacity. */
-import { interpolateBlues, interpolateGreens, interpolateOranges, interpolatePurples, interpolateReds } from "d3-scale-chromatic";
+import { interpolateBlues, interpolateGreens, interpolateOranges, interpolatePurples, interpolateRdBu, interpolateReds } from "d3-scale-chromatic";
 
 export type Value = number | null | undefined;
 
@@ -100,5 +100,30 @@ export function tokenColor(v: Value, range: Range | null, map: ColorMap, opacity
   const t = normalize(v, range);
   if (t === null) return { background: "", color: "" };
   const rgb = rgbAt(t, map, opacity);
+  return { background: cssRgb(rgb), color: luminance(rgb) < 0.25 ? "#fff" : "" };
+}
+
+/** The diverging map for signed values: t = 0 blue (negative), 0.5 white, 1 red (positive). */
+export function divergingRgb(t: number, opacity = 1): [number, number, number] {
+  const table = divLut();
+  const i = Math.round(Math.min(1, Math.max(0, t)) * (LUT_SIZE - 1)) * 3;
+  const a = Math.min(1, Math.max(0, opacity));
+  const mix = (c: number) => Math.round(255 + (c - 255) * a);
+  return [mix(table[i]), mix(table[i + 1]), mix(table[i + 2])];
+}
+
+let divTable: Uint8Array | null = null;
+function divLut(): Uint8Array {
+  if (!divTable) {
+    divTable = new Uint8Array(LUT_SIZE * 3);
+    for (let i = 0; i < LUT_SIZE; i++) divTable.set(parseRgb(interpolateRdBu(1 - i / (LUT_SIZE - 1))), i * 3);
+  }
+  return divTable;
+}
+
+/** A colour for a position t in [0, 1] (see scale.position); null -> no colour. */
+export function colorAt(t: number | null, map: ColorMap | "diverging", opacity: number): TokenColor {
+  if (t === null) return { background: "", color: "" };
+  const rgb = map === "diverging" ? divergingRgb(t, opacity) : rgbAt(t, map, opacity);
   return { background: cssRgb(rgb), color: luminance(rgb) < 0.25 ? "#fff" : "" };
 }

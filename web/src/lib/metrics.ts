@@ -1,18 +1,45 @@
 /** What the Explore view colours tokens by, as pure functions of a trace. */
 import type { ColorMap, Range, Value } from "./color";
 import { valueRange } from "./color";
-import type { Component, Trace } from "./types";
+import { computeLimits, type Scale } from "./scale";
+import type { Component, Limits, Trace } from "./types";
 
-export type Metric = "loss" | "entropy" | "prob" | "norm" | "attn-from" | "attn-to";
+export type Metric =
+  | "loss"
+  | "entropy"
+  | "prob"
+  | "norm"
+  | "attn-from"
+  | "attn-to"
+  | "act-norm"
+  | "act-abssum"
+  | "act-value"
+  | "cos-tokens"
+  | "cos-previous"
+  | "cos-residual"
+  | "neuron";
+
+/** What a metric fetches from the server (per trace), besides the trace summaries. */
+export type Remote = "attention" | "activations" | "similarity" | "neuron";
 
 export interface MetricInfo {
   value: Metric;
   label: string;
-  map: ColorMap;
+  map: ColorMap | "diverging";
   /** what the value at token t means (tooltip) */
   help: string;
   /** needs an attention row/column from the server */
   attention?: "query" | "key";
+  /** fetched from the server */
+  remote?: Remote;
+  /** reads the selected hook point (and its head, for per-head points) */
+  hook?: boolean;
+  /** negative and positive values: diverging colours, divider at 0 */
+  signed?: boolean;
+  /** the scale select applies */
+  scaled?: boolean;
+  /** depends on the selected token */
+  bySelected?: boolean;
 }
 
 export const METRICS: MetricInfo[] = [
@@ -22,7 +49,16 @@ export const METRICS: MetricInfo[] = [
   { value: "norm", label: "norm", map: "oranges", help: "norm" },
   { value: "attn-from", label: "attention from selected", map: "blues", help: "attention from selected", attention: "query" },
   { value: "attn-to", label: "opposite attention (to selected)", map: "blues", help: "attention to selected", attention: "key" },
+  { value: "act-norm", label: "activation: norm", map: "oranges", help: "‖x‖", remote: "activations", hook: true, scaled: true },
+  { value: "act-abssum", label: "activation: sum |x|", map: "oranges", help: "Σ|x|", remote: "activations", hook: true, scaled: true },
+  { value: "act-value", label: "activation: value of dim", map: "diverging", help: "x[dim]", remote: "activations", hook: true, scaled: true, signed: true },
+  { value: "cos-tokens", label: "similarity: to selected token", map: "diverging", help: "cos(x_t, x_selected)", remote: "similarity", hook: true, scaled: true, signed: true, bySelected: true },
+  { value: "cos-previous", label: "similarity: to previous layer", map: "diverging", help: "cos(x_t, same hook one layer earlier)", remote: "similarity", hook: true, scaled: true, signed: true },
+  { value: "cos-residual", label: "similarity: to residual it adds to", map: "diverging", help: "cos(x_t, residual stream)", remote: "similarity", hook: true, scaled: true, signed: true },
+  { value: "neuron", label: "MLP neuron", map: "diverging", help: "neuron activation", remote: "neuron", scaled: true, signed: true },
 ];
+METRICS.find((m) => m.value === "norm")!.scaled = true;
+for (const m of METRICS) if (m.attention) (m.remote = "attention"), (m.bySelected = true);
 
 export function metricInfo(m: Metric): MetricInfo {
   return METRICS.find((x) => x.value === m)!;
@@ -34,10 +70,13 @@ export function normKey(layer: number, component: Component): string {
 
 export interface MetricArgs {
   layer: number;
-  component: Component;
+  /** the summary component holding the norm at the selected hook point (null: fetched as act-norm) */
+  component: Component | null;
   selected: number;
   /** the attention row (attn-from) or column (attn-to) for `selected`, length T */
   pattern?: ArrayLike<number> | null;
+  /** values fetched from the server for remote metrics (length T) */
+  remote?: ArrayLike<number | null> | null;
 }
 
 /**
@@ -62,7 +101,8 @@ export function metricValues(trace: Trace, metric: Metric, args: MetricArgs): Va
       fromArray(trace.true_prob);
       break;
     case "norm":
-      fromArray(trace.norms[normKey(args.layer, args.component)]);
+      if (args.component) fromArray(trace.norms[normKey(args.layer, args.component)]);
+      else fromArray(args.remote ?? undefined);
       break;
     case "attn-from": {
       const p = args.pattern;
@@ -76,6 +116,8 @@ export function metricValues(trace: Trace, metric: Metric, args: MetricArgs): Va
       for (let q = args.selected; q < T; q++) out[q] = p[q];
       break;
     }
+    default:
+      fromArray(args.remote ?? undefined);
   }
   return out;
 }
@@ -86,6 +128,49 @@ export function metricRange(metric: Metric, values: Value[]): Range | null {
   if (r === null) return null;
   if (metric === "attn-from" || metric === "attn-to") return { min: 0, max: Math.max(r.max, 1e-9) };
   return r;
+}
+
+/** Colour limits for a metric: attention from 0; the scale select for activation-like metrics; else min-max. */
+export function metricLimits(metric: Metric, values: Value[], scale: Scale): Limits | null {
+  const info = metricInfo(metric);
+  if (info.attention) {
+    const r = valueRange(values);
+    if (!r) return null;
+    const max = Math.max(r.max, 1e-9);
+    return { min: 0, divider: max / 2, max };
+  }
+  return computeLimits(values, info.scaled ? scale : "minmax", !!info.signed);
+}
+
+export interface FetchArgs {
+  hook: string;
+  head: number | null;
+  layer: number;
+  selected: number;
+  dim: number;
+  neuron: number;
+  scale: Scale;
+  rope: string;
+  /** the norm metric at a point the trace summary lacks */
+  normRemote: boolean;
+}
+
+/** A cache key for what a metric fetches (null: nothing to fetch). Includes only what the fetch reads. */
+export function remoteKey(traceId: string, metric: Metric, a: FetchArgs): string | null {
+  const info = metricInfo(metric);
+  const h = `${a.hook}|${a.head ?? ""}`;
+  switch (info.remote) {
+    case "attention":
+      return `${traceId}|attn|${a.layer}|${a.head ?? 0}|${info.attention}|${a.selected}|${a.rope}`;
+    case "activations":
+      return `${traceId}|act|${metric}|${h}|${metric === "act-value" ? a.dim : ""}`;
+    case "similarity":
+      return `${traceId}|sim|${metric}|${h}|${metric === "cos-tokens" ? a.selected : ""}`;
+    case "neuron":
+      return `${traceId}|neuron|${a.layer}|${a.neuron}`;
+  }
+  if (metric === "norm" && a.normRemote) return `${traceId}|act|act-norm|${h}|`;
+  return null;
 }
 
 export interface PredRow {

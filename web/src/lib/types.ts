@@ -78,3 +78,61 @@ export interface Pattern {
   shape: number[];
   data: Float32Array;
 }
+
+/** GET /api/components: one selectable hook point; `hook` may hold "{l}" for the layer. */
+export interface HookPoint {
+  hook: string;
+  point?: string;
+  per_head: boolean;
+  per_layer: boolean;
+}
+
+export interface Limits {
+  min: number;
+  divider: number;
+  max: number;
+}
+
+export interface Activations {
+  values: (number | null)[];
+  scaled: (number | null)[];
+  signed: boolean;
+  limits: Limits;
+}
+
+export interface Histogram {
+  edges: number[];
+  token: number[];
+  median: number[];
+  outliers: { low: number | null; high: number | null; dims: number[]; values: number[] };
+}
+
+export interface VectorData {
+  hook: string;
+  head: number | null;
+  token: number;
+  shape: number[];
+  data: number[];
+}
+
+export interface LogitLens {
+  tokens: string[][];
+  probs: number[][];
+  ids: number[][];
+}
+
+export interface Sample {
+  id: string;
+  title: string;
+  kind: string;
+  chars: number;
+}
+
+export interface Compare {
+  layers: number;
+  mean_norm_a: number[];
+  mean_norm_b: number[];
+  diff: number[];
+}
+
+export type Rope = "full" | "applied" | "not_applied";

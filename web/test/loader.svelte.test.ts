@@ -1,0 +1,78 @@
+import { flushSync } from "svelte";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { Loader } from "../src/lib/loader.svelte";
+
+beforeEach(() => vi.useFakeTimers());
+afterEach(() => vi.useRealTimers());
+
+function setup(cache?: Map<string, unknown>) {
+  const state = $state({ key: "a" as string | null });
+  const calls: string[] = [];
+  const aborted: string[] = [];
+  let loader!: Loader<string>;
+  const stop = $effect.root(() => {
+    loader = new Loader<string>(
+      () => state.key,
+      (signal) => {
+        const k = state.key!;
+        calls.push(k);
+        signal.addEventListener("abort", () => aborted.push(k));
+        return k === "bad" ? Promise.reject(new Error("no such endpoint")) : Promise.resolve(`data:${k}`);
+      },
+      { delay: 10, cache },
+    );
+  });
+  flushSync();
+  return { state, calls, aborted, loader: () => loader, stop };
+}
+
+describe("Loader", () => {
+  it("debounces: only the last key of a quick series is fetched", async () => {
+    const t = setup();
+    t.state.key = "b";
+    flushSync();
+    t.state.key = "c";
+    flushSync();
+    await vi.advanceTimersByTimeAsync(20);
+    expect(t.calls).toEqual(["c"]);
+    expect(t.loader().current).toEqual({ key: "c", data: "data:c" });
+    expect(t.loader().for("c")).toBe("data:c");
+    expect(t.loader().for("b")).toBeNull();
+    t.stop();
+  });
+  it("keeps the error message and clears it on success", async () => {
+    const t = setup();
+    t.state.key = "bad";
+    flushSync();
+    await vi.advanceTimersByTimeAsync(20);
+    expect(t.loader().error).toBe("no such endpoint");
+    expect(t.loader().current).toBeNull();
+    t.state.key = "ok";
+    flushSync();
+    await vi.advanceTimersByTimeAsync(20);
+    expect(t.loader().error).toBe("");
+    t.stop();
+  });
+  it("answers from the cache without fetching; a null key clears", async () => {
+    const cache = new Map<string, unknown>([["z", "cached"]]);
+    const t = setup(cache);
+    await vi.advanceTimersByTimeAsync(20);
+    expect(cache.get("a")).toBe("data:a");
+    t.state.key = "z";
+    flushSync();
+    expect(t.loader().for("z")).toBe("cached");
+    expect(t.calls).toEqual(["a"]);
+    t.state.key = null;
+    flushSync();
+    expect(t.loader().current).toBeNull();
+    t.stop();
+  });
+  it("aborts an in-flight request when the key changes", async () => {
+    const t = setup();
+    await vi.advanceTimersByTimeAsync(11); // "a" started
+    t.state.key = "b";
+    flushSync();
+    expect(t.aborted).toEqual(["a"]);
+    t.stop();
+  });
+});
