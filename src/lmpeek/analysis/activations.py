@@ -1,6 +1,9 @@
 """Activation statistics: per-token summaries, similarities, histograms, IQR outliers, normalisation.
 
-x [T, D] is one component's vector per token (a per-head component already sliced to one head).
+x [T, D] is one component's vector per token (a per-head component already sliced to one head by the
+caller). Everything here is numpy and computed in float64 unless it says otherwise; a torch tensor on
+the CPU is accepted wherever an array is (it goes through np.asarray). Outputs are NaN-free for finite
+inputs: zero vectors give cosine 0, constant arrays give a histogram and limits that still work.
 """
 
 from __future__ import annotations
@@ -12,26 +15,40 @@ import torch
 
 
 def norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each vector: x [..., D] -> [...]."""
+    """L2 norm of each vector (torch, float32): x [..., D] -> [...]."""
     return torch.linalg.vector_norm(x.float(), dim=-1)
+
+
+def _matrix(x, name: str = "x") -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be [T, D] (one vector per token), got shape {a.shape}")
+    return a
+
+
+def _token(t: int, n: int) -> int:
+    if not 0 <= t < n:
+        raise ValueError(f"token {t} is out of range 0..{n - 1}")
+    return int(t)
 
 
 def abs_sum(x: np.ndarray) -> np.ndarray:
     """Sum of absolute values per token (DeepPeek's "Sum"): [T, D] -> [T]."""
-    return np.abs(np.asarray(x, dtype=np.float64)).sum(axis=1)
+    return np.abs(_matrix(x)).sum(axis=1)
 
 
 def values(x: np.ndarray, dim: int) -> np.ndarray:
-    """One dimension across tokens: [T, D] -> [T]."""
-    x = np.asarray(x)
+    """One dimension across tokens: [T, D] -> [T]. ValueError if dim is not in 0..D-1."""
+    x = _matrix(x)
     if not 0 <= dim < x.shape[1]:
         raise ValueError(f"dimension {dim} is out of range 0..{x.shape[1] - 1}")
-    return x[:, dim].astype(np.float64)
+    return x[:, dim].copy()
 
 
 def signed_scale(v: np.ndarray) -> np.ndarray:
-    """[T] -> [-1, 1]: positives divided by the largest positive, negatives by the largest |negative|,
-    separately (activations are skewed; one shared scale would wash out the smaller side)."""
+    """[T] -> [T] in [-1, 1]: positives divided by the largest positive, negatives by the largest
+    |negative|, separately (activations are skewed; one shared scale would wash out the smaller side).
+    Zeros stay 0; an all-positive input reaches 1 and never goes below 0 (and vice versa)."""
     v = np.asarray(v, dtype=np.float64)
     out = np.zeros_like(v)
     pos, neg = v > 0, v < 0
@@ -43,37 +60,51 @@ def signed_scale(v: np.ndarray) -> np.ndarray:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
 
 def cosine_to_tokens(x: np.ndarray, t: int) -> np.ndarray:
-    """Cosine of token t's vector with every token's: [T, D] -> [T] (0 where a vector is zero)."""
+    """Cosine of token t's vector with every token's vector (same layer, same head): [T, D] -> [T] in
+    [-1, 1]; 0 where either vector is zero (never NaN). ValueError if t is not in 0..T-1."""
+    x = _matrix(x)
+    t = _token(t, x.shape[0])
     u = _unit(x)
-    return u @ u[t]
+    return np.clip(u @ u[t], -1.0, 1.0)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine between two [T, D] arrays -> [T] (0 where a vector is zero)."""
-    return (_unit(a) * _unit(b)).sum(axis=1)
+    """Row-wise cosine between two [T, D] arrays -> [T] in [-1, 1]; 0 where a row is zero. Used for the
+    same token one layer earlier, and for a component against the residual stream it was added to."""
+    a, b = _matrix(a, "a"), _matrix(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
+    return np.clip((_unit(a) * _unit(b)).sum(axis=1), -1.0, 1.0)
 
 
 @dataclass(frozen=True)
 class Histogram:
-    edges: np.ndarray  # [bins + 1], shared by every token: the whole array's range
+    edges: np.ndarray  # [bins + 1], shared by every token
     token: np.ndarray  # [bins] counts of the token's values over its dimensions
     median: np.ndarray  # [bins] per-bin median of all tokens' counts
 
 
 def histogram(x: np.ndarray, t: int, bins: int = 64) -> Histogram:
-    """Token t's histogram over its D dimensions against the median histogram of all tokens."""
+    """Token t's histogram over its D dimensions against the median histogram of all tokens.
+
+    The shared bins span the 1st..99th percentile of all values, widened to the token's own values
+    without its IQR outliers (see `iqr_outliers`): a few massive activations (some tokens' residual
+    streams reach 10^4) would otherwise squeeze everything else into one bin. Values outside the
+    range are counted in the first or last bin; the outliers are listed by `iqr_outliers`.
+    """
     x = np.asarray(x, dtype=np.float64)
-    lo, hi = float(x.min()), float(x.max())
+    p_lo, p_hi = np.percentile(x, [1, 99])
+    own_lo, own_hi = iqr_outliers(x[t]).range_
+    lo, hi = min(float(p_lo), own_lo), max(float(p_hi), own_hi)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    # bin index of every value; the last edge belongs to the last bin, as in np.histogram
+    # bin index of every value, clipped into the edge bins; the last edge belongs to the last bin
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)  # [T, D]
     counts = np.zeros((x.shape[0], bins), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(x.shape[0]), x.shape[1]), idx.ravel()), 1)
@@ -84,21 +115,27 @@ def histogram(x: np.ndarray, t: int, bins: int = 64) -> Histogram:
 class Outliers:
     low: float | None  # fence below which negative values are outliers (None: no negatives)
     high: float | None  # fence above which positive values are outliers (None: no positives)
-    dims: list[int]  # outlying dimensions, largest |value| first
-    range_: tuple[float, float]  # min and max of the values that are not outliers
+    dims: list[int]  # outlying dimensions, largest |value| first (ties: lower index first)
+    range_: tuple[float, float]  # min and max of the values that are not outliers ((0, 0) if none)
 
 
 def _upper_fence(a: np.ndarray, factor: float) -> float:
-    # numpy.percentile with its default linear interpolation
+    # numpy.percentile with its default ("linear") method
     q1, q3 = np.percentile(a, [25, 75])
     return float(q3 + factor * (q3 - q1))
 
 
 def iqr_outliers(v: np.ndarray, factor: float = 3.0) -> Outliers:
-    """Outlying dimensions of one vector v [D] by the IQR rule, for positive and negative values
-    separately (DeepPeek: activation distributions are skewed): positives above Q3 + factor·IQR of
-    the positives, negatives below -(Q3 + factor·IQR) of the negatives' absolute values."""
+    """Outlying dimensions of one vector v [D] by the IQR rule, applied to the positive and the negative
+    values separately (DeepPeek: activation distributions are skewed, often on one side only).
+
+    Positives: Q1, Q3 of the positive values; `high` = Q3 + factor·IQR, and a positive value above it
+    is an outlier. Negatives: the same on their absolute values, so `low` = -(Q3 + factor·IQR) and a
+    value below it is an outlier. Quartiles are numpy.percentile's default linear interpolation. Zeros
+    belong to neither side and are never outliers. A side with no values has fence None."""
     v = np.asarray(v, dtype=np.float64)
+    if v.ndim != 1:
+        raise ValueError(f"v must be one vector [D], got shape {v.shape}")
     pos, neg = v[v > 0], -v[v < 0]
     high = _upper_fence(pos, factor) if pos.size else None
     low = -_upper_fence(neg, factor) if neg.size else None
@@ -107,42 +144,57 @@ def iqr_outliers(v: np.ndarray, factor: float = 3.0) -> Outliers:
         out |= v > high
     if low is not None:
         out |= v < low
-    dims = sorted(np.flatnonzero(out).tolist(), key=lambda d: (-abs(v[d]), d))
+    found = np.flatnonzero(out)
+    dims = found[np.lexsort((found, -np.abs(v[found])))].tolist()
     kept = v[~out]
     return Outliers(low, high, dims, (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0))
 
 
 @dataclass(frozen=True)
 class Limits:
-    min: float
-    divider: float  # the value at the colour scale's middle
-    max: float
+    min: float  # mapped to 0 (the colour scale's start)
+    divider: float  # mapped to 0.5 (the colour scale's middle)
+    max: float  # mapped to 1 (the colour scale's end)
 
 
 def apply_limits(v: np.ndarray, limits: Limits) -> np.ndarray:
-    """Scale values into [0, 1] by (possibly user-edited) limits: min -> 0, divider -> 0.5, max -> 1,
-    linearly on each side of the divider; values outside are clipped."""
+    """Scale values [T] into [0, 1] by (possibly user-edited) limits: min -> 0, divider -> 0.5, max -> 1,
+    linearly on each side of the divider; values beyond min or max clip to 0 or 1. A side with no span
+    (divider == min, or divider == max) sends values past the divider straight to 0 or 1. NaN stays NaN.
+    Same rule as the front end's `position` in web/src/lib/scale.ts."""
     v = np.asarray(v, dtype=np.float64)
-    lo, mid, hi = limits.min, limits.divider, limits.max
-    below = np.where(mid > lo, (v - lo) / (mid - lo) * 0.5, 0.5)
-    above = np.where(hi > mid, 0.5 + (v - mid) / (hi - mid) * 0.5, 0.5)
-    return np.clip(np.where(v <= mid, below, above), 0.0, 1.0)
+    lo, mid, hi = float(limits.min), float(limits.divider), float(limits.max)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        below = (v - lo) / (mid - lo) * 0.5 if mid > lo else np.zeros_like(v)
+        above = 0.5 + (v - mid) / (hi - mid) * 0.5 if hi > mid else np.ones_like(v)
+    out = np.where(v < mid, below, np.where(v > mid, above, 0.5))
+    out = np.where(np.isnan(v), np.nan, out)
+    return np.clip(out, 0.0, 1.0)
 
 
 def normalise(v: np.ndarray, mode: str = "raw") -> tuple[np.ndarray, Limits]:
-    """Values [T] -> (scaled [T] in [0, 1], the limits used). Modes: "raw" and "minmax" both map the
-    data's min..max onto 0..1 with the divider at the midpoint ("raw" keeps the divider at 0 when
-    the data has both signs, so the sign stays visible); "minmax_clip" uses the 1st..99th
-    percentiles instead and clips the rest (outliers no longer flatten everything else)."""
+    """Values [T] -> (scaled [T] in [0, 1], the Limits used); scaled = apply_limits(v, limits).
+
+    The output is always in [0, 1], for signed data too: the sign shows as the side of 0.5 (use
+    `signed_scale` for a [-1, 1] view). Modes:
+      "raw": limits are the data's min and max; the divider is 0 when the data has both signs (so the
+        sign stays visible), the midpoint otherwise;
+      "minmax": min..max with the divider at the midpoint;
+      "minmax_clip": the 1st..99th percentiles (numpy.percentile, linear) instead of min..max, divider
+        at their midpoint; values outside clip to 0 or 1, so a few outliers do not flatten the rest.
+    Limits are computed from the finite values only; with none, they are (0, 0, 0). Constant data maps
+    to 0.5."""
     v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
-        return v, Limits(0.0, 0.0, 0.0)
-    if mode == "minmax_clip":
-        lo, hi = (float(p) for p in np.percentile(v, [1, 99]))
-    elif mode in ("raw", "minmax"):
-        lo, hi = float(v.min()), float(v.max())
-    else:
+    if mode not in ("raw", "minmax", "minmax_clip"):
         raise ValueError(f"unknown normalisation '{mode}': use raw, minmax or minmax_clip")
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        limits = Limits(0.0, 0.0, 0.0)
+        return apply_limits(v, limits), limits
+    if mode == "minmax_clip":
+        lo, hi = (float(p) for p in np.percentile(finite, [1, 99]))
+    else:
+        lo, hi = float(finite.min()), float(finite.max())
     mid = 0.0 if mode == "raw" and lo < 0 < hi else (lo + hi) / 2
     limits = Limits(lo, mid, hi)
     return apply_limits(v, limits), limits

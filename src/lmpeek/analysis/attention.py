@@ -1,43 +1,79 @@
-"""Attention patterns and their statistics."""
+"""Attention patterns and their statistics: attention entropy, and patterns recomputed from the
+rotary (RoPE) and non-rotary parts of Q/K."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+ROPE_PARTS = ("full", "applied", "not_applied")
 
 
 def attention_entropy(pattern: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each query's attention distribution: pattern [..., Tq, Tk] -> [..., Tq]."""
+    """Entropy (nats) of each query's attention distribution: pattern [..., Tq, Tk] -> [..., Tq], float32.
+    Zero probabilities contribute 0 (x·log x -> 0), so masked keys are harmless."""
     p = pattern.float()
     return -torch.special.xlogy(p, p).sum(-1)
 
 
-def rope_parts_pattern(q_pre, k_pre, q_rot, k_rot, rotary_dims: int, part: str, scale: float, n_heads: int):
+def rope_parts_pattern(
+    q_pre: np.ndarray,
+    k_pre: np.ndarray,
+    q_rot: np.ndarray,
+    k_rot: np.ndarray,
+    rotary_dims: int,
+    part: str,
+    scale: float,
+    n_heads: int,
+) -> np.ndarray:
     """Causal attention recomputed from part of Q/K, to show how much of a pattern comes from position.
 
-    q_* [T, H, d], k_* [T, H_kv, d] (query head h reads KV head h // (H / H_kv)); returns [H, T, T].
-    part "full": q_rot·k_rot over every dimension (the model's own scores, for plain causal attention).
-    Partial rotary (rotary_dims < d; gpt_neox, phi3): "applied" uses only the first `rotary_dims`
-    dimensions of each head (the rotated ones), "not_applied" only the others (unrotated: equal in
-    q_pre and q_rot). Full rotary (llama family, rotary_dims == d): "applied" is the rotated scores
-    (= full) and "not_applied" the scores of the pre-RoPE vectors, i.e. attention without positions.
-    Scores are scaled by `scale`, softmax in float64, returned as float32.
-    """
-    import numpy as np
+    Shapes: q_pre, q_rot [T, H, d] (H == n_heads); k_pre, k_rot [T, H_kv, d], where H_kv divides H and
+    query head h reads KV head h // (H / H_kv) (grouped-query attention; H_kv == H is plain multi-head).
+    q_pre/k_pre are before RoPE (hook_q/hook_k), q_rot/k_rot after it (hook_rot_q/hook_rot_k). Returns
+    the pattern [H, T, T] (query, key), float32.
 
+    part "full": q_rot·k_rot over every dimension: the model's own pattern for plain causal attention
+    (no logit softcap, no sliding window, no attention sinks).
+    Partial rotary (rotary_dims < d; gpt_neox, phi3, where the first `rotary_dims` dimensions of each
+    head are rotated): "applied" uses only those dimensions of q_rot/k_rot, "not_applied" only the
+    remaining d - rotary_dims (unrotated; equal in q_pre and q_rot, taken from q_rot/k_rot).
+    Full rotary (rotary_dims == d; the llama family): "applied" is the rotated scores (the same as
+    "full"), and "not_applied" the scores of the pre-RoPE vectors, q_pre·k_pre: attention without
+    position information.
+
+    Scores are multiplied by `scale` (usually d ** -0.5, before any slicing: the model's own scale),
+    keys after the query are masked, and the softmax is taken in float64. Memory: a few [H, T, T]
+    float64 arrays, so pass one head (H = H_kv = 1) for long texts.
+    """
+    if part not in ROPE_PARTS:
+        raise ValueError(f"unknown part '{part}': use full, applied or not_applied")
     q_pre, k_pre, q_rot, k_rot = (np.asarray(a, dtype=np.float64) for a in (q_pre, k_pre, q_rot, k_rot))
-    d = q_rot.shape[-1]
-    if part == "full" or (part == "applied" and rotary_dims >= d):
+    if q_pre.shape != q_rot.shape or k_pre.shape != k_rot.shape:
+        raise ValueError(
+            f"pre- and post-RoPE shapes differ: q {q_pre.shape} vs {q_rot.shape}, k {k_pre.shape} vs {k_rot.shape}"
+        )
+    if q_rot.ndim != 3 or k_rot.ndim != 3:
+        raise ValueError(f"q must be [T, H, d] and k [T, H_kv, d], got {q_rot.shape} and {k_rot.shape}")
+    T, H, d = q_rot.shape
+    T_k, H_kv, d_k = k_rot.shape
+    if T_k != T or d_k != d:
+        raise ValueError(f"q {q_rot.shape} and k {k_rot.shape} differ in tokens or head size")
+    if H != n_heads or H_kv < 1 or n_heads % H_kv:
+        raise ValueError(f"q has {H} heads and k {H_kv}: need n_heads ({n_heads}) == H, a multiple of H_kv")
+    if not 0 < rotary_dims <= d:
+        raise ValueError(f"rotary_dims must be in 1..{d} (the head size), got {rotary_dims}")
+    if part == "full" or (part == "applied" and rotary_dims == d):
         q, k = q_rot, k_rot
     elif part == "applied":
         q, k = q_rot[..., :rotary_dims], k_rot[..., :rotary_dims]
-    elif part == "not_applied":
-        q, k = (q_pre, k_pre) if rotary_dims >= d else (q_rot[..., rotary_dims:], k_rot[..., rotary_dims:])
-    else:
-        raise ValueError(f"unknown part '{part}': use full, applied or not_applied")
-    k = np.repeat(k, n_heads // k.shape[1], axis=1)  # [T, H, d']
+    elif rotary_dims == d:  # not_applied, full rotary: the pre-RoPE vectors
+        q, k = q_pre, k_pre
+    else:  # not_applied, partial rotary: the dimensions RoPE leaves alone
+        q, k = q_rot[..., rotary_dims:], k_rot[..., rotary_dims:]
+    k = np.repeat(k, n_heads // H_kv, axis=1)  # [T, H, d']: query head h -> KV head h // group
     scores = np.einsum("qhd,khd->hqk", q, k) * scale
-    T = scores.shape[-1]
     scores[:, np.triu(np.ones((T, T), dtype=bool), 1)] = -np.inf
-    scores -= scores.max(-1, keepdims=True)
+    scores -= scores.max(-1, keepdims=True)  # the diagonal is never masked: every row has a finite max
     p = np.exp(scores)
     return (p / p.sum(-1, keepdims=True)).astype(np.float32)
