@@ -1,4 +1,4 @@
-"""Activation statistics against the most obvious loops."""
+"""Activation statistics against the most obvious loops, edge cases included."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from lmpeek.analysis import activations as act
 
@@ -13,75 +14,214 @@ RNG = np.random.default_rng(0)
 X = RNG.normal(size=(7, 12)) * np.array([1] * 11 + [30])  # one outlier dimension
 
 
-def test_abs_sum_values_signed_scale():
+def _cos(a, b):
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+
+
+def _percentile(a, q):
+    """numpy's default ("linear") percentile, by hand."""
+    s = sorted(a)
+    pos = (len(s) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _position(v, lo, mid, hi):
+    """The colour position of one value: min -> 0, divider -> 0.5, max -> 1, clipped."""
+    if v == mid:
+        return 0.5
+    if v < mid:
+        return 0.0 if mid == lo else min(max(0.5 * (v - lo) / (mid - lo), 0.0), 0.5)
+    return 1.0 if hi == mid else min(max(0.5 + 0.5 * (v - mid) / (hi - mid), 0.5), 1.0)
+
+
+# --- norms, sums, values, signed scale ---------------------------------------------------------------
+
+
+def test_norms_is_unchanged():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float16)
+    assert act.norms(x).tolist() == [5.0, 0.0] and act.norms(x).dtype == torch.float32
+
+
+def test_abs_sum():
     assert act.abs_sum(X) == pytest.approx([sum(abs(v) for v in row) for row in X])
-    assert act.values(X, 3) == pytest.approx([row[3] for row in X])
-    with pytest.raises(ValueError, match="out of range"):
-        act.values(X, 12)
+    assert act.abs_sum(np.zeros((3, 4))).tolist() == [0, 0, 0]
+    assert act.abs_sum(-np.ones((2, 5))).tolist() == [5, 5]
+    assert act.abs_sum(torch.tensor(X, dtype=torch.float32)) == pytest.approx(act.abs_sum(X), rel=1e-6)
+    with pytest.raises(ValueError, match=r"\[T, D\]"):
+        act.abs_sum(np.ones(4))
+
+
+def test_values():
+    for d in range(X.shape[1]):
+        assert act.values(X, d).tolist() == [row[d] for row in X]
+    for bad in (12, -1):
+        with pytest.raises(ValueError, match="out of range 0..11"):
+            act.values(X, bad)
+    out = act.values(X, 0)
+    out[0] = 123.0
+    assert X[0, 0] != 123.0  # a copy, not a view
+
+
+def test_signed_scale():
     v = np.array([-4.0, -1.0, 0.0, 2.0, 8.0])
     assert act.signed_scale(v).tolist() == [-1.0, -0.25, 0.0, 0.25, 1.0]
-    assert act.signed_scale(np.array([1.0, 3.0])).tolist() == [1 / 3, 1.0]
+    assert act.signed_scale(np.array([1.0, 3.0])).tolist() == [1 / 3, 1.0]  # all positive
+    assert act.signed_scale(np.array([-2.0, -8.0])).tolist() == [-0.25, -1.0]  # all negative
     assert act.signed_scale(np.zeros(3)).tolist() == [0, 0, 0]
+    r = RNG.normal(size=50) * 10
+    pmax, nmax = max(r), max(-x for x in r)
+    want = [x / pmax if x > 0 else x / nmax for x in r]
+    assert act.signed_scale(r) == pytest.approx(want)
 
 
-def test_cosines():
-    def cos(a, b):
-        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
-        return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
+# --- cosines ------------------------------------------------------------------------------------------
 
-    assert act.cosine_to_tokens(X, 2) == pytest.approx([cos(X[2], r) for r in X])
+
+def test_cosine_to_tokens():
+    for t in range(X.shape[0]):
+        assert act.cosine_to_tokens(X, t) == pytest.approx([_cos(X[t], r) for r in X])
+    with pytest.raises(ValueError, match="token 7 is out of range"):
+        act.cosine_to_tokens(X, 7)
+    with pytest.raises(ValueError, match="out of range"):
+        act.cosine_to_tokens(X, -1)
+
+
+def test_cosine_edge_cases():
+    z = np.zeros((3, 4))
+    assert act.cosine_to_tokens(z, 0).tolist() == [0, 0, 0]  # zero vectors: 0, not NaN
+    x = np.array([[1.0, 2.0], [0.0, 0.0], [-3.0, -6.0], [2e8, 4e8]], dtype=np.float32)
+    got = act.cosine_to_tokens(x, 0)
+    assert got.tolist() == pytest.approx([1.0, 0.0, -1.0, 1.0])
+    assert np.all(np.abs(got) <= 1.0)  # rounding never leaves [-1, 1]
+    assert act.cosine_to_tokens(x, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_cosine_rows():
     Y = X[::-1].copy()
     Y[1] = 0
-    assert act.cosine_rows(X, Y) == pytest.approx([cos(a, b) for a, b in zip(X, Y, strict=True)])
-    assert np.isfinite(act.cosine_to_tokens(np.zeros((3, 4)), 0)).all()
+    assert act.cosine_rows(X, Y) == pytest.approx([_cos(a, b) for a, b in zip(X, Y, strict=True)])
+    assert act.cosine_rows(X, X) == pytest.approx(np.ones(len(X)))
+    assert act.cosine_rows(X, -X) == pytest.approx(-np.ones(len(X)))
+    assert act.cosine_rows(np.zeros((2, 3)), np.zeros((2, 3))).tolist() == [0, 0]
+    with pytest.raises(ValueError, match="shapes differ"):
+        act.cosine_rows(X, X[:, :3])
 
 
-def test_histogram_against_numpy():
-    h = act.histogram(X, 4, bins=10)
-    p1, p99 = np.percentile(X, [1, 99])
-    own = act.iqr_outliers(X[4]).range_
-    want_edges = np.linspace(min(p1, own[0]), max(p99, own[1]), 11)
-    assert h.edges == pytest.approx(want_edges)
-
-    def counts(row):  # a loop: values beyond the edges go to the first / last bin
-        c = [0] * 10
-        for v in row:
-            i = (
-                0
-                if v < want_edges[0]
-                else 9
-                if v >= want_edges[-1]
-                else int(np.searchsorted(want_edges, v, "right") - 1)
-            )
-            c[i] += 1
-        return c
-
-    assert h.token.tolist() == counts(X[4])
-    assert h.median == pytest.approx(np.median([counts(r) for r in X], axis=0))
-    assert h.token.sum() == X.shape[1]
-    assert act.histogram(np.ones((2, 3)), 0, bins=4).token.sum() == 3  # constant input
+# --- histograms ---------------------------------------------------------------------------------------
 
 
-def test_histogram_is_not_flattened_by_a_massive_activation():
-    x = RNG.normal(size=(20, 64))
-    x[0, 5] = 1e4  # one token, one dimension
-    h = act.histogram(x, 3, bins=32)
-    assert h.edges[-1] < 100 and (h.token > 0).sum() > 5
+def _hist_loop(row, edges):
+    bins = len(edges) - 1
+    counts = [0] * bins
+    for v in row:
+        for i in range(bins):
+            if edges[i] <= v < edges[i + 1] or (i == bins - 1 and v == edges[-1]):
+                counts[i] += 1
+                break
+    return counts
+
+
+def _median(a):
+    s = sorted(a)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+@pytest.mark.parametrize("bins", [1, 5, 10, 64])
+def test_histogram_against_loops(bins):
+    lo, hi = X.min(), X.max()
+    want_edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+    per_token = None
+    for t in (0, 4, 6):
+        h = act.histogram(X, t, bins=bins)
+        assert h.edges == pytest.approx(want_edges)
+        per_token = [_hist_loop(row, h.edges) for row in X]
+        assert h.token.tolist() == per_token[t]
+        assert h.median.tolist() == pytest.approx([_median(c) for c in zip(*per_token, strict=True)])
+    assert sum(per_token[0]) == X.shape[1]
+
+
+def test_histogram_matches_numpy_and_even_token_counts():
+    x = RNG.normal(size=(6, 40))  # even T: the median of two middle counts can be x.5
+    h = act.histogram(x, 2, bins=9)
+    per_token = np.array([np.histogram(r, bins=h.edges)[0] for r in x])
+    assert h.token.tolist() == per_token[2].tolist()
+    assert h.median.tolist() == np.median(per_token, axis=0).tolist()
+
+
+def test_histogram_edge_cases():
+    h = act.histogram(np.ones((2, 3)), 0, bins=4)  # constant: a unit-wide range around the value
+    assert h.edges.tolist() == [0.5, 0.75, 1.0, 1.25, 1.5] and h.token.tolist() == [0, 0, 3, 0]
+    h = act.histogram(np.zeros((3, 5)), 1, bins=3)
+    assert h.token.sum() == 5 and np.isfinite(h.median).all()
+    h = act.histogram(np.array([[0.0, 1.0], [1.0, 1.0]]), 0, bins=2)  # the max lands in the last bin
+    assert h.token.tolist() == [1, 1] and h.median.tolist() == [0.5, 1.5]
+    with pytest.raises(ValueError, match="bins"):
+        act.histogram(X, 0, bins=0)
+    with pytest.raises(ValueError, match="out of range"):
+        act.histogram(X, 7)
+
+
+# --- IQR outliers -------------------------------------------------------------------------------------
+
+
+def _outliers_loop(v, factor=3.0):
+    pos = [x for x in v if x > 0]
+    neg = [-x for x in v if x < 0]
+    high = low = None
+    if pos:
+        q1, q3 = _percentile(pos, 25), _percentile(pos, 75)
+        high = q3 + factor * (q3 - q1)
+    if neg:
+        q1, q3 = _percentile(neg, 25), _percentile(neg, 75)
+        low = -(q3 + factor * (q3 - q1))
+    dims = [i for i, x in enumerate(v) if (high is not None and x > high) or (low is not None and x < low)]
+    dims.sort(key=lambda i: (-abs(v[i]), i))
+    kept = [x for i, x in enumerate(v) if i not in dims]
+    return low, high, dims, (min(kept), max(kept))
 
 
 def test_iqr_outliers_split_by_sign():
     v = np.array([1.0, 1.1, 0.9, 1.2, 1.0, 50.0, -1.0, -1.2, -0.8, -1.1, -40.0, 0.0])
-
-    def fence(a):
-        q1, q3 = np.percentile(a, [25, 75])
-        return q3 + 3 * (q3 - q1)
-
     out = act.iqr_outliers(v)
-    assert out.high == pytest.approx(fence(v[v > 0])) and out.low == pytest.approx(-fence(-v[v < 0]))
-    assert out.dims == [5, 10]  # largest |value| first
-    assert out.range_ == (-1.2, 1.2)
+    low, high, dims, range_ = _outliers_loop(list(v))
+    assert out.high == pytest.approx(high) and out.low == pytest.approx(low)
+    assert out.dims == dims == [5, 10]  # largest |value| first
+    assert out.range_ == range_ == (-1.2, 1.2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("factor", [1.5, 3.0])
+def test_iqr_outliers_random_skewed(seed, factor):
+    r = np.random.default_rng(seed)
+    v = np.concatenate([r.exponential(1.0, 60), -r.exponential(0.2, 30), [25.0, -9.0, 0.0]])
+    r.shuffle(v)
+    out = act.iqr_outliers(v, factor=factor)
+    low, high, dims, range_ = _outliers_loop(list(v), factor)
+    assert out.low == pytest.approx(low) and out.high == pytest.approx(high)
+    assert out.dims == dims and out.range_ == pytest.approx(range_)
+
+
+def test_iqr_outliers_edge_cases():
     only_pos = act.iqr_outliers(np.array([1.0, 2.0, 3.0]))
-    assert only_pos.low is None and only_pos.dims == []
+    assert only_pos.low is None and only_pos.dims == [] and only_pos.range_ == (1.0, 3.0)
+    only_neg = act.iqr_outliers(np.array([-1.0, -1.0, -1.0, -1.0, -100.0]))
+    assert only_neg.high is None and only_neg.low == -1.0 and only_neg.dims == [4]
+    assert only_neg.range_ == (-1.0, -1.0)
+    zeros = act.iqr_outliers(np.zeros(6))
+    assert (zeros.low, zeros.high, zeros.dims, zeros.range_) == (None, None, [], (0.0, 0.0))
+    single = act.iqr_outliers(np.array([5.0]))  # Q1 = Q3: the fence is the value itself
+    assert single.high == 5.0 and single.dims == []
+    ties = act.iqr_outliers(np.array([1.0] * 8 + [-1.0] * 8 + [-20.0, 20.0]))  # equal |value|: index order
+    assert ties.dims == [16, 17]
+    assert act.iqr_outliers(np.array([])).range_ == (0.0, 0.0)
+    with pytest.raises(ValueError, match="one vector"):
+        act.iqr_outliers(X)
+
+
+# --- normalisation and limits -------------------------------------------------------------------------
 
 
 def test_normalise_modes_and_limits():
@@ -90,16 +230,51 @@ def test_normalise_modes_and_limits():
     assert (lim.min, lim.divider, lim.max) == (-2.0, 0.0, 6.0)
     assert s.tolist() == [0.0, 0.5, 0.5 + 1 / 12, 1.0]
     s, lim = act.normalise(v, "minmax")
-    assert lim.divider == 2.0 and s.min() == 0 and s.max() == 1
+    assert lim.divider == 2.0 and s.tolist() == pytest.approx([0.0, 2 / 8, 3 / 8, 1.0])
     w = np.arange(101.0)
     w[-1] = 1e6
     s, lim = act.normalise(w, "minmax_clip")
-    assert (
-        lim.max == pytest.approx(np.percentile(w, 99))
-        and s[-1] == 1.0
-        and s[50] == pytest.approx((50 - lim.min) / (lim.max - lim.min), abs=1e-9)
-    )
-    edited = act.apply_limits(v, act.Limits(0.0, 1.0, 2.0))
-    assert edited.tolist() == [0.0, 0.0, 0.5, 1.0]
+    assert lim.min == pytest.approx(_percentile(w, 1)) and lim.max == pytest.approx(_percentile(w, 99))
+    assert s[-1] == 1.0 and s[0] == 0.0
+    assert s[50] == pytest.approx((50 - lim.min) / (lim.max - lim.min), abs=1e-9)
     with pytest.raises(ValueError, match="unknown normalisation"):
         act.normalise(v, "zscore")
+
+
+@pytest.mark.parametrize("mode", ["raw", "minmax", "minmax_clip"])
+@pytest.mark.parametrize("kind", ["mixed", "positive", "negative"])
+def test_normalise_against_a_loop(mode, kind):
+    v = RNG.normal(size=300) * 3
+    v = {"mixed": v, "positive": np.abs(v) + 0.1, "negative": -np.abs(v) - 0.1}[kind]
+    if mode == "minmax_clip":
+        lo, hi = _percentile(v, 1), _percentile(v, 99)
+    else:
+        lo, hi = min(v), max(v)
+    mid = 0.0 if mode == "raw" and kind == "mixed" else (lo + hi) / 2
+    s, lim = act.normalise(v, mode)
+    assert (lim.min, lim.divider, lim.max) == pytest.approx((lo, mid, hi))
+    assert s.tolist() == pytest.approx([_position(x, lo, mid, hi) for x in v])
+    assert s.min() >= 0 and s.max() <= 1 and np.isfinite(s).all()
+
+
+def test_normalise_edge_cases():
+    s, lim = act.normalise(np.full(4, 3.0), "minmax")  # constant: the middle colour
+    assert s.tolist() == [0.5] * 4 and lim == act.Limits(3.0, 3.0, 3.0)
+    s, lim = act.normalise(np.zeros(3), "raw")
+    assert s.tolist() == [0.5] * 3
+    s, lim = act.normalise(np.array([]), "minmax_clip")
+    assert s.size == 0 and lim == act.Limits(0.0, 0.0, 0.0)
+    s, lim = act.normalise(np.array([1.0, np.nan, 3.0, np.inf, -np.inf]), "minmax")  # limits: finite only
+    assert lim == act.Limits(1.0, 2.0, 3.0)
+    assert s[[0, 2, 3, 4]].tolist() == [0.0, 1.0, 1.0, 0.0] and np.isnan(s[1])
+
+
+def test_apply_limits_user_edited():
+    v = np.array([-2.0, 0.0, 1.0, 6.0])
+    assert act.apply_limits(v, act.Limits(0.0, 1.0, 2.0)).tolist() == [0.0, 0.0, 0.5, 1.0]
+    r = RNG.normal(size=100) * 4
+    for lo, mid, hi in [(-1.0, 0.0, 5.0), (-3.0, 2.5, 3.0), (0.0, 0.0, 2.0), (-2.0, 1.0, 1.0), (1.0, 1.0, 1.0)]:
+        got = act.apply_limits(r, act.Limits(lo, mid, hi))
+        assert got.tolist() == pytest.approx([_position(x, lo, mid, hi) for x in r])
+    # a side without span: past the divider goes straight to the end of the scale, as in the front end
+    assert act.apply_limits(np.array([-1.0, 0.0, 1.0]), act.Limits(0.0, 0.0, 0.0)).tolist() == [0, 0.5, 1]
