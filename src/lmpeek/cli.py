@@ -227,11 +227,22 @@ def serve_cmd(
     ] = "default",
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    samples: Annotated[
+        str | None, typer.Option(help="A folder of your own sample texts (.txt, .md, .jsonl) to offer.")
+    ] = None,
 ) -> None:
     """Start the web app; the page shows the model's loading progress until it is ready."""
+    import os
+
     import uvicorn
 
+    from lmpeek.samples.library import ENV_VAR
     from lmpeek.server.app import create_app
+
+    if samples is not None:
+        if not os.path.isdir(samples):
+            _fail(f"--samples: no such folder: {samples}")
+        os.environ[ENV_VAR] = os.path.abspath(samples)
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]note:[/] listening on {host}: anyone who can reach it can run the model")
