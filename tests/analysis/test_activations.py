@@ -113,13 +113,19 @@ def test_cosine_rows():
 
 
 def _hist_loop(row, edges):
+    """Counts per bin; values beyond the edges go to the first / last bin, the last edge to the last bin."""
     bins = len(edges) - 1
     counts = [0] * bins
     for v in row:
-        for i in range(bins):
-            if edges[i] <= v < edges[i + 1] or (i == bins - 1 and v == edges[-1]):
-                counts[i] += 1
-                break
+        if v < edges[0]:
+            counts[0] += 1
+        elif v >= edges[-1]:
+            counts[-1] += 1
+        else:
+            for i in range(bins):
+                if edges[i] <= v < edges[i + 1]:
+                    counts[i] += 1
+                    break
     return counts
 
 
@@ -129,26 +135,41 @@ def _median(a):
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
+def _hist_range(x, t):
+    """1st..99th percentile of every value, widened to token t's values that are not IQR outliers."""
+    flat = [v for row in x for v in row]
+    _, _, dims, _ = _outliers_loop(list(x[t]))
+    own = [v for i, v in enumerate(x[t]) if i not in dims]
+    return min(_percentile(flat, 1), min(own)), max(_percentile(flat, 99), max(own))
+
+
 @pytest.mark.parametrize("bins", [1, 5, 10, 64])
 def test_histogram_against_loops(bins):
-    lo, hi = X.min(), X.max()
-    want_edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
-    per_token = None
     for t in (0, 4, 6):
+        lo, hi = _hist_range(X, t)
         h = act.histogram(X, t, bins=bins)
-        assert h.edges == pytest.approx(want_edges)
+        assert h.edges == pytest.approx([lo + (hi - lo) * i / bins for i in range(bins + 1)])
         per_token = [_hist_loop(row, h.edges) for row in X]
-        assert h.token.tolist() == per_token[t]
+        assert h.token.tolist() == per_token[t] and sum(per_token[t]) == X.shape[1]
         assert h.median.tolist() == pytest.approx([_median(c) for c in zip(*per_token, strict=True)])
-    assert sum(per_token[0]) == X.shape[1]
 
 
-def test_histogram_matches_numpy_and_even_token_counts():
+def test_histogram_even_token_count_and_numpy():
     x = RNG.normal(size=(6, 40))  # even T: the median of two middle counts can be x.5
     h = act.histogram(x, 2, bins=9)
-    per_token = np.array([np.histogram(r, bins=h.edges)[0] for r in x])
+    inner = np.clip(x, h.edges[0], h.edges[-1])  # values beyond the range land in the edge bins
+    per_token = np.array([np.histogram(r, bins=h.edges)[0] for r in inner])
     assert h.token.tolist() == per_token[2].tolist()
     assert h.median.tolist() == np.median(per_token, axis=0).tolist()
+
+
+def test_histogram_is_not_flattened_by_a_massive_activation():
+    x = RNG.normal(size=(20, 64))
+    x[0, 5] = 1e4  # one token, one dimension
+    h = act.histogram(x, 3, bins=32)
+    assert h.edges[-1] < 100 and (h.token > 0).sum() > 5
+    h0 = act.histogram(x, 0, bins=32)  # the massive value itself is counted, in the last bin
+    assert h0.token.sum() == 64 and h0.token[-1] >= 1 and h0.edges[-1] < 100
 
 
 def test_histogram_edge_cases():
@@ -157,7 +178,8 @@ def test_histogram_edge_cases():
     h = act.histogram(np.zeros((3, 5)), 1, bins=3)
     assert h.token.sum() == 5 and np.isfinite(h.median).all()
     h = act.histogram(np.array([[0.0, 1.0], [1.0, 1.0]]), 0, bins=2)  # the max lands in the last bin
-    assert h.token.tolist() == [1, 1] and h.median.tolist() == [0.5, 1.5]
+    assert h.edges.tolist() == [0.0, 0.5, 1.0] and h.token.tolist() == [1, 1]
+    assert h.median.tolist() == [0.5, 1.5]
     with pytest.raises(ValueError, match="bins"):
         act.histogram(X, 0, bins=0)
     with pytest.raises(ValueError, match="out of range"):
@@ -273,7 +295,13 @@ def test_apply_limits_user_edited():
     v = np.array([-2.0, 0.0, 1.0, 6.0])
     assert act.apply_limits(v, act.Limits(0.0, 1.0, 2.0)).tolist() == [0.0, 0.0, 0.5, 1.0]
     r = RNG.normal(size=100) * 4
-    for lo, mid, hi in [(-1.0, 0.0, 5.0), (-3.0, 2.5, 3.0), (0.0, 0.0, 2.0), (-2.0, 1.0, 1.0), (1.0, 1.0, 1.0)]:
+    for lo, mid, hi in [
+        (-1.0, 0.0, 5.0),
+        (-3.0, 2.5, 3.0),
+        (0.0, 0.0, 2.0),
+        (-2.0, 1.0, 1.0),
+        (1.0, 1.0, 1.0),
+    ]:
         got = act.apply_limits(r, act.Limits(lo, mid, hi))
         assert got.tolist() == pytest.approx([_position(x, lo, mid, hi) for x in r])
     # a side without span: past the divider goes straight to the end of the scale, as in the front end

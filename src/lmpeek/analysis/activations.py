@@ -84,30 +84,38 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Histogram:
-    edges: np.ndarray  # [bins + 1], shared by every token
-    token: np.ndarray  # [bins] counts of the token's values over its dimensions
-    median: np.ndarray  # [bins] per-bin median of all tokens' counts
+    edges: np.ndarray  # [bins + 1] float64, shared by every token
+    token: np.ndarray  # [bins] int64 counts of the token's values over its D dimensions
+    median: np.ndarray  # [bins] float64: per-bin median of all T tokens' counts (DeepPeek's orange one)
 
 
 def histogram(x: np.ndarray, t: int, bins: int = 64) -> Histogram:
     """Token t's histogram over its D dimensions against the median histogram of all tokens.
 
-    The shared bins span the 1st..99th percentile of all values, widened to the token's own values
-    without its IQR outliers (see `iqr_outliers`): a few massive activations (some tokens' residual
-    streams reach 10^4) would otherwise squeeze everything else into one bin. Values outside the
-    range are counted in the first or last bin; the outliers are listed by `iqr_outliers`.
+    x [T, D]. The `bins` equal-width bins, shared by every token, span the 1st..99th percentile of all
+    values (numpy.percentile, linear), widened to token t's own values without its IQR outliers (see
+    `iqr_outliers`): a few massive activations (some tokens' residual streams reach 10^4) would
+    otherwise squeeze everything else into one bin. A constant range is widened by 0.5 on each side.
+    Bins are half-open [a, b) except the last, which holds its right edge (as numpy.histogram); values
+    outside the range are counted in the first or last bin, so every token's counts sum to D; the
+    outliers themselves are listed by `iqr_outliers`. `median` [bins] is, for each bin, the median over
+    tokens of that bin's count (so it need not sum to D).
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = _matrix(x)
+    t = _token(t, x.shape[0])
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
     p_lo, p_hi = np.percentile(x, [1, 99])
     own_lo, own_hi = iqr_outliers(x[t]).range_
     lo, hi = min(float(p_lo), own_lo), max(float(p_hi), own_hi)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
-    # bin index of every value, clipped into the edge bins; the last edge belongs to the last bin
+    T = x.shape[0]
+    # bin of every value, clipped into the edge bins; the last edge belongs to the last bin
     idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)  # [T, D]
-    counts = np.zeros((x.shape[0], bins), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(x.shape[0]), x.shape[1]), idx.ravel()), 1)
+    idx += np.arange(T)[:, None] * bins  # one block of bins per token
+    counts = np.bincount(idx.ravel(), minlength=T * bins).reshape(T, bins)
     return Histogram(edges=edges, token=counts[t], median=np.median(counts, axis=0))
 
 

@@ -51,7 +51,8 @@ def rope_parts_pattern(
     q_pre, k_pre, q_rot, k_rot = (np.asarray(a, dtype=np.float64) for a in (q_pre, k_pre, q_rot, k_rot))
     if q_pre.shape != q_rot.shape or k_pre.shape != k_rot.shape:
         raise ValueError(
-            f"pre- and post-RoPE shapes differ: q {q_pre.shape} vs {q_rot.shape}, k {k_pre.shape} vs {k_rot.shape}"
+            f"pre- and post-RoPE shapes differ: q {q_pre.shape} vs {q_rot.shape}, "
+            f"k {k_pre.shape} vs {k_rot.shape}"
         )
     if q_rot.ndim != 3 or k_rot.ndim != 3:
         raise ValueError(f"q must be [T, H, d] and k [T, H_kv, d], got {q_rot.shape} and {k_rot.shape}")

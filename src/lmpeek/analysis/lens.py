@@ -1,4 +1,4 @@
-"""Logit lens: what the residual stream after each layer would predict if decoded right away."""
+"""Logit lens: what the residual stream after each layer would predict if it were decoded right away."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Lens:
-    ids: np.ndarray  # [L, k] token ids, most likely first
-    probs: np.ndarray  # [L, k]
+    ids: np.ndarray  # [L, k] int64 token ids, most likely first (ties: lower id first)
+    probs: np.ndarray  # [L, k] float64 probabilities of those ids
 
 
 def logit_lens(
@@ -21,13 +21,31 @@ def logit_lens(
     bias: np.ndarray | None = None,
     k: int = 5,
 ) -> Lens:
-    """resid [L, D]: one token's residual stream after each layer (resid_post of every block).
-    Each row goes through the model's final norm (`final_norm`, numpy in and out) and the
-    unembedding W_U [V, D] (+ bias [V]); returns the top-k of the softmax per layer. The last row
-    reproduces the model's own prediction."""
-    h = np.asarray(final_norm(np.asarray(resid, dtype=np.float32)), dtype=np.float32)  # [L, D]
-    logits = h @ np.asarray(unembed, dtype=np.float32).T  # [L, V]
+    """Logit lens for ONE token: top-k of softmax(unembed @ final_norm(resid_l) + bias) for every layer l.
+
+    resid [L, D]: the token's residual stream after each layer (resid_post of every block, in order).
+    final_norm: the model's final norm as a callable, numpy [L, D] float32 in, numpy [L, D] out (the
+    caller wraps the module, so this function stays pure). unembed [V, D]: the unembedding W_U;
+    bias [V] or None. The norm and the matmul run in float32 (numpy), the softmax in float64,
+    shifted by each row's max (stable). k is capped at V. Returns Lens(ids [L, k], probs [L, k]).
+    The last row, resid_post of the last block, reproduces the model's own next-token prediction.
+    """
+    resid = np.asarray(resid, dtype=np.float32)
+    unembed = np.asarray(unembed, dtype=np.float32)
+    if resid.ndim != 2:
+        raise ValueError(f"resid must be [L, D] (one token's stream after each layer), got {resid.shape}")
+    if unembed.ndim != 2 or unembed.shape[1] != resid.shape[1]:
+        raise ValueError(f"unembed must be [V, D] with D = {resid.shape[1]}, got {unembed.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    h = np.asarray(final_norm(resid), dtype=np.float32)
+    if h.shape != resid.shape:
+        raise ValueError(f"final_norm returned shape {h.shape}, expected {resid.shape}")
+    logits = h @ unembed.T  # [L, V] float32
     if bias is not None:
+        bias = np.asarray(bias, dtype=np.float32)
+        if bias.shape != (unembed.shape[0],):
+            raise ValueError(f"bias must be [V] = [{unembed.shape[0]}], got {bias.shape}")
         logits = logits + bias
     logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
@@ -35,4 +53,4 @@ def logit_lens(
     probs /= probs.sum(axis=1, keepdims=True)
     k = min(k, probs.shape[1])
     ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return Lens(ids=ids, probs=np.take_along_axis(probs, ids, axis=1))
+    return Lens(ids=ids.astype(np.int64), probs=np.take_along_axis(probs, ids, axis=1))
