@@ -20,13 +20,7 @@ import statistics
 import tempfile
 import time
 
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
+from _memory import reset_peak, rss_kb
 
 
 def _timed(fn, repeat: int = 1):
@@ -72,11 +66,10 @@ def main() -> None:
         TestClient(create_app("default", loader=lambda _src: model, background=False, store_dir=store)) as c,
     ):
         c.post("/api/trace", json={"text": "warm up"})
-        base = _rss_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        base = rss_kb("VmRSS")
+        reset_peak()
         trace_s, r = _timed(lambda: c.post("/api/trace", json={"text": sample}))
-        peak_mb = (_rss_kb("VmHWM") - base) / 1024
+        peak_mb = (rss_kb("VmHWM") - base) / 1024
         data = r.json()
         tid, T = data["id"], len(data["tokens"])
         disk = sum(p.stat().st_size for p in (pathlib.Path(store) / tid).iterdir())

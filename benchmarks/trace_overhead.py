@@ -22,15 +22,9 @@ import subprocess
 import sys
 import time
 
+from _memory import reset_peak, rss_kb
+
 MODES = ("plain sdpa", "plain eager", "summaries", "all patterns")
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 def _setup(length: int):
@@ -89,11 +83,10 @@ def _child_memory(mode: str, length: int) -> None:
     if mode.startswith("plain"):
         del model
     run()  # warm-up
-    base = _rss_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    base = rss_kb("VmRSS")
+    reset_peak()
     run()
-    print(json.dumps({"peak_extra_mb": (_rss_kb("VmHWM") - base) / 1024}))
+    print(json.dumps({"peak_extra_mb": (rss_kb("VmHWM") - base) / 1024}))
 
 
 def _child(args: list[str]) -> dict:
