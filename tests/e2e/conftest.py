@@ -27,8 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
+def _serve(source: str, store_dir):
     import uvicorn
 
     from lmpeek.server.app import _static_dir, create_app
@@ -38,21 +37,33 @@ def server_url(tmp_path_factory):
             "the front end is not built: run `make test` (or `cd web && npm install && npm run build`)"
         )
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app("tiny:llama", store_dir=tmp_path_factory.mktemp("traces")),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
+    config = uvicorn.Config(
+        create_app(source, store_dir=store_dir), host="127.0.0.1", port=port, log_level="warning"
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
         if server.started:
             break
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """The app with a tiny random model."""
+    server, thread, url = _serve("tiny:llama", tmp_path_factory.mktemp("traces"))
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def default_server_url(tmp_path_factory):
+    """The app with the real default model (slow tests only)."""
+    server, thread, url = _serve("default", tmp_path_factory.mktemp("traces-default"))
+    yield url
     server.should_exit = True
     thread.join(10)
 
@@ -69,15 +80,24 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server_url):
+def _page(browser, url):
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(server_url)
-    pg.get_by_test_id("model-status").filter(has_text="ready").wait_for(timeout=30_000)
+    pg.goto(url)
+    pg.get_by_test_id("model-status").filter(has_text="ready").wait_for(timeout=60_000)
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, server_url):
+    yield from _page(browser, server_url)
+
+
+@pytest.fixture
+def default_page(browser, default_server_url):
+    yield from _page(browser, default_server_url)
