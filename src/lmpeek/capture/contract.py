@@ -190,19 +190,18 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
             g["hook_resid_mid"] + g["hook_mlp_out"],
             g["hook_resid_post"],
         )
-        attn = b.attn_modules[layer]
         q, k = (
             (g["attn.hook_rot_q"], g["attn.hook_rot_k"])
             if b.rotary_dims
             else (g["attn.hook_q"], g["attn.hook_k"])
         )
-        window = getattr(attn, "sliding_window", None)
-        if getattr(attn, "scaling", None) is not None:
+        params = b.attention_params(layer)
+        if params.softcap is None:
             rows.add(
                 "blocks.*.attn.hook_q/k",
                 "softmax(q·k * scale) == pattern",
                 p + "attn.hook_q",
-                _recomputed_pattern(q, _repeat_kv(k, H), attn.scaling, window),
+                _recomputed_pattern(q, _repeat_kv(k, H), params.scale, params.window),
                 g["attn.hook_pattern"].double(),
             )
         z = torch.einsum("hqk,khd->qhd", g["attn.hook_pattern"], _repeat_kv(g["attn.hook_v"], H))

@@ -136,18 +136,18 @@ def head_pattern(model: LoadedModel, layer: int, q: np.ndarray, k: np.ndarray) -
     H times smaller than the layer's pattern, which is what makes 4k-token samples browsable."""
     from lmpeek.capture.attention_kernel import causal_attention
 
-    attn = model.bound.attn_modules[layer]
+    params = model.bound.attention_params(layer)
     qt = torch.as_tensor(np.asarray(q), dtype=torch.float32)[None, None]  # [1, 1, T, d]
     kt = torch.as_tensor(np.asarray(k), dtype=torch.float32)[None, None]
     T = qt.shape[2]
     mask = None
-    window = getattr(attn, "sliding_window", None)
+    window = params.window
     if window:
         i = torch.arange(T)
         allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
         mask = torch.zeros(1, 1, T, T).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-    scaling = getattr(attn, "scaling", None) or q.shape[-1] ** -0.5
-    softcap = getattr(getattr(attn, "config", None), "attn_logit_softcapping", None)
     with torch.inference_mode():
-        _, _, pattern = causal_attention(qt, kt, kt, mask, scaling, softcap=softcap, want_pattern=True)
+        _, _, pattern = causal_attention(
+            qt, kt, kt, mask, params.scale, softcap=params.softcap, want_pattern=True
+        )
     return pattern[0, 0].numpy()

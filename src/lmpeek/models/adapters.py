@@ -275,6 +275,13 @@ def supported_architectures() -> list[str]:
 # --- binding an adapter to one model ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AttentionParams:
+    scale: float  # multiplies q·k
+    window: int | None  # sliding window (keys within `window` positions), None for full attention
+    softcap: float | None  # tanh soft-capping of the scores (gemma2-style), None if off
+
+
 @dataclass
 class Bound:
     """An adapter resolved against one model instance: real modules and sizes."""
@@ -303,6 +310,16 @@ class Bound:
 
     def block_module(self, layer: int, path: str) -> nn.Module:
         return self.blocks[layer].get_submodule(path)
+
+    def attention_params(self, layer: int) -> AttentionParams:
+        """How layer `layer` scores keys, read from its attention module (transformers keeps them there)."""
+        attn = self.attn_modules[layer]
+        config = getattr(attn, "config", self.config)
+        return AttentionParams(
+            scale=getattr(attn, "scaling", None) or self.d_head**-0.5,
+            window=getattr(attn, "sliding_window", None) or None,
+            softcap=getattr(config, "attn_logit_softcapping", None),
+        )
 
     def hook_names(self) -> list[str]:
         """Every hook point this model has, in forward order."""

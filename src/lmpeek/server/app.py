@@ -253,8 +253,7 @@ def create_app(
             n: component(trace_id, f"blocks.{layer}.attn.hook_{n}", head)[:, None]
             for n in ("q", "k", "rot_q", "rot_k")
         }
-        attn = model.bound.attn_modules[layer]
-        scale = getattr(attn, "scaling", None) or model.bound.d_head**-0.5
+        scale = model.bound.attention_params(layer).scale
 
         def calc() -> np.ndarray:
             p = rope_parts_pattern(
