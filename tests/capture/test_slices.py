@@ -10,23 +10,11 @@ import pytest
 import lmpeek
 from lmpeek.capture.slices import attention_pattern, run_block
 from lmpeek.errors import InvalidInput
+from lmpeek.models.adapters import BLOCK_POINTS
 from lmpeek.models.tiny import TINY_ARCHITECTURES
 
 TEXT = "The capital of France is Paris. def f(x): return x * 2, and a few more words"
-POINTS = [
-    "hook_resid_pre",
-    "attn.hook_q",
-    "attn.hook_k",
-    "attn.hook_v",
-    "attn.hook_pattern",
-    "attn.hook_z",
-    "hook_attn_out",
-    "hook_resid_mid",
-    "mlp.hook_pre",
-    "mlp.hook_post",
-    "hook_mlp_out",
-    "hook_resid_post",
-]
+POINTS = [p for p in BLOCK_POINTS if "rot_" not in p]  # rot_ hooks exist only with RoPE
 
 
 def _model(arch):

@@ -15,13 +15,6 @@ from lmpeek.server.app import create_app
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    app = create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("traces"))
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def model(client):
     return client.app.state.holder.model
 

@@ -6,29 +6,8 @@ import io
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-
-import lmpeek
-from lmpeek.server.app import create_app
 
 TEXT = "The capital of France is Paris. def f(x): return x"
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with TestClient(create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("t"))) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def full(client):
-    model = client.app.state.holder.model
-    return lmpeek.trace(model, TEXT, keep=["*"])
-
-
-@pytest.fixture(scope="module")
-def tid(client):
-    return client.post("/api/trace", json={"text": TEXT}).json()["id"]
 
 
 def test_components_list(client):

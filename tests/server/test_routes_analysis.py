@@ -8,29 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 import lmpeek
-from lmpeek.server.app import create_app
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
 TOL = {"rtol": 2e-2, "atol": 2e-2}
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    with TestClient(create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("t"))) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def full(client):
-    return lmpeek.trace(client.app.state.holder.model, TEXT, keep=["*"])
-
-
-@pytest.fixture(scope="module")
-def tid(client):
-    return client.post("/api/trace", json={"text": TEXT}).json()["id"]
 
 
 def get(client, tid, what, **params):

@@ -275,6 +275,14 @@ def supported_architectures() -> list[str]:
 # --- binding an adapter to one model ----------------------------------------------------------
 
 
+# every block's hook points in forward order (the rot_ ones exist only for models with RoPE)
+BLOCK_POINTS = (
+    "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
+    "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
+    "hook_mlp_out", "hook_resid_post",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AttentionParams:
     scale: float  # multiplies q·k
@@ -321,24 +329,14 @@ class Bound:
             softcap=getattr(config, "attn_logit_softcapping", None),
         )
 
+    def block_points(self) -> list[str]:
+        """The hook points of one block (relative to it), in forward order."""
+        return [p for p in BLOCK_POINTS if self.rotary_dims or "rot_" not in p]
+
     def hook_names(self) -> list[str]:
         """Every hook point this model has, in forward order."""
         names = ["hook_embed"] + (["hook_pos_embed"] if self.adapter.pos_embed else [])
-        per_block = [
-            "hook_resid_pre",
-            "attn.hook_q",
-            "attn.hook_k",
-            "attn.hook_v",
-            *(["attn.hook_rot_q", "attn.hook_rot_k"] if self.rotary_dims else []),
-            "attn.hook_pattern",
-            "attn.hook_z",
-            "hook_attn_out",
-            "hook_resid_mid",
-            "mlp.hook_pre",
-            "mlp.hook_post",
-            "hook_mlp_out",
-            "hook_resid_post",
-        ]
+        per_block = self.block_points()
         for layer in range(self.n_layers):
             names += [f"blocks.{layer}.{n}" for n in per_block]
         return names + ["ln_final.hook_normalized"]

@@ -9,14 +9,16 @@ import numpy as np
 import torch
 
 from lmpeek.errors import InvalidInput
+from lmpeek.models.adapters import BLOCK_POINTS as ADAPTER_POINTS
 
-# block-level points a view can select, in forward order; attn.hook_result is each head's write into
-# the residual stream (z_h · W_O[h])
-BLOCK_POINTS = (
-    "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
-    "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
-    "hook_mlp_out", "hook_resid_post",
-)  # fmt: skip
+# what a view can select: the adapter's block hook points (a [T, T] pattern is served by the attention
+# endpoint instead) plus attn.hook_result, each head's write into the residual stream (z_h · W_O[h])
+BLOCK_POINTS = tuple(
+    q
+    for p in ADAPTER_POINTS
+    if p != "attn.hook_pattern"
+    for q in ((p, "attn.hook_result") if p == "attn.hook_z" else (p,))
+)
 PER_HEAD = {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",
             "attn.hook_result"}  # fmt: skip
 KV_HEADS = {"attn.hook_k", "attn.hook_v", "attn.hook_rot_k"}
