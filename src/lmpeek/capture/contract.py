@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lmpeek.capture.hooks import ATTENTION_IMPL, attach, install_attention
+from lmpeek.capture.hooks import attach, install_attention
 from lmpeek.capture.tokens import tokenize
+from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
 
 DEFAULT_TEXT = (
@@ -85,11 +86,8 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
     ids = torch.as_tensor(tok.token_ids, device=model.device)[None]
 
     # Reference: transformers' own eager forward, no hooks attached.
-    hf.set_attn_implementation("eager")
-    try:
+    with hf_compat.attention_implementation_as(hf, "eager"):
         ref = hf(input_ids=ids, output_hidden_states=True, output_attentions=True, use_cache=False)
-    finally:
-        hf.set_attn_implementation(ATTENTION_IMPL)
 
     names = b.hook_names()
     got: dict[str, torch.Tensor] = {}

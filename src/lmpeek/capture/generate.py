@@ -14,6 +14,7 @@ from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
 from lmpeek.capture.tokens import tokenize
 from lmpeek.capture.trace import decode_topk
 from lmpeek.errors import InvalidInput
+from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
 
 
@@ -51,23 +52,6 @@ def _check(name: str, value, lo: float, hi: float | None, integer: bool = False)
         )
 
 
-def _sampler(temperature: float, top_p: float, top_k: int):
-    """Logits [V] -> filtered logits, via transformers' own warpers (same semantics as model.generate)."""
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    procs = LogitsProcessorList()
-    if temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(temperature))
-    if top_k > 0:
-        procs.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        procs.append(TopPLogitsWarper(top_p))
-    return procs
 
 
 def generate(
@@ -110,16 +94,15 @@ def generate(
 def _steps(
     model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos
 ) -> Iterator[Step]:
-    from transformers import DynamicCache
-
     device = model.device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-    warp = _sampler(temperature, top_p, top_k) if temperature > 0 else None
+    warp = hf_compat.sampling_warpers(temperature, top_p, top_k) if temperature > 0 else None
     eos = set(_eos_ids(model))
-    cache = DynamicCache(config=model.hf.config)
+    cache = hf_compat.new_kv_cache(model.hf.config)
+    with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
-    out = model.hf(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = model.hf(input_ids=ids, **with_cache)
     logits = out.logits[0, -1]
     position = ids.shape[1]
     for index in range(max_new_tokens):
@@ -133,7 +116,7 @@ def _steps(
         ids = torch.tensor([[next_id]], device=device)
         summaries = Summaries(model.bound, last_only=True)
         with attach(model.bound, summaries.handlers()):
-            out = model.hf(input_ids=ids, past_key_values=cache, use_cache=True)
+            out = model.hf(input_ids=ids, **with_cache)
         logits = out.logits[0, -1]
         finished = index == max_new_tokens - 1 or (stop_at_eos and next_id in eos)
         yield Step(

@@ -11,7 +11,6 @@ Two mechanisms, both using the model's own code (no copied forward passes):
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from torch import nn
 from lmpeek.analysis.attention import attention_entropy
 from lmpeek.capture.attention_kernel import causal_attention
 from lmpeek.errors import UnsupportedArchitecture
+from lmpeek.models import hf_compat
 from lmpeek.models.adapters import Bound, Tap
 
 ATTENTION_IMPL = "lmpeek"
@@ -49,19 +49,15 @@ _NOBODY = _AttentionListener()
 
 # id(attention module) -> listener; filled only inside `attach`
 _listeners: dict[int, _AttentionListener] = {}
-_eager_by_class: dict[type, Callable[..., Any]] = {}
 
 
 def _eager_for(module: nn.Module) -> Callable[..., Any]:
-    cls = type(module)
-    fn = _eager_by_class.get(cls)
+    fn = hf_compat.eager_attention_for(module)
     if fn is None:
-        fn = getattr(sys.modules[cls.__module__], "eager_attention_forward", None)
-        if fn is None:
-            raise UnsupportedArchitecture(
-                f"{cls.__name__} ({cls.__module__}) has no eager_attention_forward to compute patterns with"
-            )
-        _eager_by_class[cls] = fn
+        cls = type(module)
+        raise UnsupportedArchitecture(
+            f"{cls.__name__} ({cls.__module__}) has no eager_attention_forward to compute patterns with"
+        )
     return fn
 
 
@@ -106,15 +102,8 @@ def _attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
 
 def install_attention(model: nn.Module) -> None:
     """Make `model` compute attention through `_attention` (idempotent, no reload)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    if ATTENTION_IMPL not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION_IMPL, _attention)
-        # our function wraps eager attention, so it needs eager's additive float mask
-        AttentionMaskInterface.register(ATTENTION_IMPL, eager_mask)
-    if getattr(model.config, "_attn_implementation", None) != ATTENTION_IMPL:
-        model.set_attn_implementation(ATTENTION_IMPL)
+    hf_compat.register_attention(ATTENTION_IMPL, _attention)
+    hf_compat.set_attention_implementation(model, ATTENTION_IMPL)
 
 
 # attention-side points -> _AttentionListener field. "attn.entropy" is not a hook point: it is the

@@ -18,6 +18,7 @@ from torch import nn
 
 from lmpeek.capture.hooks import attach, install_attention
 from lmpeek.errors import InvalidInput
+from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
 
 
@@ -58,18 +59,12 @@ def _only_block(model: LoadedModel, layer: int) -> Iterator[nn.Module]:
     parent_path, attr = b.adapter.blocks.rsplit(".", 1)
     base = b.module(parent_path)
     blocks = getattr(base, attr)
-    config = base.config
-    saved = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
     setattr(base, attr, nn.ModuleList([blocks[layer]]))
-    config.num_hidden_layers = 1
-    if saved.get("layer_types") is not None:
-        config.layer_types = [saved["layer_types"][layer]]
     try:
-        yield base
+        with hf_compat.only_layer(base.config, layer):
+            yield base
     finally:
         setattr(base, attr, blocks)
-        for k, v in saved.items():
-            setattr(config, k, v)
 
 
 @torch.inference_mode()

@@ -19,11 +19,11 @@ import importlib.util
 import json
 import pathlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmpeek.errors import InvalidInput, MissingDefaultModel, SourceNotFound, UnsupportedArchitecture
+from lmpeek.models import hf_compat
 from lmpeek.models.cache import cache_dir, cached_models, ensure_converted, gguf_model_name, read_meta
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name
-    with _transformers_progress(False):
+    with hf_compat.progress_bars(False):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -214,9 +214,7 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
             raise SourceNotFound(f"Cannot read GGUF file {gguf}: {type(err).__name__}: {err}") from err
         # The weights are already dequantised to float32; without the GGUF quantizer marks,
         # save_pretrained writes them as a plain safetensors checkpoint.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        hf_compat.strip_gguf_quantization(model)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     del model
@@ -260,7 +258,7 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
         # transformers' "Loading weights" bar only flickers for small models: show it for big ones.
         show_bars = opts.progress and sum(w.stat().st_size for w in weights) > _BIG_WEIGHTS
     try:
-        with _transformers_progress(show_bars):
+        with hf_compat.progress_bars(show_bars):
             model = AutoModelForCausalLM.from_pretrained(ref, config=config, **model_kwargs)
     except OSError as err:
         if hub:
@@ -278,10 +276,7 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
 
 def _check_causal_lm(config, label: str, trust_remote_code: bool) -> None:
     """Raise UnsupportedArchitecture unless the config describes a decoder-only causal LM."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
+    causal_types, masked_types = hf_compat.causal_lm_model_types()
 
     model_type = getattr(config, "model_type", None)
     auto_map = getattr(config, "auto_map", None) or {}
@@ -290,9 +285,9 @@ def _check_causal_lm(config, label: str, trust_remote_code: bool) -> None:
         reason = "an encoder-decoder model"
     elif remote_causal:
         return
-    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    elif model_type not in causal_types:
         reason = "not a causal language model"
-    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+    elif model_type in masked_types and not getattr(config, "is_decoder", False):
         # BERT-like encoders have a causal-LM head class, but as trained they attend both ways.
         reason = "an encoder (masked language model), not a causal language model"
     else:
@@ -349,25 +344,6 @@ def _parse_dtype(dtype: Any) -> Any:
             return getattr(torch, _DTYPES[key])
     choices = ", ".join(sorted({*_DTYPES, "auto"}))
     raise InvalidInput(f"Unknown dtype {dtype!r}: use one of {choices}.")
-
-
-@contextlib.contextmanager
-def _transformers_progress(enabled: bool) -> Iterator[None]:
-    """Show or hide transformers' own tqdm bars for the duration, then restore the previous setting."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.is_progress_bar_enabled()
-    if enabled:
-        hf_logging.enable_progress_bar()
-    else:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if before:
-            hf_logging.enable_progress_bar()
-        else:
-            hf_logging.disable_progress_bar()
 
 
 def _first_line(err: BaseException) -> str:

@@ -1,0 +1,173 @@
+"""Every touch point with transformers internals that changes between versions, in one place.
+
+lmpeek supports the transformers range in pyproject (installs for development and CI come from
+requirements.lock). Anything below that reaches past transformers' stable public API (a keyword that
+was renamed, a registry, a module-level function looked up by name, a config field a forward slices
+with) goes through this module, so an upstream change is one edit here plus a test in
+tests/models/test_hf_compat.py, which runs against the locked version and the lowest allowed one
+(`make compat-lowest`).
+
+Importing this module does not import torch or transformers; each function imports what it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# The lowest transformers lmpeek is tested with; keep equal to pyproject's lower bound.
+MIN_TRANSFORMERS = "5.23"
+
+# Config fields a decoder forward uses to slice or index its block list (see `only_layer`).
+_PER_LAYER_FIELDS = ("num_hidden_layers", "layer_types")
+
+
+# --- the KV cache ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _cache_keyword(forward_cls: type) -> str:
+    # transformers 5.24 renamed forward's `past_key_values=` to `cache=` (the old name warns with a
+    # FutureWarning and goes away in 5.40); older releases only know `past_key_values`.
+    params = inspect.signature(forward_cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """Keyword arguments passing `cache` (a KV cache) to `model`'s forward under its current name."""
+    return {_cache_keyword(type(model)): cache, "use_cache": True}
+
+
+def new_kv_cache(config: Any) -> Any:
+    """An empty dynamic KV cache for a model with this config (sliding-window layers included)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+# --- attention implementations --------------------------------------------------------------------
+
+
+def register_attention(name: str, fn: Callable[..., Any]) -> None:
+    """Register `fn` as attention implementation `name` (idempotent). It gets eager attention's mask
+    (an additive float mask [B, 1, Tq, Tk]), since it computes what eager computes."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if AttentionInterface._global_mapping.get(name) is not fn:
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, eager_mask)
+
+
+def attention_implementation(model: Any) -> str | None:
+    """The name of the attention implementation `model` uses now ("eager", "sdpa", ...)."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def set_attention_implementation(model: Any, name: str) -> None:
+    """Switch `model` (and its submodules' configs) to attention implementation `name`, no reload."""
+    if attention_implementation(model) != name:
+        model.set_attn_implementation(name)
+
+
+@contextlib.contextmanager
+def attention_implementation_as(model: Any, name: str) -> Iterator[None]:
+    """Use attention implementation `name` inside the block, then switch back to what was set."""
+    before = attention_implementation(model)
+    set_attention_implementation(model, name)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_attention_implementation(model, before)
+
+
+_eager_by_class: dict[type, Callable[..., Any] | None] = {}
+
+
+def eager_attention_for(module: Any) -> Callable[..., Any] | None:
+    """The `eager_attention_forward` function of the modeling file that defines `module`'s class
+    (each architecture has its own: Gemma's adds softcapping), or None if there is none."""
+    cls = type(module)
+    if cls not in _eager_by_class:
+        _eager_by_class[cls] = getattr(sys.modules[cls.__module__], "eager_attention_forward", None)
+    return _eager_by_class[cls]
+
+
+# --- running one block alone ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def only_layer(config: Any, layer: int) -> Iterator[None]:
+    """Narrow the per-layer config fields to layer `layer` alone for the duration (a base model whose
+    block list holds only that block slices `layers[: num_hidden_layers]` and reads `layer_types[i]`)."""
+    saved = {k: getattr(config, k) for k in _PER_LAYER_FIELDS if hasattr(config, k)}
+    config.num_hidden_layers = 1
+    if saved.get("layer_types") is not None:
+        config.layer_types = [saved["layer_types"][layer]]
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def strip_gguf_quantization(model: Any) -> None:
+    """Let `save_pretrained` write a model loaded from GGUF: its weights are already dequantised to
+    float32, but the GGUF quantizer marks make transformers refuse to save it."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def causal_lm_model_types() -> tuple[frozenset[str], frozenset[str]]:
+    """(model types with a causal-LM head class, model types with a masked-LM head class)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Show or hide transformers' own tqdm bars for the duration, then restore the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+
+def sampling_warpers(temperature: float, top_p: float, top_k: int) -> Any:
+    """transformers' own logits warpers (the semantics of `model.generate`), as one callable
+    `(input_ids [B, T], scores [B, V]) -> scores`; filtered-out tokens get -inf."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    procs = LogitsProcessorList()
+    if temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        procs.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p))
+    return procs
