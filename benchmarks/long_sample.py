@@ -63,7 +63,15 @@ def main() -> None:
     rows = []
     with (
         tempfile.TemporaryDirectory() as store,
-        TestClient(create_app("default", loader=lambda _src: model, background=False, store_dir=store)) as c,
+        TestClient(
+            create_app(
+                "default",
+                loader=lambda _src: model,
+                background=False,
+                store_dir=store,
+                allowed_hosts=["testserver"],
+            )
+        ) as c,
     ):
         c.post("/api/trace", json={"text": "warm up"})
         base = rss_kb("VmRSS")

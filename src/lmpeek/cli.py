@@ -230,27 +230,68 @@ def serve_cmd(
     samples: Annotated[
         str | None, typer.Option(help="A folder of your own sample texts (.txt, .md, .jsonl) to offer.")
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LMPEEK_TOKEN",
+            help="Require this token from every client (generated when --host is not loopback).",
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also answer to this Host name (repeatable; loopback names always; '*' = any)."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
+    ] = None,
 ) -> None:
     """Start the web app; the page shows the model's loading progress until it is ready."""
     import os
+    from urllib.parse import quote
 
     import uvicorn
 
     from lmpeek.samples.library import ENV_VAR
     from lmpeek.server.app import create_app
+    from lmpeek.server.guard import is_loopback
 
     if samples is not None:
         if not os.path.isdir(samples):
             _fail(f"--samples: no such folder: {samples}")
         os.environ[ENV_VAR] = os.path.abspath(samples)
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]note:[/] listening on {host}: anyone who can reach it can run the model")
-    out.print(
-        f"lmpeek: serving {model} at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/",
-        soft_wrap=True,
-    )
-    uvicorn.run(create_app(model), host=host, port=port, log_level="warning")
+    edge = _edge_settings(host, token, allow_host or [], cors_origin or [])
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{port}/"
+    if edge["token"] is not None:
+        url += f"?token={quote(edge['token'], safe='')}"
+    if not is_loopback(host):
+        names = ", ".join(sorted({"127.0.0.1", "localhost", "[::1]", *edge["allowed_hosts"]}))
+        err.print(
+            f"[yellow]note:[/] listening on {host}: clients need the token in the URL below; "
+            f"Host names answered: {names} (add more with --allow-host NAME)",
+            soft_wrap=True,
+        )
+    out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
+    uvicorn.run(create_app(model, **edge), host=host, port=port, log_level="warning")
+
+
+def _edge_settings(host: str, token: str | None, allow_host: list[str], cors_origin: list[str]) -> dict:
+    """What `lmpeek serve` asks of clients: a token on any non-loopback bind (generated unless given),
+    the Host names it answers to (loopback, the name it binds to, --allow-host), CORS origins."""
+    import secrets
+
+    from lmpeek.server.guard import is_loopback
+
+    if token is not None and not token.strip():
+        _fail("--token must not be empty")
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(32)
+    hosts = list(allow_host)
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.append(host)
+    return {"token": token, "allowed_hosts": hosts, "cors_origins": list(cors_origin)}
 
 
 @app.command("models")

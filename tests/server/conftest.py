@@ -12,7 +12,11 @@ from lmpeek.server.app import create_app
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    with TestClient(create_app("tiny:llama", background=False, store_dir=tmp_path_factory.mktemp("t"))) as c:
+    store = tmp_path_factory.mktemp("t")
+    # TestClient sends Host "testserver"; the app serves only loopback names unless told otherwise
+    with TestClient(
+        create_app("tiny:llama", background=False, store_dir=store, allowed_hosts=["testserver"])
+    ) as c:
         yield c
 
 

@@ -146,7 +146,7 @@ def test_loading_state_then_ready(tmp_path):
         gate.wait(10)
         return lmpeek.load("tiny:gpt2")
 
-    app = create_app("tiny:gpt2", loader=slow_loader, store_dir=tmp_path)
+    app = create_app("tiny:gpt2", loader=slow_loader, store_dir=tmp_path, allowed_hosts=["testserver"])
     with TestClient(app) as c:
         assert c.get("/api/health").json()["status"] == "loading"
         r = c.post("/api/trace", json={"text": "hi"})
@@ -160,7 +160,7 @@ def test_loading_state_then_ready(tmp_path):
 
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path):
-    app = create_app("/no/such/model", background=False, store_dir=tmp_path)
+    app = create_app("/no/such/model", background=False, store_dir=tmp_path, allowed_hosts=["testserver"])
     with TestClient(app) as c:
         h = c.get("/api/health").json()
         assert h["status"] == "error" and "No such file" in h["message"]

@@ -8,6 +8,7 @@ second client waits instead of running the model concurrently.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import traceback
 from collections.abc import Iterator
@@ -17,11 +18,14 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from lmpeek.errors import LmpeekError
+from lmpeek.server import guard
+from lmpeek.server.guard import TraceId
 from lmpeek.store.traces import TraceStore
 
 MAX_TEXT_CHARS = 200_000  # far past any context length; refuses pasted novels before tokenising them
@@ -67,16 +71,16 @@ class ModelHolder:
 
 class TraceRequest(BaseModel):
     text: str = Field(description="Text to run; '<eot>' separates chat turns.", max_length=MAX_TEXT_CHARS)
-    top_k: int = Field(10, ge=1, le=100, description="Alternatives kept per position.")
+    top_k: int = Field(10, ge=1, le=100, strict=True, description="Alternatives kept per position.")
 
 
 class GenerateRequest(BaseModel):
     prompt: str = Field(max_length=MAX_TEXT_CHARS)
-    max_new_tokens: int = Field(32, ge=1, le=2048)
-    temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 = off.")
-    seed: int | None = None
+    max_new_tokens: int = Field(32, ge=1, le=2048, strict=True)  # strict: `true` is not 1
+    temperature: float = Field(0.0, ge=0.0, le=100.0, strict=True, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, strict=True)
+    top_k: int = Field(0, ge=0, le=2**31 - 1, strict=True, description="0 = off.")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, strict=True)  # what torch's generator takes
 
 
 def _summary(trace_id: str, trace) -> dict[str, Any]:
@@ -112,7 +116,8 @@ def _static_dir() -> Path | None:
 
 _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>lmpeek</title>
 <p>The lmpeek front end is not built. Run <code>make run</code> (it builds it), or
-<code>cd web && npm install && npm run build</code>. The API is at <a href="/docs">/docs</a>.</p>"""
+<code>cd web && npm install && npm run build</code>. The API is described at
+<a href="/openapi.json">/openapi.json</a>.</p>"""
 
 
 def create_app(
@@ -122,14 +127,20 @@ def create_app(
     loader=None,
     store: TraceStore | None = None,
     store_dir: str | Path | None = None,
+    **edge: Any,
 ):
     """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
-    their residual streams go to `store_dir` (default: <lmpeek cache>/traces)."""
+    their residual streams go to `store_dir` (default: <lmpeek cache>/traces). `edge`: allowed_hosts,
+    token, cors_origins, max_body_bytes (see server.guard.install; by default only loopback Host names
+    are served, e.g. tests add allowed_hosts=["testserver"])."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
         version=__import__("lmpeek").__version__,
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN; /openapi.json stays
+        redoc_url=None,
     )
+    guard.install(app, **edge)
     holder = ModelHolder(source, loader)
     if store is None:
         from lmpeek.models.sources import cache_dir
@@ -164,7 +175,7 @@ def create_app(
         return _summary(traces.put(t, resid), t)
 
     @app.get("/api/traces/{trace_id}")
-    def get_trace(trace_id: str) -> dict[str, Any]:
+    def get_trace(trace_id: TraceId) -> dict[str, Any]:
         """A stored trace's summaries."""
         return _summary(trace_id, _get(trace_id))
 
@@ -174,7 +185,7 @@ def create_app(
     )
     def attention(
         request: Request,
-        trace_id: str,
+        trace_id: TraceId,
         layer: Annotated[int, Query(ge=0)],
         head: Annotated[int, Query(ge=0)],
         query: Annotated[
@@ -311,8 +322,8 @@ def create_app(
         responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}},
     )
     def vector(
-        trace_id: str,
-        hook: str,
+        trace_id: TraceId,
+        hook: Annotated[str, Query(pattern=guard.HOOK_PATTERN)],
         token: Annotated[int, Query(ge=0)],
         head: Annotated[int | None, Query(ge=0)] = None,
         format: Literal["json", "npy"] = "json",
@@ -330,7 +341,7 @@ def create_app(
 
             buf = io.BytesIO()
             np.save(buf, v)
-            disposition = f'attachment; filename="{name}.npy"'
+            disposition = f'attachment; filename="{re.sub(r"[^A-Za-z0-9_.-]", "_", name)}.npy"'
             return Response(
                 buf.getvalue(),
                 media_type="application/octet-stream",
@@ -372,7 +383,7 @@ def create_app(
         return [{"id": s.id, "title": s.title, "kind": s.kind, "chars": len(s.text)} for s in library()]
 
     @app.get("/api/samples/{sample_id}")
-    def sample(sample_id: str) -> dict[str, Any]:
+    def sample(sample_id: Annotated[str, PathParam(max_length=300)]) -> dict[str, Any]:
         from lmpeek.samples import get
 
         try:

@@ -13,7 +13,9 @@ from fastapi import FastAPI, HTTPException, Query
 from lmpeek.analysis import activations as act
 from lmpeek.analysis.lens import logit_lens
 from lmpeek.analysis.neurons import neuron_over_text, top_neurons
+from lmpeek.server import guard
 from lmpeek.server.components import parse
+from lmpeek.server.guard import TraceId
 
 Component = Callable[[str, str, int | None], np.ndarray]
 
@@ -30,7 +32,10 @@ def _floats(a: np.ndarray) -> list[float | None]:
 
 
 # module level: FastAPI resolves these annotations by name (this module uses postponed annotations)
-Hook = Annotated[str, Query(description="hook name, e.g. blocks.3.hook_resid_post")]
+Hook = Annotated[
+    str, Query(description="hook name, e.g. blocks.3.hook_resid_post", pattern=guard.HOOK_PATTERN)
+]
+TraceIdQuery = Annotated[str, Query(pattern=guard.TRACE_ID_PATTERN, description="a trace id")]
 Head = Annotated[int | None, Query(ge=0, description="head, for per-head hook points")]
 Token = Annotated[int, Query(ge=0)]
 
@@ -46,7 +51,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/activations")
     def activations(
-        trace_id: str,
+        trace_id: TraceId,
         hook: Hook,
         head: Head = None,
         stat: Literal["norm", "abs_sum", "value"] = "norm",
@@ -70,7 +75,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/similarity")
     def similarity(
-        trace_id: str,
+        trace_id: TraceId,
         hook: Hook,
         head: Head = None,
         token: Token = 0,
@@ -97,7 +102,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/histogram")
     def histogram(
-        trace_id: str,
+        trace_id: TraceId,
         hook: Hook,
         head: Head = None,
         token: Token = 0,
@@ -123,7 +128,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/scatter")
     def scatter(
-        trace_id: str,
+        trace_id: TraceId,
         hook: Hook,
         head: Head = None,
         x: Annotated[int | None, Query(ge=0, description="dimension on the x axis")] = None,
@@ -143,7 +148,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         raise HTTPException(422, detail="give x and y (dimensions) or a and b (tokens)")
 
     @app.get("/api/traces/{trace_id}/logit_lens")
-    def lens(trace_id: str, token: Token, k: Annotated[int, Query(ge=1, le=50)] = 5) -> dict[str, Any]:
+    def lens(trace_id: TraceId, token: Token, k: Annotated[int, Query(ge=1, le=50)] = 5) -> dict[str, Any]:
         """What each layer's residual stream (resid_post) would predict through the final norm and the
         unembedding: top-k tokens and probabilities, a row per layer."""
         import torch
@@ -181,7 +186,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/neurons")
     def neurons(
-        trace_id: str,
+        trace_id: TraceId,
         layer: Annotated[int, Query(ge=0)],
         token: Token,
         k: Annotated[int, Query(ge=1, le=200)] = 10,
@@ -194,7 +199,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/neuron")
     def neuron(
-        trace_id: str, layer: Annotated[int, Query(ge=0)], index: Annotated[int, Query(ge=0)]
+        trace_id: TraceId, layer: Annotated[int, Query(ge=0)], index: Annotated[int, Query(ge=0)]
     ) -> dict[str, Any]:
         """One MLP neuron's activation over the whole text."""
         x = component(trace_id, f"blocks.{layer}.mlp.hook_post", None)
@@ -204,8 +209,8 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/compare")
     def compare(
-        a: str,
-        b: str,
+        a: TraceIdQuery,
+        b: TraceIdQuery,
         which: Annotated[
             Literal["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"], Query(alias="component")
         ] = "resid_post",
