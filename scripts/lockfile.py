@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -55,7 +55,9 @@ def read_lock(path: Path = LOCK) -> dict[str, Version]:
     return pins
 
 
-def problems(pins: dict[str, Version], reqs: list[Requirement], installed: dict[str, Version] | None) -> list[str]:
+def problems(
+    pins: dict[str, Version], reqs: list[Requirement], installed: dict[str, Version] | None
+) -> list[str]:
     """Why the lock disagrees with pyproject (or with the installed environment); [] if it doesn't."""
     out = []
     for r in reqs:
