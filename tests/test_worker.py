@@ -13,7 +13,7 @@ from lmpeek.worker import Busy, Cancelled, ModelWorker
 
 @pytest.fixture
 def worker():
-    w = ModelWorker(max_pending=4, max_wait=5.0, stall_timeout=0.5)
+    w = ModelWorker(max_pending=4, max_wait=5.0, stall_timeout=0.5, time_slice=0.0)  # turns every step
     yield w
     w.close()
 
@@ -125,8 +125,28 @@ def test_errors_reach_the_caller(worker):
     assert worker.submit(lambda: "still works").future.result(5) == "still works"
 
 
+def test_a_time_slice_keeps_a_generator_running_for_that_long():
+    w = ModelWorker(time_slice=30.0)
+    try:
+        order = []
+
+        def long_job():
+            for i in range(6):
+                order.append(i)
+                time.sleep(0.02)
+                yield i
+
+        long = w.submit(long_job)
+        time.sleep(0.05)
+        w.submit(lambda: order.append("short")).future.result(5)
+        long.future.result(5)
+        assert order == [0, 1, 2, 3, 4, 5, "short"]  # the slice had not ended
+    finally:
+        w.close()
+
+
 def test_close_cancels_everything_and_stops_the_thread():
-    w = ModelWorker()
+    w = ModelWorker(time_slice=0.0)
 
     def endless():
         while True:

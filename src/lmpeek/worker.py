@@ -8,9 +8,9 @@ the one worker thread runs the jobs in turn:
 
 - the queue is bounded: a full queue refuses at once (`Busy`, HTTP 503 with Retry-After), and a job
   that waited longer than `max_wait` is refused instead of run, so every request gets an answer;
-- a job may be a generator (a generation, later an attribution sweep): the worker runs one step per
-  turn and puts the job back behind anything that arrived meanwhile, so short requests are never
-  stuck behind a long one; each yielded item goes to the job's `Sink`;
+- a job may be a generator (a generation, later an attribution sweep): the worker runs its steps for
+  up to `time_slice` seconds, then puts the job back behind anything that arrived meanwhile, so short
+  requests are never stuck behind a long one; each yielded item goes to the job's `Sink`;
 - a job can be cancelled at any time (the client went away, pressed Stop, or the server stops): a
   queued job is dropped, a running generator is closed before its next step;
 - a streaming job whose reader stops reading is parked (never run ahead of its reader) and
@@ -133,12 +133,16 @@ class ModelWorker:
     def __init__(
         self,
         max_pending: int = 16,
-        max_wait: float = 50.0,
+        max_wait: float = 25.0,
         stall_timeout: float = 30.0,
+        time_slice: float = 0.25,
         name: str = "lmpeek-model",
     ):
+        # max_wait: a job that waited this long is refused (503) rather than run, so that waiting plus
+        # running stays within a client's patience (60 s) even for a long job at the end of the wait
         self.max_pending = max_pending
         self.max_wait = max_wait
+        self.time_slice = time_slice
         self.stall_timeout = stall_timeout
         self.name = name
         self._jobs: deque[Job] = deque()
@@ -286,6 +290,7 @@ class ModelWorker:
                     return
                 job._steps = result
             assert job._steps is not None
+            turn_ends = time.monotonic() + self.time_slice
             while True:
                 if job.cancelled:
                     raise Cancelled(getattr(job, "reason", "cancelled"))
@@ -293,7 +298,8 @@ class ModelWorker:
                 if job.sink is not None:
                     job.sink._push("item", item)
                 with self._cv:
-                    if self._jobs or (job.sink is not None and job.sink.full()):
+                    others = self._jobs and time.monotonic() > turn_ends
+                    if others or (job.sink is not None and job.sink.full()):
                         self._jobs.append(job)  # back of the queue: others get a turn first
                         self._cv.notify_all()
                         return
