@@ -100,3 +100,54 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert r.exit_code == 2, r.output
     assert message in r.stderr and "Traceback" not in r.output + r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2  # one message (rich may wrap a long path)
+
+
+def _json_tokens(result) -> list[int]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line)["token_id"] for line in result.stdout.strip().splitlines()]
+
+
+def test_generate_with_a_vanishing_temperature_is_greedy():
+    greedy = _json_tokens(run("generate", "Hello", "-m", "tiny:llama", "-n", "5", "--json"))
+    tiny_t = ["--temperature", "1e-300", "--seed", "3", "--json"]
+    assert _json_tokens(run("generate", "Hello", "-m", "tiny:llama", "-n", "5", *tiny_t)) == greedy
+
+
+def test_generate_prints_nothing_on_stderr():
+    # a real process and terminal streams: no transformers warning (FutureWarning, log lines) shows
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "lmpeek.cli", "generate", "Hello", "-m", "tiny:llama", "-n", "4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("Hello"), r.stderr
+    assert r.stderr == ""
+
+
+def test_library_warnings_are_kept_out_of_the_terminal(monkeypatch):
+    import warnings
+
+    from transformers import logging as hf_logging
+
+    import lmpeek.api
+
+    real = lmpeek.api.generate
+    seen = {}
+
+    def noisy(*args, **kwargs):
+        warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=1)
+        seen["verbosity"] = hf_logging.get_verbosity()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lmpeek.api, "generate", noisy)
+    before = hf_logging.get_verbosity()
+    r = runner.invoke(app, ["generate", "Hello", "-m", "tiny:llama", "-n", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr == "" and seen["verbosity"] == hf_logging.ERROR
+    assert hf_logging.get_verbosity() == before  # restored afterwards
+
+
+def test_usage_errors_are_one_line():
+    r = runner.invoke(app, ["trace", "hi", "--no-such-option"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--no-such-option" in r.stderr and "trace --help" in r.stderr

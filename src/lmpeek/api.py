@@ -1,13 +1,18 @@
-"""The Python API: load a model, trace a text, generate, check the hook points."""
+"""The Python API: load a model, trace a text, generate, check the hook points.
+
+Every function refuses bad input with an `LmpeekError` (one message saying what to change), and none of
+them changes the model they are given: lmpeek's attention runs only inside its own forward passes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lmpeek.capture.contract import check
+from lmpeek import validate
+from lmpeek.capture import contract
 from lmpeek.capture.generate import Step, generate
-from lmpeek.capture.hooks import install_attention
-from lmpeek.capture.trace import Trace, trace
+from lmpeek.capture.trace import Trace, require_model, trace
+from lmpeek.errors import InvalidInput
 from lmpeek.models.loaded import LoadedModel
 from lmpeek.models.loaded import wrap as _wrap
 
@@ -30,21 +35,36 @@ def load(
     random model, e.g. "tiny:llama", for tests and demos). GGUF files are converted once and cached
     under $LMPEEK_CACHE (default: the user cache dir). Remote code runs only with trust_remote_code.
     """
-    if source.startswith(TINY_PREFIX):
+    if not isinstance(source, str):
+        raise InvalidInput(
+            f"model source must be a str ('default', a folder, a .gguf file, a hub id or 'tiny:ARCH'), "
+            f"got {type(source).__name__}"
+        )
+    if not isinstance(trust_remote_code, bool):
+        raise InvalidInput(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    from lmpeek.models.sources import parse_device, parse_dtype, resolve
+
+    if source.strip().startswith(TINY_PREFIX):
         from lmpeek.models.tiny import tiny_hf_model
 
-        hf, tokenizer = tiny_hf_model(source[len(TINY_PREFIX) :])
-        if device:
-            hf.to(device)
-        return wrap(hf, tokenizer, name=source, origin="tiny")
-    from lmpeek.models.sources import resolve
+        device_name, torch_dtype = parse_device(device), parse_dtype(dtype)
+        hf, tokenizer = tiny_hf_model(source.strip()[len(TINY_PREFIX) :])
+        hf.to(device=device_name, dtype=None if torch_dtype == "auto" else torch_dtype)
+        return wrap(hf, tokenizer, name=source.strip(), origin="tiny")
 
     r = resolve(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
     return wrap(r.model, r.tokenizer, name=r.name, origin=r.origin, path=r.path)
 
 
 def wrap(hf_model: Any, tokenizer: Any, name: str | None = None, **kw: Any) -> LoadedModel:
-    """Use an already loaded transformers CausalLM (+ its tokenizer) with lmpeek."""
-    model = _wrap(hf_model, tokenizer, name=name, **kw)
-    install_attention(model.hf)
-    return model
+    """Use an already loaded transformers CausalLM (+ its tokenizer) with lmpeek. The model keeps its
+    own attention implementation; `model.generate()` and `backward()` work on it as before."""
+    return _wrap(hf_model, tokenizer, name=name, **kw)
+
+
+def check(model: LoadedModel, text: str = contract.DEFAULT_TEXT, rtol: float = 1e-4) -> list[contract.Check]:
+    """Compare every hook point with a plain transformers forward (see `lmpeek.capture.contract.check`)."""
+    require_model(model)
+    validate.text(text)
+    rtol = validate.number("rtol", rtol, 0.0, above=True)
+    return contract.check(model, text, rtol=rtol)

@@ -1,26 +1,62 @@
 """`lmpeek trace|generate|check|models`: a thin layer over lmpeek.api.
 
-Errors a user can cause (bad text, unknown model, bad numbers) end the command with exit code 2 and
-one line on stderr; a failed `check` exits 1.
+Errors a user can cause (bad text, unknown model, bad numbers, bad options) end the command with exit
+code 2 and one line on stderr; a failed `check` exits 1, and so does an unexpected error (one line too;
+LMPEEK_DEBUG=1 shows its traceback). Libraries' own warnings (transformers' deprecations, ...) are for
+developers and never reach the terminal; lmpeek's notes do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from lmpeek.errors import LmpeekError
 
+
+def _one_line(message: str) -> str:
+    """A message as one printable line: newlines folded, lone surrogates (from undecodable argv
+    bytes) escaped so that printing cannot fail."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, an unknown option) as one line and exit code 2, like every
+    other error the user can cause, instead of click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's exceptions, as vendored by typer
+            if type(e).__name__ == "NoArgsIsHelpError":  # `lmpeek` alone, or a command without arguments
+                return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _print_error(e.format_message() + hint)
+            sys.exit(getattr(e, "exit_code", 2))
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="See inside a transformer language model while it reads or writes text.",
     no_args_is_help=True,
     add_completion=False,
@@ -38,13 +74,18 @@ ModelOpt = Annotated[
 ]
 
 
+def _print_error(message: str) -> None:
+    err.print(Text("error: ", style="bold red"), Text(_one_line(message)), sep="", soft_wrap=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _print_error(message)
     raise typer.Exit(code)
 
 
 def friendly(fn):
-    """Turn the errors a user can cause into one line and exit code 2 instead of a traceback."""
+    """Turn the errors a user can cause into one line and exit code 2 instead of a traceback; anything
+    else (a bug) into one line and exit code 1, with its traceback only when LMPEEK_DEBUG=1."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -52,6 +93,45 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except LmpeekError as e:
             _fail(str(e))
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as e:
+            if os.environ.get("LMPEEK_DEBUG") == "1":
+                raise
+            _fail(
+                f"unexpected {type(e).__name__}: {e} (a bug in lmpeek or a library it uses: run again "
+                "with LMPEEK_DEBUG=1 for the traceback, and please report it)",
+                code=1,
+            )
+
+    return run
+
+
+@contextlib.contextmanager
+def _libraries_quiet() -> Iterator[None]:
+    """No library warnings or log lines in the terminal (a deprecation in a new transformers release is
+    news for lmpeek's developers, who see it in the test suite, not for the user); lmpeek's own
+    warnings still show."""
+    from transformers import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("default", module=r"lmpeek(\.|$)")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def quiet(fn):
+    """Run a command inside `_libraries_quiet`."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with _libraries_quiet():
+            return fn(*args, **kwargs)
 
     return run
 
@@ -86,6 +166,7 @@ def _show(token: str) -> str:
 
 @app.command("trace")
 @friendly
+@quiet
 def trace_cmd(
     text: Annotated[str, typer.Argument(help="Text to run; '<eot>' separates chat turns.")],
     model: ModelOpt = "default",
@@ -143,6 +224,7 @@ def trace_cmd(
 
 @app.command("generate")
 @friendly
+@quiet
 def generate_cmd(
     prompt: Annotated[str, typer.Argument(help="Prompt; '<eot>' separates chat turns.")],
     model: ModelOpt = "default",
@@ -184,6 +266,7 @@ def generate_cmd(
 
 @app.command("check")
 @friendly
+@quiet
 def check_cmd(
     source: Annotated[str, typer.Argument(help="Model: 'default', folder, hub id, .gguf, tiny:ARCH.")],
     text: Annotated[str | None, typer.Option(help="Text to run the check on.")] = None,
@@ -194,7 +277,7 @@ def check_cmd(
     from lmpeek.api import check
 
     m = _load(source, trust_remote_code)
-    rows = check(m, text, rtol=rtol) if text else check(m, rtol=rtol)
+    rows = check(m, text, rtol=rtol) if text is not None else check(m, rtol=rtol)
     table = Table(
         title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left"
     )

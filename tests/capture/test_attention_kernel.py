@@ -63,3 +63,54 @@ def test_entropy_of_uniform_attention_is_log_n():
     k = torch.randn(1, 2, T, 16)
     _, ent, _ = causal_attention(q, k, torch.randn(1, 2, T, 16), None, 1.0)
     torch.testing.assert_close(ent[0, 0], torch.log(torch.arange(1, T + 1).float()), rtol=1e-6, atol=1e-6)
+
+
+def _reference(q, k, v, scaling, mask_fn):
+    # plain float64 softmax attention: [B, Tq, H, d] output and [B, H, Tq] entropy
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    scores = (q @ k.transpose(-1, -2)) * scaling
+    scores = scores.masked_fill(mask_fn(scores.shape[-2], scores.shape[-1]), float("-inf"))
+    p = scores.softmax(-1)
+    entropy = -(p * p.clamp_min(1e-300).log()).sum(-1)
+    return (p @ v).transpose(1, 2), entropy
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("H, Hkv, Tq, Tk", [(4, 4, 37, 37), (6, 2, 70, 70), (4, 2, 5, 25)])
+def test_gradients_match_a_plain_softmax(with_mask, H, Hkv, Tq, Tk):
+    # attribution runs backward through captured forwards: the kernel must be differentiable and right
+    q, k, v = (t.requires_grad_() for t in _qkv(H, Hkv, Tq, Tk))
+    offset = Tk - Tq
+
+    def future(tq, tk):
+        return torch.arange(tk)[None, :] > torch.arange(tq)[:, None] + offset
+
+    mask = eager_mask(1, Tq, Tk, q_offset=offset, dtype=torch.float32) if with_mask else None
+    if mask is not None:
+        mask = mask.clone()
+        mask[..., 1] = torch.finfo(torch.float32).min  # also a non-causal hole: the general mask path
+    holes = (lambda tq, tk: future(tq, tk) | (torch.arange(tk)[None, :] == 1)) if with_mask else future
+    out, ent, _ = causal_attention(q, k, v, mask, 0.3, block=16)
+    (out.square().sum() + ent.sum()).backward()
+    # reference in float64 (the kernel, like eager attention, takes its softmax in float32)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_out, ref_ent = _reference(q64, k64, v64, 0.3, holes)
+    (ref_out.square().sum() + ref_ent.sum()).backward()
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent.double(), ref_ent, rtol=1e-5, atol=1e-5)
+    for got, want in zip((q, k, v), (q64, k64, v64), strict=True):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_without_grad_the_kernel_keeps_its_in_place_path():
+    # same numbers either way; no autograd graph when nothing requires grad
+    q, k, v = _qkv(4, 2, 40, 40)
+    out, ent, p = causal_attention(q, k, v, None, 0.3, want_pattern=True, block=16)
+    assert out.grad_fn is None and ent.grad_fn is None
+    q2 = q.clone().requires_grad_()
+    out2, ent2, p2 = causal_attention(q2, k, v, None, 0.3, want_pattern=True, block=16)
+    assert out2.grad_fn is not None
+    torch.testing.assert_close(out2.detach(), out, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ent2.detach(), ent, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(p2.detach(), p, rtol=1e-6, atol=1e-7)

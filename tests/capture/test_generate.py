@@ -110,3 +110,67 @@ def test_stops_at_eos():
 def test_bad_parameters_are_refused_at_call_time(kw, message):
     with pytest.raises(InvalidInput, match=message):
         lmpeek.generate(_model(), PROMPT, **kw)
+
+
+def _tokens(m, **kw):
+    return [s.token_id for s in lmpeek.generate(m, PROMPT, max_new_tokens=6, stop_at_eos=False, **kw)]
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-38, 1e-45, 5e-324, 1e-10])
+def test_tiny_temperatures_give_the_greedy_tokens(temperature):
+    # in float32, logits / 1e-300 overflow (and the best one is 0 / 0 = NaN): torch.multinomial crashed
+    m = _model()
+    assert _tokens(m, temperature=temperature, seed=0) == _tokens(m)
+
+
+def test_logits_whose_scaled_values_overflow_float32():
+    m = _model()
+    greedy = _tokens(m)
+
+    def huge(_mod, _args, logits):
+        return logits * 1e37  # finite in float32, but / 0.01 is not
+
+    handle = m.hf.lm_head.register_forward_hook(huge)
+    try:
+        assert _tokens(m, temperature=0.01, top_p=0.9, top_k=20, seed=1) == greedy
+    finally:
+        handle.remove()
+
+
+def test_non_finite_logits_are_a_clear_error():
+    m = _model()
+
+    def broken(_mod, _args, logits):
+        return logits.masked_fill(torch.ones_like(logits, dtype=torch.bool), float("nan"))
+
+    handle = m.hf.lm_head.register_forward_hook(broken)
+    try:
+        with pytest.raises(InvalidInput, match="not finite"):
+            _tokens(m, temperature=0.7, seed=1)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1, -(2**63), np.int64(5), np.uint64(2**63)])
+def test_every_seed_torch_accepts_is_accepted(seed):
+    m = _model()
+    assert _tokens(m, temperature=1.0, seed=seed) == _tokens(m, temperature=1.0, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"seed": 2**64}, {"seed": -(2**63) - 1}, {"seed": True}, {"seed": 1.0}, {"top_k": True},
+     {"max_new_tokens": True}, {"max_new_tokens": 3.0}, {"show_k": False}, {"temperature": float("nan")}],
+)  # fmt: skip
+def test_out_of_range_or_non_integer_settings_are_refused(kw):
+    with pytest.raises(InvalidInput):
+        lmpeek.generate(_model(), PROMPT, **kw)
+
+
+def test_sampling_does_not_depend_on_the_model_device_generator():
+    # sampling runs on the CPU with its own generator: the global RNG state does not change it
+    m = _model()
+    torch.manual_seed(1)
+    a = _tokens(m, temperature=1.2, seed=42)
+    torch.manual_seed(2)
+    assert _tokens(m, temperature=1.2, seed=42) == a

@@ -308,6 +308,7 @@ def test_gguf_source_in_folder_uses_cache(tmp_cache, tmp_path, monkeypatch, tiny
             (out / f.name).write_bytes(f.read_bytes())
 
     monkeypatch.setattr(sources, "_convert_gguf", convert)
+    monkeypatch.setattr(sources, "_check_gguf", lambda gguf: None)  # a stand-in file, not a real GGUF
     (tmp_path / "g").mkdir()
     gguf = tmp_path / "g" / "tiny.Q4_K_M.gguf"
     gguf.write_bytes(b"GGUF")

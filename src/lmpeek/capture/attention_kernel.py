@@ -12,6 +12,10 @@ additive mask, float32 softmax, weights @ V, grouped KV heads); `capture.hooks` 
 modules and arguments it knows to be plain causal attention, and falls back to the model's own eager
 function otherwise. The contract test compares the patterns with transformers' eager output on every
 architecture.
+
+Under autograd (grad enabled and an input that requires grad, as attribution runs it) every step is
+out of place, so backward works through it; without, the same steps run in place to save memory
+traffic. Both paths compute the same numbers.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def causal_attention(
     k_t = key.transpose(-1, -2)  # [B, Hkv, d, Tk]
     if mask is not None and _is_plain_causal(mask, offset):
         mask = None  # only each block's diagonal tile needs masking: skip two full passes per block
+    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
     for a in range(0, Tq, block):
         b = min(Tq, a + block)
         tq = b - a
@@ -75,7 +80,11 @@ def causal_attention(
         scores = torch.matmul(qb, k_t[..., :kv]).view(B, Hkv, G, tq, kv) * scaling
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
-        if mask is not None:
+        if grad:
+            e, scores = _weights_out_of_place(
+                scores, None if mask is None else mask[:, :, None, a:b, :kv], kv
+            )
+        elif mask is not None:
             mb = mask[:, :, None, a:b, :kv]
             scores += mb
             masked = mb < _MASKED
@@ -102,3 +111,21 @@ def causal_attention(
         entropy.reshape(B, H, Tq),
         None if pattern is None else pattern.reshape(B, H, Tq, Tk),
     )
+
+
+def _weights_out_of_place(
+    scores: torch.Tensor, mask: torch.Tensor | None, kv: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-place steps of `causal_attention`'s loop, out of place for autograd: returns (e, x) with
+    x = scores (+ mask) minus the row max (a constant for autograd: softmax and entropy do not depend
+    on it), clamped at -80, and e = exp(x) with masked weights exactly 0."""
+    tq = scores.shape[-2]
+    if mask is not None:
+        masked = mask < _MASKED
+        scores = (scores + mask).float()
+    else:
+        masked = torch.zeros(tq, kv, dtype=torch.bool, device=scores.device)
+        masked[:, kv - tq :] = torch.ones(tq, tq, dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.float().masked_fill(masked, float("-inf"))
+    x = (scores - scores.detach().amax(-1, keepdim=True)).clamp_min(-80.0)
+    return x.exp().masked_fill(masked, 0.0), x

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.hooks import attach
 from lmpeek.capture.tokens import tokenize
 from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
@@ -81,7 +81,6 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
     """Compare every hook point with a plain transformers forward (eager attention, no hooks) and with
     identities that must hold. Returns one `Check` per hook kind; `all(c.ok for c in ...)` means pass."""
     hf, b = model.hf, model.bound
-    install_attention(hf)
     tok = tokenize(model.tokenizer, text, model.context_length)
     ids = torch.as_tensor(tok.token_ids, device=model.device)[None]
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lmpeek import validate
 from lmpeek.analysis.predictions import next_token_stats
-from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.hooks import attach, capturing
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
 from lmpeek.capture.tokens import tokenize
-from lmpeek.capture.trace import decode_topk
+from lmpeek.capture.trace import decode_topk, require_model, vocab_size
 from lmpeek.errors import InvalidInput
 from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
@@ -41,19 +42,6 @@ class Step:
     finished: bool  # True on the last step (max_new_tokens reached or end-of-sequence token)
 
 
-def _check(name: str, value, lo: float, hi: float | None, integer: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok and integer:
-        ok = float(value).is_integer()
-    if not ok or value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise InvalidInput(
-            f"{name} must be {'an integer ' if integer else 'a number '}{bound}, got {value!r}"
-        )
-
-
-
-
 def generate(
     model: LoadedModel,
     prompt: str,
@@ -71,14 +59,14 @@ def generate(
     sampled after temperature, top_k (0 = off) and top_p (1 = off) filtering, reproducibly for a seed.
     `prompt` with `<eot>` separators is chat-formatted, ending with an open assistant turn.
     """
-    _check("max_new_tokens", max_new_tokens, 1, 100_000, integer=True)
-    _check("temperature", temperature, 0.0, 100.0)
-    _check("top_p", top_p, 0.0, 1.0)
-    _check("top_k", top_k, 0, None, integer=True)
-    _check("show_k", show_k, 1, None, integer=True)
-    if top_p == 0.0:
-        raise InvalidInput("top_p must be > 0 (1 turns it off)")
-    install_attention(model.hf)
+    require_model(model)
+    max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 1, 100_000)
+    temperature = validate.number("temperature", temperature, 0.0, 100.0)
+    top_p = validate.number("top_p", top_p, 0.0, 1.0, above=True)
+    top_k = validate.integer("top_k", top_k, 0, vocab_size(model))
+    show_k = validate.integer("show_k", show_k, 1, vocab_size(model))
+    seed = validate.seed(seed)
+    validate.text(prompt, "prompt")
     tok = tokenize(model.tokenizer, prompt, model.context_length)
     ctx = model.context_length
     if ctx is not None and tok.token_ids.size + max_new_tokens > ctx:
@@ -95,22 +83,23 @@ def _steps(
     model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos
 ) -> Iterator[Step]:
     device = model.device
-    gen = torch.Generator(device=device)
+    gen = torch.Generator()  # sampling runs on the CPU (see `_sample`): a seed gives the same tokens anywhere
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-    warp = hf_compat.sampling_warpers(temperature, top_p, top_k) if temperature > 0 else None
+    # temperature is applied here (see `_sample`); transformers' warpers only filter (top-k, top-p)
+    filters = hf_compat.sampling_warpers(1.0, top_p, top_k) if temperature > 0 else None
     eos = set(_eos_ids(model))
     cache = hf_compat.new_kv_cache(model.hf.config)
     with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
-    out = model.hf(input_ids=ids, **with_cache)
+    with capturing(model.hf):  # the prompt runs through the same attention as every later step
+        out = model.hf(input_ids=ids, **with_cache)
     logits = out.logits[0, -1]
     position = ids.shape[1]
     for index in range(max_new_tokens):
-        if warp is None:
+        if filters is None:
             next_id = int(logits.argmax())
         else:
-            filtered = warp(ids, logits[None].float())[0]
-            next_id = int(torch.multinomial(filtered.softmax(-1), 1, generator=gen))
+            next_id = _sample(logits, ids, temperature, filters, gen)
         stats = next_token_stats(logits[None], [0], show_k)
         prob = float(torch.softmax(logits.float(), -1)[next_id])
         ids = torch.tensor([[next_id]], device=device)
@@ -141,6 +130,27 @@ def _steps(
         position += 1
         if finished:
             return
+
+
+def _sample(logits: torch.Tensor, ids: torch.Tensor, temperature: float, filters, gen) -> int:
+    """Draw a token from softmax(logits / temperature) after top-k / top-p filtering (transformers'
+    order: temperature, top-k, top-p).
+
+    The largest logit is subtracted first (neither softmax nor the filters change), and the division
+    runs in float64 on the CPU (MPS has no float64; float32 would turn 1e-300 into 0 and 0 / 0 into
+    NaN): the best token's score is then exactly 0 and every other one is finite or -inf, never NaN,
+    so a temperature as small as 1e-300 (or one whose scaled logits overflow) gives the greedy token
+    instead of crashing torch.multinomial.
+    """
+    scores = logits.to("cpu", torch.float64)
+    scores = (scores - scores.max()) / temperature
+    probs = filters(ids, scores[None])[0].softmax(-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        raise InvalidInput(
+            "cannot sample: the model's next-token scores are not finite numbers (NaN or infinite "
+            "logits; try float32 instead of a reduced dtype), or temperature / top_k / top_p leave no token"
+        )
+    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 def _eos_ids(model: LoadedModel) -> list[int]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.hooks import attach
 from lmpeek.errors import InvalidInput
 from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
@@ -31,7 +31,6 @@ def attention_pattern(model: LoadedModel, token_ids, layer: int) -> np.ndarray:
     """Layer `layer`'s attention pattern [H, T, T] (float32) for the sequence `token_ids`."""
     if not 0 <= layer < model.n_layers:
         raise InvalidInput(f"layer must be in 0..{model.n_layers - 1}, got {layer}")
-    install_attention(model.hf)
     got: dict[str, np.ndarray] = {}
 
     def keep(pattern: torch.Tensor) -> None:
@@ -76,7 +75,6 @@ def run_block(
     Equal to a full forward's values (to float rounding) when resid_pre is the full forward's."""
     if not 0 <= layer < model.n_layers:
         raise InvalidInput(f"layer must be in 0..{model.n_layers - 1}, got {layer}")
-    install_attention(model.hf)
     b = model.bound
     got: dict[str, np.ndarray] = {}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmpeek import validate
 from lmpeek.errors import InvalidInput
 
 EOT = "<eot>"
@@ -59,16 +60,42 @@ def display_tokens(text: str, offsets: np.ndarray, ids: np.ndarray, tokenizer) -
     return out
 
 
-def from_ids(tokenizer, token_ids, context_length: int | None) -> Tokenized:
+def _as_id_array(token_ids) -> np.ndarray:
+    """A 1-D int64 array from a list / tuple / numpy array / torch tensor of ints; anything else
+    (2-D, floats, bools, strings, ints too big for int64) is refused rather than silently converted."""
+    if hasattr(token_ids, "detach"):  # a torch tensor, maybe on the GPU
+        token_ids = token_ids.detach().cpu().numpy()
+    try:
+        ids = np.asarray(token_ids)
+    except (ValueError, TypeError, OverflowError) as err:  # ragged nesting, odd objects
+        raise InvalidInput(f"token ids must be a flat list of integers ({err})") from None
+    if ids.ndim != 1:
+        shape = "x".join(map(str, ids.shape)) or "a scalar"
+        raise InvalidInput(f"token ids must be a flat list (1-D) of integers, got shape {shape}")
+    if ids.size and (ids.dtype.kind not in "iu"):
+        kinds = {"f": "floats", "b": "booleans", "U": "strings", "S": "bytes"}
+        kind = kinds.get(ids.dtype.kind, "non-integers")
+        raise InvalidInput(f"token ids must be integers, got {kind} ({ids.dtype}); e.g. [1, 2, 3]")
+    if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+        raise InvalidInput("token ids must be integers below 2**63")
+    return ids.astype(np.int64)
+
+
+def from_ids(tokenizer, token_ids, context_length: int | None, vocab_size: int | None = None) -> Tokenized:
     """Tokens given as ids (e.g. a generated sequence): no re-tokenisation, which could split differently.
 
     Each token is decoded on its own and `text` is their concatenation, so offsets are exact for that
     text (it equals decode(ids) except where one character was split over several byte tokens).
+    Ids must lie below both the tokenizer's size and `vocab_size` (the model's embedding rows).
     """
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if not (isinstance(token_ids, (list, tuple, range)) or hasattr(token_ids, "__array__")):
+        raise InvalidInput(
+            f"expected text (a str) or token ids (a list of integers), got {type(token_ids).__name__}"
+        )
+    ids = _as_id_array(token_ids)
     if ids.size == 0:
         raise InvalidInput("no token ids given")
-    vocab = len(tokenizer)
+    vocab = len(tokenizer) if vocab_size is None else min(len(tokenizer), vocab_size)
     if ids.min() < 0 or ids.max() >= vocab:
         raise InvalidInput(f"token ids must be in [0, {vocab}), got {int(ids.min())}..{int(ids.max())}")
     if context_length is not None and ids.size > context_length:
@@ -82,8 +109,7 @@ def from_ids(tokenizer, token_ids, context_length: int | None) -> Tokenized:
 def tokenize(
     tokenizer, text: str, context_length: int | None, *, add_special_tokens: bool = True
 ) -> Tokenized:
-    if not isinstance(text, str) or text.strip() == "":
-        raise InvalidInput("text is empty: give some text to run the model on")
+    validate.text(text)
     formatted, chat = format_text(tokenizer, text)
     enc = tokenizer(
         formatted,

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmpeek import validate
 from lmpeek.analysis.predictions import next_token_stats
-from lmpeek.capture.hooks import attach, install_attention
+from lmpeek.capture.hooks import attach
 from lmpeek.capture.summaries import Summaries, merge
 from lmpeek.capture.tokens import from_ids, tokenize
 from lmpeek.errors import InvalidInput
@@ -159,7 +160,15 @@ def resolve_keep(model: LoadedModel, keep: Iterable[str]) -> list[str]:
     """Expand glob patterns over this model's hook names; a pattern matching nothing is an error."""
     names = model.bound.hook_names()
     out: list[str] = []
-    for pattern in [keep] if isinstance(keep, str) else keep:
+    if isinstance(keep, str):
+        keep = [keep]
+    try:
+        patterns = list(keep)
+    except TypeError:
+        raise InvalidInput(f"keep must be a list of hook names or glob patterns, got {keep!r}") from None
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise InvalidInput(f"keep patterns must be strings (hook names or globs), got {pattern!r}")
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             raise InvalidInput(
@@ -176,6 +185,19 @@ def _keeper(store: dict[str, np.ndarray], name: str):
         store[name] = x[0].detach().to("cpu", torch.float32).numpy().copy()
 
     return keep
+
+
+def require_model(model: Any) -> None:
+    if not isinstance(model, LoadedModel):
+        raise InvalidInput(
+            f"model must be a model from lmpeek.load(...) or lmpeek.wrap(hf_model, tokenizer), "
+            f"got {type(model).__name__}"
+        )
+
+
+def vocab_size(model: LoadedModel) -> int:
+    """How many token ids the model can read (its embedding rows; may differ from len(tokenizer))."""
+    return int(model.hf.get_input_embeddings().num_embeddings)
 
 
 def decode_topk(tokenizer, topk_ids: np.ndarray) -> list[list[str]]:
@@ -200,13 +222,12 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
     user/assistant turns. `keep`: hook names or glob patterns whose full arrays to keep, e.g.
     `["blocks.*.attn.hook_pattern", "blocks.3.hook_resid_post"]`.
     """
-    if not isinstance(top_k, int) or top_k < 1:
-        raise InvalidInput(f"top_k must be a positive integer, got {top_k!r}")
-    install_attention(model.hf)
+    require_model(model)
+    top_k = validate.integer("top_k", top_k, 1, vocab_size(model))
     if isinstance(text, str):
         tok = tokenize(model.tokenizer, text, model.context_length)
     else:
-        tok = from_ids(model.tokenizer, text, model.context_length)
+        tok = from_ids(model.tokenizer, text, model.context_length, vocab_size(model))
     keep_names = resolve_keep(model, keep)
     summaries = Summaries(model.bound)
     kept: dict[str, np.ndarray] = {}

@@ -110,16 +110,20 @@ def ensure_converted(
     *,
     progress: bool = True,
     identity: str | None = None,
+    check: Callable[[pathlib.Path], None] | None = None,
 ) -> tuple[pathlib.Path, bool]:
     """Return (cache folder for ``gguf``, whether it was converted now).
 
     ``convert(gguf, out_dir)`` writes the model and tokenizer into ``out_dir``; it runs only when the
-    cache has no complete entry for this exact file (see ``gguf_key`` for ``identity``).
+    cache has no complete entry for this exact file (see ``gguf_key`` for ``identity``). ``check(gguf)``
+    runs just before, and may raise to refuse the file before anything is printed or written.
     """
     gguf = gguf.resolve()
     target = entry_for(gguf, identity)
     if is_complete(target):
         return target, False
+    if check is not None:
+        check(gguf)
 
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)

@@ -95,10 +95,12 @@ def resolve(
     """Load the model and tokenizer that ``source`` names; see the module docstring for sources."""
     if not isinstance(source, str) or not source.strip():
         raise InvalidInput("Model source is empty: pass 'default', a folder, a .gguf file or a hub id.")
+    if "\x00" in source:
+        raise InvalidInput("Model source contains a NUL character: no file or hub id can be named that.")
     source = source.strip()
     opts = _LoadOptions(
-        device=_parse_device(device),
-        dtype=_parse_dtype(dtype),
+        device=parse_device(device),
+        dtype=parse_dtype(dtype),
         trust_remote_code=bool(trust_remote_code),
         progress=progress,
     )
@@ -190,10 +192,22 @@ def _default_identity() -> str | None:
 
 def _converted(gguf: pathlib.Path, *, progress: bool, identity: str | None = None) -> pathlib.Path:
     try:
-        folder, _ = ensure_converted(gguf, _convert_gguf, progress=progress, identity=identity)
+        folder, _ = ensure_converted(
+            gguf, _convert_gguf, progress=progress, identity=identity, check=_check_gguf
+        )
     except OSError as err:
         raise SourceNotFound(f"Cannot read or convert {gguf}: {err}") from err
     return folder
+
+
+def _check_gguf(gguf: pathlib.Path) -> None:
+    """Refuse a truncated or foreign file in milliseconds, before the conversion starts."""
+    from lmpeek.models.gguf_check import GGUFProblem, check_gguf
+
+    try:
+        check_gguf(gguf)
+    except GGUFProblem as err:
+        raise SourceNotFound(f"Cannot read GGUF file {gguf}: {err}. Download it again.") from err
 
 
 def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
@@ -204,20 +218,30 @@ def _convert_gguf(gguf: pathlib.Path, out: pathlib.Path) -> None:
     folder, name = str(gguf.parent), gguf.name
     with hf_compat.progress_bars(False):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            # a GGUF file never carries code; say so, so that transformers never asks
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+            )
         except ValueError as err:
             if "not supported" in str(err).lower() or "unrecognized" in str(err).lower():
                 raise _unsupported(f"{gguf.name}", detail=_first_line(err)) from err
-            raise SourceNotFound(f"Cannot read GGUF file {gguf}: {_first_line(err)}") from err
-        except (KeyError, IndexError, EOFError) as err:  # truncated or not a GGUF file
-            raise SourceNotFound(f"Cannot read GGUF file {gguf}: {type(err).__name__}: {err}") from err
+            raise _unreadable_gguf(gguf, err) from err
+        except Exception as err:  # struct.error, KeyError, EOFError, ...: truncated or not a GGUF file
+            raise _unreadable_gguf(gguf, err) from err
         # The weights are already dequantised to float32; without the GGUF quantizer marks,
         # save_pretrained writes them as a plain safetensors checkpoint.
         hf_compat.strip_gguf_quantization(model)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     del model
+
+
+def _unreadable_gguf(gguf: pathlib.Path, err: BaseException) -> SourceNotFound:
+    return SourceNotFound(
+        f"Cannot read GGUF file {gguf}: it is truncated, corrupt or not a GGUF file "
+        f"({type(err).__name__}: {_first_line(err)}). Download it again."
+    )
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -227,9 +251,9 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
     """Load (model, tokenizer) from a local folder or a cached hub id, as a causal LM."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {}
-    if opts.trust_remote_code:
-        kwargs["trust_remote_code"] = True
+    # Always explicit: with trust_remote_code unset, transformers asks on a terminal whether to run a
+    # model folder's own Python ("[y/N]") and runs it on "y". False refuses without asking.
+    kwargs: dict[str, Any] = {"trust_remote_code": opts.trust_remote_code}
     if hub:
         kwargs["local_files_only"] = True
 
@@ -239,15 +263,25 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
         if hub:
             raise _hub_not_cached(ref, err) from err
         raise SourceNotFound(f"Cannot read the model config in {label}: {_first_line(err)}") from err
-    except ValueError as err:  # unknown model_type, or remote code not trusted
-        raise _unsupported(label, detail=_first_line(err), remote_code=_has_remote_code(ref)) from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SourceNotFound(f"The model config in {label} is not valid JSON: {_first_line(err)}") from err
+    except ValueError as err:  # unknown model_type, remote code not trusted, or a bad value
+        remote = _has_remote_code(ref)
+        known = ("model_type", "unrecognized model", "does not recognize this architecture")
+        if remote or any(k in str(err).lower() for k in known):
+            raise _unsupported(label, detail=_first_line(err), remote_code=remote) from err
+        raise _bad_config(label, err) from err
+    except Exception as err:  # a field of the wrong type (transformers validates config fields)
+        raise _bad_config(label, err) from err
 
     _check_causal_lm(config, label, opts.trust_remote_code)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError, TypeError) as err:
-        raise SourceNotFound(f"Cannot load a tokenizer from {label}: {_first_line(err)}") from err
+    except Exception as err:
+        raise SourceNotFound(
+            f"Cannot load a tokenizer from {label}: {type(err).__name__}: {_first_line(err)}"
+        ) from err
 
     model_kwargs = dict(kwargs, dtype=opts.dtype, attn_implementation="eager")
     show_bars = opts.progress
@@ -267,11 +301,28 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
     except ValueError as err:
         if "unrecognized configuration class" in str(err).lower():
             raise _unsupported(label, detail=_first_line(err)) from err
-        raise
+        raise _bad_model_files(label, err) from err
+    except Exception as err:  # SafetensorError, size mismatches, impossible shapes from the config
+        raise _bad_model_files(label, err) from err
 
     model.to(opts.device)
     model.eval()
     return model, tokenizer
+
+
+def _bad_config(label: str, err: BaseException) -> SourceNotFound:
+    return SourceNotFound(
+        f"The model config in {label} is not usable: {type(err).__name__}: {_first_line(err)}. "
+        "Fix config.json (or copy it again from where the model came from)."
+    )
+
+
+def _bad_model_files(label: str, err: BaseException) -> SourceNotFound:
+    return SourceNotFound(
+        f"Cannot load the model in {label}: {type(err).__name__}: {_first_line(err)}. "
+        "A weights file may be truncated or corrupt, or config.json may not match the weights: "
+        "copy the model folder again."
+    )
 
 
 def _check_causal_lm(config, label: str, trust_remote_code: bool) -> None:
@@ -318,18 +369,28 @@ def _has_remote_code(ref: str) -> bool:
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def _parse_device(device: str | None) -> str:
+def parse_device(device: str | None) -> str:
+    """A device name torch accepts and this machine has ("cuda" when there is one and none is given)."""
     import torch
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return str(torch.device(device))
-    except (RuntimeError, TypeError) as err:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
         raise InvalidInput(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from err
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if parsed.index is not None and parsed.index >= count or count == 0:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise InvalidInput(f"device {device!r} is not available: this machine has {have}; use 'cpu'")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInput(f"device {device!r} is not available on this machine; use 'cpu'")
+    return str(parsed)
 
 
-def _parse_dtype(dtype: Any) -> Any:
+def parse_dtype(dtype: Any) -> Any:
+    """A torch dtype (float32 when None) or "auto", from a dtype or a name like "bf16"."""
     import torch
 
     if dtype is None:
@@ -347,5 +408,9 @@ def _parse_dtype(dtype: Any) -> Any:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The error's first line, or its first two when the first only announces the second
+    ("Validation error for field 'hidden_size':" / "TypeError: ... expected int, got str")."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
