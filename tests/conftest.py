@@ -53,3 +53,9 @@ def default_model_resolved():
     from lmpeek.models.sources import resolve
 
     return resolve("default", progress=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: Playwright's sync API keeps an asyncio loop running in the main thread for
+    as long as its session-wide browser lives, and `asyncio.run` in any later test would fail."""
+    items.sort(key=lambda item: "/tests/e2e/" in str(item.path).replace("\\", "/"))
