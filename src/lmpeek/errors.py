@@ -10,6 +10,8 @@ from __future__ import annotations
 class LmpeekError(Exception):
     """Base class: a problem the user can fix; `str(err)` is the whole message."""
 
+    status_code = 400  # what the server answers with
+
 
 class SourceNotFound(LmpeekError):
     """A model path, file or hub id that cannot be found or read."""
@@ -25,3 +27,15 @@ class MissingDefaultModel(LmpeekError):
 
 class InvalidInput(LmpeekError):
     """Text or parameters that cannot be run: empty text, too long, bad numbers."""
+
+
+class TraceFromAnotherModel(LmpeekError):
+    """A stored trace read with a model other than the one that made it (its numbers would be wrong)."""
+
+    status_code = 409
+
+
+class StoreFull(LmpeekError):
+    """The trace store cannot take a trace: its disk budget or the disk itself is full."""
+
+    status_code = 507

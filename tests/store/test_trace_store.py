@@ -51,13 +51,17 @@ def test_memory_only_store(model):
 
 def test_disk_budget_evicts_the_oldest(tmp_path, model):
     t, resid = trace_with_resid(model, "Hello there, " * 20)
-    store = TraceStore(tmp_path, max_disk_bytes=1)  # keeps only the newest
-    a = store.put(t, resid)
-    b = store.put(t, resid)
-    assert not (tmp_path / a).exists() and (tmp_path / b).exists()
-    with pytest.raises(KeyError):
-        store.get(a)
-    assert [r["id"] for r in store.catalogue()] == [b]
+    one = TraceStore(tmp_path / "probe")
+    one.put(t, resid)
+    size = one.disk_bytes()  # one trace, with the catalogue
+    store = TraceStore(tmp_path / "s", max_disk_bytes=int(size * 2.5))  # room for two
+    ids = [store.put(t, resid) for _ in range(4)]
+    assert [r["id"] for r in store.catalogue()] == ids[:1:-1]  # the two newest, newest first
+    for gone in ids[:2]:
+        assert not (tmp_path / "s" / gone).exists()
+        with pytest.raises(KeyError):
+            store.get(gone)
+    assert store.disk_bytes() <= store.max_disk_bytes
 
 
 @pytest.mark.parametrize("bad", ["../etc", "", "nope", "a/b"])

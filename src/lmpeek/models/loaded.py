@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -47,6 +48,15 @@ class LoadedModel:
                 return value
         return None
 
+    @cached_property
+    def fingerprint(self) -> dict[str, str]:
+        """{"name", "config", "weights", "tokenizer", "id"}: what stored traces record so that another
+        model never reads them (see models.fingerprint). Computed once per LoadedModel: a model whose
+        weights are edited in place afterwards needs a new `wrap`."""
+        from lmpeek.models.fingerprint import fingerprint
+
+        return fingerprint(self.hf, self.tokenizer, self.name)
+
     def info(self) -> dict[str, Any]:
         b = self.bound
         return {
@@ -64,6 +74,7 @@ class LoadedModel:
             "vocab_size": int(self.hf.config.vocab_size),
             "context_length": self.context_length,
             "origin": self.origin,
+            "fingerprint": self.fingerprint,
         }
 
 
