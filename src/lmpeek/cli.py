@@ -313,6 +313,15 @@ def serve_cmd(
     samples: Annotated[
         str | None, typer.Option(help="A folder of your own sample texts (.txt, .md, .jsonl) to offer.")
     ] = None,
+    store_dir: Annotated[
+        str | None, typer.Option(help="Folder for stored traces (default: <lmpeek cache>/traces).")
+    ] = None,
+    store_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Disk the stored traces may take, e.g. 4G or 500M (default: $LMPEEK_STORE_BUDGET, else 4G)."
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -357,7 +366,9 @@ def serve_cmd(
             soft_wrap=True,
         )
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
-    uvicorn.run(create_app(model, **edge), host=host, port=port, log_level="warning")
+    web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, **edge)
+    # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
+    uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 def _edge_settings(host: str, token: str | None, allow_host: list[str], cors_origin: list[str]) -> dict:

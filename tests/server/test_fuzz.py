@@ -121,11 +121,6 @@ GENERATE_BODY = {
     "seed": "1",
 }
 
-# generation on tiny temperatures fails inside the stream (torch.multinomial): issue 8, being fixed in
-# capture/generate.py; the stream must then end with an `error` event
-STREAM_KNOWN = {("temperature", "1e-300"), ("temperature", "5e-324")}
-
-
 def _body_cases():
     for route, base in (("/api/trace", TRACE_BODY), ("/api/generate", GENERATE_BODY)):
         for field, default in base.items():
@@ -133,12 +128,7 @@ def _body_cases():
             for raw in values:
                 fields = {**base, field: raw}
                 body = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
-                marks = ()
-                if route == "/api/generate" and (field, raw) in STREAM_KNOWN:
-                    marks = pytest.mark.xfail(
-                        reason="issue 8: generation stream on a tiny temperature", strict=False
-                    )
-                yield pytest.param(route, body, id=f"{route}-{field}={raw[:20]}", marks=marks)
+                yield pytest.param(route, body, id=f"{route}-{field}={raw[:20]}")
 
 
 @pytest.mark.parametrize("route, body", list(_body_cases()))

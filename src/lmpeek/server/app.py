@@ -1,8 +1,10 @@
 """The local web app: JSON for summaries, float16 bytes for patterns, server-sent events for generation.
 
-The app object owns all state (the model, its lock, the trace store); `lmpeek serve` is a thin
-wrapper. The model is used by one request at a time: every model call holds `ModelHolder.lock`, so a
-second client waits instead of running the model concurrently.
+The app object owns all state (the model, its queue, the trace store); `lmpeek serve` is a thin
+wrapper. The model is used by one job at a time, on one thread (`lmpeek.worker.ModelWorker`): handlers
+submit jobs and await them without holding a thread, so health, static files and cached slices answer
+while the model works, a full queue answers 503 with Retry-After, and a client that goes away (Stop, a
+closed tab) leaves the queue or has its generation cancelled at once.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import re
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,19 +30,21 @@ from lmpeek.errors import LmpeekError
 from lmpeek.server import guard
 from lmpeek.server.guard import TraceId
 from lmpeek.store.traces import TraceStore
+from lmpeek.worker import ModelWorker
 
 MAX_TEXT_CHARS = 200_000  # far past any context length; refuses pasted novels before tokenising them
+MAX_JSON_VALUES = 1_000_000  # arrays larger than this go out as binary only (about 10 MB of JSON)
 
 
 class ModelHolder:
     """Loads the model in the background and serialises every use of it."""
 
-    def __init__(self, source: str, loader=None):
+    def __init__(self, source: str, loader=None, max_pending: int = 16):
         self.source = source
         self.status: Literal["loading", "ready", "error"] = "loading"
         self.message = f"loading {source}…"
         self.model: Any = None
-        self.lock = threading.Lock()
+        self.worker = ModelWorker(max_pending=max_pending)
         self._loader = loader
 
     def load(self) -> None:
@@ -50,6 +55,7 @@ class ModelHolder:
                 from lmpeek.api import load
 
                 model = load(self.source, progress=False)
+            _ = model.fingerprint  # computed here, on the loading thread, not by the first health check
             self.model = model
             self.status, self.message = "ready", f"{model.name} ready"
         except Exception as err:  # reported through /api/health; the server keeps running
@@ -65,8 +71,21 @@ class ModelHolder:
 
     def ready(self):
         if self.status != "ready":
-            raise HTTPException(503, detail=f"model is not ready ({self.status}): {self.message}")
+            raise HTTPException(
+                503,
+                detail=f"model is not ready ({self.status}): {self.message}",
+                headers={"Retry-After": "2"},
+            )
         return self.model
+
+    def call(self, fn, kind: str = "job"):
+        """Run `fn` on the model's thread and wait (for synchronous handlers)."""
+        return self.worker.call(fn, kind)
+
+    async def run(self, fn, request: Request | None = None, kind: str = "job"):
+        """Run `fn` on the model's thread without holding a server thread; leaves the queue if the
+        client disconnects."""
+        return await self.worker.run(fn, kind, request.is_disconnected if request is not None else None)
 
 
 class TraceRequest(BaseModel):
@@ -103,6 +122,19 @@ def _step_json(step) -> dict[str, Any]:
     }
 
 
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _error_text(err: BaseException) -> str:
+    """What a stream's `error` event says: the message of an error lmpeek raised on purpose, else
+    the exception's type and message (the traceback goes to the server log)."""
+    if isinstance(err, LmpeekError):
+        return str(err)
+    traceback.print_exception(err)
+    return f"internal error: {type(err).__name__}: {err}"
+
+
 def _sse(event: str, data: Any) -> str:
     # one event per frame; json.dumps never emits raw newlines, so `data:` stays one line
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
@@ -120,6 +152,14 @@ _NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>lmpeek</title>
 <a href="/openapi.json">/openapi.json</a>.</p>"""
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # stopping (SIGTERM, Ctrl+C): cancel queued and running jobs so open streams end with an error
+    # event and the process exits instead of waiting for a generation to finish
+    app.state.holder.worker.close(timeout=2.0)
+
+
 def create_app(
     source: str = "default",
     *,
@@ -127,52 +167,68 @@ def create_app(
     loader=None,
     store: TraceStore | None = None,
     store_dir: str | Path | None = None,
+    store_budget: str | int | None = None,
+    max_pending: int = 16,
     **edge: Any,
 ):
     """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
-    their residual streams go to `store_dir` (default: <lmpeek cache>/traces). `edge`: allowed_hosts,
+    their residual streams go to `store_dir` (default: <lmpeek cache>/traces), within `store_budget`
+    bytes or e.g. '4G' (default: $LMPEEK_STORE_BUDGET, else 4 GiB). `edge`: allowed_hosts,
     token, cors_origins, max_body_bytes (see server.guard.install; by default only loopback Host names
-    are served, e.g. tests add allowed_hosts=["testserver"])."""
+    are served, e.g. tests add allowed_hosts=["testserver"]). `max_pending`: model jobs queued or
+    running before new ones are refused with 503."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
         version=__import__("lmpeek").__version__,
         docs_url=None,  # Swagger UI and ReDoc load from a CDN; /openapi.json stays
         redoc_url=None,
+        lifespan=_lifespan,
     )
     guard.install(app, **edge)
-    holder = ModelHolder(source, loader)
+    holder = ModelHolder(source, loader, max_pending)
     if store is None:
         from lmpeek.models.sources import cache_dir
 
-        store = TraceStore(Path(store_dir) if store_dir is not None else cache_dir() / "traces")
+        store = TraceStore(
+            Path(store_dir) if store_dir is not None else cache_dir() / "traces", max_disk_bytes=store_budget
+        )
     traces = store
     app.state.holder = holder
     app.state.traces = traces
 
     @app.exception_handler(LmpeekError)
     async def user_error(_request: Request, err: LmpeekError):
-        return JSONResponse({"detail": str(err)}, status_code=400)
+        # 400 unless the error says otherwise (409: a trace of another model, 507: the store is full,
+        # 503: the model's queue is full)
+        retry = getattr(err, "retry_after", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse({"detail": str(err)}, status_code=err.status_code, headers=headers)
 
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        """Model name and shape, and whether it is `loading`, `ready` or failed (`error`)."""
+    async def health() -> dict[str, Any]:
+        """Model name and shape, whether it is `loading`, `ready` or failed (`error`), and the queue.
+        Never waits: it runs on the event loop and reads only plain fields."""
         model = holder.model
         return {
             "status": holder.status,
             "message": holder.message,
             "model": model.info() if model is not None else None,
+            "queue": {"pending": holder.worker.pending(), "limit": holder.worker.max_pending},
         }
 
     @app.post("/api/trace")
-    def trace_text(req: TraceRequest) -> dict[str, Any]:
+    async def trace_text(req: TraceRequest, request: Request) -> Response:
         """Run the model once on `text`; returns the trace's summaries and its id."""
         from lmpeek.capture.trace import trace_with_resid
 
         model = holder.ready()
-        with holder.lock:
+
+        def job() -> bytes:
             t, resid = trace_with_resid(model, req.text, top_k=req.top_k)
-        return _summary(traces.put(t, resid), t)
+            return _json_bytes(_summary(traces.put(t, resid), t))
+
+        return Response(await holder.run(job, request, "trace"), media_type="application/json")
 
     @app.get("/api/traces/{trace_id}")
     def get_trace(trace_id: TraceId) -> dict[str, Any]:
@@ -234,8 +290,7 @@ def create_app(
         else:  # no stored stream: run the model up to this layer
 
             def compute() -> np.ndarray:
-                with holder.lock:
-                    return attention_pattern(model, t.token_ids, layer).astype(np.float16)
+                return holder.call(lambda: attention_pattern(model, t.token_ids, layer).astype(np.float16))
 
             pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
         if query is not None:
@@ -249,6 +304,14 @@ def create_app(
                 pattern.astype("<f2").tobytes(),
                 media_type="application/octet-stream",
                 headers={"X-Shape": shape, "Access-Control-Expose-Headers": "X-Shape"},
+            )
+        if pattern.size > MAX_JSON_VALUES:
+            # as JSON a 4k-token pattern is ~200 MB and takes the server seconds to write
+            raise HTTPException(
+                422,
+                detail=f"a {shape.replace(',', '×')} pattern is too large for JSON ({pattern.size:,} values, "
+                f"limit {MAX_JSON_VALUES:,}): send 'Accept: application/octet-stream' for float16 bytes, "
+                "or ask for one row (query=) or column (key=)",
             )
         return {"shape": list(pattern.shape), "data": pattern.astype(np.float32).tolist()}
 
@@ -279,36 +342,48 @@ def create_app(
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def generate_stream(req: GenerateRequest) -> StreamingResponse:
+    async def generate_stream(req: GenerateRequest, request: Request) -> StreamingResponse:
         """Server-sent events: `start` (prompt tokens), one `token` per new token, then `done` with the
-        id of a trace of the whole text (or `error`)."""
+        id of a trace of the whole text, or `error` with a `detail` (every stream ends with one of the
+        two). Closing the connection cancels the generation."""
         from lmpeek.capture.generate import generate
         from lmpeek.capture.tokens import tokenize
         from lmpeek.capture.trace import trace_with_resid
 
         model = holder.ready()
-        with holder.lock:  # validation errors surface as 400 before the stream starts
-            prompt = tokenize(model.tokenizer, req.prompt, model.context_length)
-            params = req.model_dump(exclude={"prompt"})
-            steps = generate(model, req.prompt, **params)
-        return StreamingResponse(
-            _events(model, prompt, steps, trace_with_resid), media_type="text/event-stream"
-        )
 
-    def _events(model, prompt, steps, trace_with_resid) -> Iterator[str]:
-        yield _sse("start", {"prompt_tokens": prompt.tokens})
-        generated: list[int] = []
-        with holder.lock:
+        def start():  # validation errors surface as 4xx before the stream starts
+            prompt = tokenize(model.tokenizer, req.prompt, model.context_length)
+            return prompt, generate(model, req.prompt, **req.model_dump(exclude={"prompt"}))
+
+        prompt, steps = await holder.run(start, request, "generate")
+
+        def run() -> Iterator[str]:  # a generator job: one step per turn on the model's thread
+            generated: list[int] = []
+            for step in steps:
+                generated.append(step.token_id)
+                yield _sse("token", _step_json(step))
+            ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
+            t, resid = trace_with_resid(model, ids)
+            return _sse("done", {"trace_id": traces.put(t, resid)})
+
+        job, sink = holder.worker.stream(run, "generate")
+
+        async def events() -> AsyncIterator[str]:
             try:
-                for step in steps:
-                    generated.append(step.token_id)
-                    yield _sse("token", _step_json(step))
-                ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
-                t, resid = trace_with_resid(model, ids)
-            except LmpeekError as err:
-                yield _sse("error", {"detail": str(err)})
-                return
-        yield _sse("done", {"trace_id": traces.put(t, resid)})
+                yield _sse("start", {"prompt_tokens": prompt.tokens})
+                while True:
+                    kind, item = await sink.get()
+                    if kind == "error":
+                        yield _sse("error", {"detail": _error_text(item)})
+                        return
+                    yield item
+                    if kind == "end":
+                        return
+            finally:  # the client went away (Stop, reload, closed tab) or the stream ended
+                job.cancel("the client closed the stream")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.get("/api/components")
     def list_components() -> list[dict[str, Any]]:
@@ -361,8 +436,11 @@ def create_app(
 
         def calc() -> np.ndarray:
             hooks = comp.together(model, hook)
-            with holder.lock:
-                arrays = comp.compute_many(model, traces, trace_id, hooks)
+            try:
+                arrays = holder.call(lambda: comp.compute_many(model, traces, trace_id, hooks), "slice")
+            except KeyError:  # evicted meanwhile (e.g. by another server sharing the store)
+                gone = f"trace '{trace_id}' was evicted; run the text again"
+                raise HTTPException(404, detail=gone) from None
             for other in hooks[1:]:  # computed anyway: cache them too
                 traces.derived(trace_id, ("component", other), lambda other=other: arrays[other])
             return arrays[hook]
@@ -394,10 +472,12 @@ def create_app(
 
     def _get(trace_id: str):
         try:
-            return traces.get(trace_id)
+            # a trace is read only by the model that made it: its numbers mean nothing to another
+            return traces.get(trace_id, fingerprint=holder.ready().fingerprint)
         except KeyError:
             raise HTTPException(
-                404, detail=f"no trace with id '{trace_id}' (traces live in memory)"
+                404, detail=f"no trace with id '{trace_id}' (old traces are evicted to stay within the "
+                "store's disk budget: lmpeek serve --store-budget)"
             ) from None
 
     static = _static_dir()

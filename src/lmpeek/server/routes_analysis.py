@@ -169,14 +169,16 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
                 return norm(torch.as_tensor(v, dtype=torch.float32)).numpy()
 
         bias = getattr(unembed, "bias", None)
-        with holder.lock:
-            result = logit_lens(
+        result = holder.call(
+            lambda: logit_lens(
                 resid,
                 final_norm,
                 unembed.weight.detach().float().numpy(),
                 None if bias is None else bias.detach().float().numpy(),
                 k=k,
-            )
+            ),
+            "lens",
+        )
         tok = model.tokenizer
         return {
             "ids": result.ids.tolist(),
