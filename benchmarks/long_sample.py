@@ -52,7 +52,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
     with torch.inference_mode():
         plain(torch.tensor([ids[:64]]))
         t0 = time.perf_counter()

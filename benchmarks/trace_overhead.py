@@ -48,7 +48,7 @@ def _runner(mode: str, model, ids):
     if mode.startswith("plain"):
         from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
+        hf = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
         hf.set_attn_implementation(mode.split()[1])
         x = torch.tensor([ids])
 

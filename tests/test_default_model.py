@@ -27,7 +27,7 @@ def plain(model):
     """transformers alone (default sdpa attention), loaded from the converted folder."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
     assert hf.config._attn_implementation == "sdpa"
     return hf
 

@@ -50,15 +50,17 @@ def load(
         device_name, torch_dtype = parse_device(device), parse_dtype(dtype)
         hf, tokenizer = tiny_hf_model(source.strip()[len(TINY_PREFIX) :])
         hf.to(device=device_name, dtype=None if torch_dtype == "auto" else torch_dtype)
-        return wrap(hf, tokenizer, name=source.strip(), origin="tiny")
+        return wrap(hf, tokenizer, name=source.strip(), origin="tiny", source=source.strip())
 
     r = resolve(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code, progress=progress)
-    return wrap(r.model, r.tokenizer, name=r.name, origin=r.origin, path=r.path)
+    return wrap(r.model, r.tokenizer, name=r.name, origin=r.origin, source=r.source, folder=r.folder)
 
 
 def wrap(hf_model: Any, tokenizer: Any, name: str | None = None, **kw: Any) -> LoadedModel:
     """Use an already loaded transformers CausalLM (+ its tokenizer) with lmpeek. The model keeps its
-    own attention implementation; `model.generate()` and `backward()` work on it as before."""
+    own attention implementation; `model.generate()` and `backward()` work on it as before. A model
+    that is not a causal language model (bidirectional attention, no LM head, encoder or
+    encoder-decoder) is refused with `UnsupportedArchitecture` saying why."""
     return _wrap(hf_model, tokenizer, name=name, **kw)
 
 

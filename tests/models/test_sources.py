@@ -79,7 +79,8 @@ def test_folder_source_loads_same_logits(tmp_path, save_tiny_llama):
     folder = tmp_path / "tiny"
     original = save_tiny_llama(folder, seed=1)
     r = resolve(str(folder), progress=False)
-    assert (r.origin, r.name, r.path) == ("folder", "tiny", str(folder.resolve()))
+    where = str(folder.resolve())
+    assert (r.origin, r.name, r.source, r.folder) == ("folder", "tiny", where, where)
     assert not r.model.training
     assert r.model.dtype == torch.float32
     assert r.model.device.type == "cpu" or torch.cuda.is_available()
@@ -315,8 +316,8 @@ def test_gguf_source_in_folder_uses_cache(tmp_cache, tmp_path, monkeypatch, tiny
     r1 = resolve(str(tmp_path / "g"), progress=False)
     r2 = resolve(str(gguf), progress=False)
     assert len(calls) == 1
-    assert (r1.origin, r1.name, r1.path) == ("gguf", "tiny", str(gguf.resolve()))
-    assert r1.cache == r2.cache and pathlib.Path(r1.cache).parent == tmp_cache / "models"
+    assert (r1.origin, r1.name, r1.source) == ("gguf", "tiny", str(gguf.resolve()))
+    assert r1.folder == r2.folder and pathlib.Path(r1.folder).parent == tmp_cache / "models"
     text = "hello world"
     torch.testing.assert_close(_logits(r1.model, r1.tokenizer, text), _logits(r2.model, r2.tokenizer, text))
 
@@ -332,7 +333,7 @@ def test_default_converts_once_then_loads_from_cache(tmp_cache, monkeypatch, def
     first = resolve("default", progress=False)
     convert_s = time.perf_counter() - start
     assert (first.origin, first.name) == ("default", "SmolLM2-135M-Instruct")
-    assert first.path == first.cache and pathlib.Path(first.cache).parent == tmp_cache / "models"
+    assert first.source == "default" and pathlib.Path(first.folder).parent == tmp_cache / "models"
     [entry] = cached_models()
     assert entry["name"] == "SmolLM2-135M-Instruct" and entry["size"] > 100_000_000
 
@@ -344,7 +345,7 @@ def test_default_converts_once_then_loads_from_cache(tmp_cache, monkeypatch, def
     second = resolve("default", progress=False)
     cached_s = time.perf_counter() - start
     assert cached_s < convert_s
-    assert second.cache == first.cache
+    assert second.folder == first.folder
 
     a = _logits(first.model, first.tokenizer, PROMPT)
     b = _logits(second.model, second.tokenizer, PROMPT)

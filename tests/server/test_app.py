@@ -164,7 +164,8 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path):
     with TestClient(app) as c:
         h = c.get("/api/health").json()
         assert h["status"] == "error" and "No such file" in h["message"]
-        assert c.post("/api/trace", json={"text": "hi"}).status_code == 503
+        r = c.post("/api/trace", json={"text": "hi"})
+        assert r.status_code == 400 and "No such file" in r.json()["detail"]  # a user's error: no retry
 
 
 def test_concurrent_requests_wait_their_turn(client, model):

@@ -172,6 +172,15 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
             g["attn.hook_pattern"].sum(-1),
             torch.ones(H, T),
         )
+        # the model's own forward: attention mass above the diagonal means it is not a causal LM
+        future = torch.triu(ref.attentions[layer][0].double(), diagonal=1).sum(-1)
+        rows.add(
+            "attention to future tokens",
+            "none in the model's own forward (else: not a causal LM)",
+            p + "attn.hook_pattern",
+            future,
+            torch.zeros_like(future),
+        )
         mid_against = "resid_pre + attn_out" + (" (by definition: parallel block)" if b.parallel else "")
         rows.add(
             "blocks.*.hook_resid_mid",

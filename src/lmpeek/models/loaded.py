@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +18,13 @@ class LoadedModel:
     tokenizer: Any  # transformers tokenizer
     bound: Bound
     name: str
-    origin: str = "memory"  # "default" | "folder" | "hub" | "gguf" | "memory"
-    path: str = ""
+    origin: str = "memory"  # what kind of source: "default" | "folder" | "hub" | "gguf" | "tiny" | "memory"
+    # Where the model came from, as the user named it: "default", the .gguf file, the folder, the hub
+    # id, "tiny:llama"; None for a model wrapped from memory.
+    source: str | None = None
+    # The folder that was actually loaded: lmpeek's converted safetensors copy for "default" and
+    # GGUF files, the folder itself, the hub id's snapshot folder; None when nothing was read from disk.
+    folder: str | None = None
 
     @property
     def architecture(self) -> str:
@@ -57,6 +63,14 @@ class LoadedModel:
 
         return fingerprint(self.hf, self.tokenizer, self.name)
 
+    @property
+    def source_label(self) -> str | None:
+        """The source without the local folders above it ("default", a hub id, "model.Q4_K_M.gguf",
+        a folder's name): what info() reports, since info() travels inside saved and served traces."""
+        if self.origin in ("gguf", "folder") and self.source:
+            return Path(self.source).name
+        return self.source
+
     def info(self) -> dict[str, Any]:
         b = self.bound
         return {
@@ -74,12 +88,17 @@ class LoadedModel:
             "vocab_size": int(self.hf.config.vocab_size),
             "context_length": self.context_length,
             "origin": self.origin,
+            "source": self.source_label,
             "fingerprint": self.fingerprint,
         }
 
 
 def wrap(hf_model: Any, tokenizer: Any, name: str | None = None, **kw: Any) -> LoadedModel:
-    """Wrap an in-memory transformers CausalLM (+ tokenizer) without loading anything."""
+    """Wrap an in-memory transformers CausalLM (+ tokenizer) without loading anything. A model that
+    is not a causal language model (bidirectional attention, no LM head, an encoder) is refused."""
+    from lmpeek.models.causal import require_causal_model
+
+    require_causal_model(hf_model, kw.get("source"))
     hf_model.eval()
     return LoadedModel(
         hf=hf_model,

@@ -62,8 +62,9 @@ class Resolved:
     tokenizer: PreTrainedTokenizerBase
     name: str  # human name: "SmolLM2-135M-Instruct", a folder's name, a hub id
     origin: str  # "default" | "folder" | "hub" | "gguf"
-    path: str  # where the weights came from: cache folder (default), folder, .gguf file, hub id
-    cache: str | None = None  # the converted safetensors folder, for "default" and "gguf"
+    source: str  # what the user named: "default", the .gguf file, the folder, the hub id
+    folder: str | None  # the folder actually loaded: lmpeek's converted copy (default, gguf), the
+    # folder itself, the hub id's snapshot in the Hugging Face cache
 
 
 def default_gguf_path() -> pathlib.Path:
@@ -109,7 +110,7 @@ def resolve(
         gguf = default_gguf_path()
         folder = _converted(gguf, progress=progress, identity=_default_identity())
         model, tokenizer = _load_pretrained(str(folder), opts, label=DEFAULT_NAME)
-        return Resolved(model, tokenizer, DEFAULT_NAME, "default", str(folder), cache=str(folder))
+        return Resolved(model, tokenizer, DEFAULT_NAME, "default", "default", str(folder))
 
     path = pathlib.Path(source).expanduser()
     if path.exists():
@@ -142,7 +143,7 @@ def _resolve_path(path: pathlib.Path, opts: _LoadOptions) -> Resolved:
         )
     if (path / "config.json").is_file():
         model, tokenizer = _load_pretrained(str(path), opts, label=str(path))
-        return Resolved(model, tokenizer, path.name, "folder", str(path))
+        return Resolved(model, tokenizer, path.name, "folder", str(path), str(path))
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return _resolve_gguf(ggufs[0], opts)
@@ -156,12 +157,24 @@ def _resolve_gguf(gguf: pathlib.Path, opts: _LoadOptions) -> Resolved:
     folder = _converted(gguf, progress=opts.progress)
     name = read_meta(folder).get("name") or gguf_model_name(gguf)
     model, tokenizer = _load_pretrained(str(folder), opts, label=str(gguf))
-    return Resolved(model, tokenizer, name, "gguf", str(gguf), cache=str(folder))
+    return Resolved(model, tokenizer, name, "gguf", str(gguf), str(folder))
 
 
 def _resolve_hub(hub_id: str, opts: _LoadOptions) -> Resolved:
     model, tokenizer = _load_pretrained(hub_id, opts, label=hub_id, hub=True)
-    return Resolved(model, tokenizer, hub_id, "hub", hub_id)
+    return Resolved(model, tokenizer, hub_id, "hub", hub_id, _hub_snapshot(hub_id))
+
+
+def _hub_snapshot(hub_id: str) -> str | None:
+    """The snapshot folder of a hub id in the local Hugging Face cache (what was loaded).
+    huggingface_hub always comes with transformers; its public cache lookup never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(hub_id, "config.json")
+    except Exception:  # an old or missing huggingface_hub: the folder is only informative
+        return None
+    return str(pathlib.Path(config).parent) if isinstance(config, str) else None
 
 
 def _hub_not_cached(hub_id: str, err: BaseException) -> SourceNotFound:
@@ -327,24 +340,22 @@ def _bad_model_files(label: str, err: BaseException) -> SourceNotFound:
 
 def _check_causal_lm(config, label: str, trust_remote_code: bool) -> None:
     """Raise UnsupportedArchitecture unless the config describes a decoder-only causal LM."""
-    causal_types, masked_types = hf_compat.causal_lm_model_types()
+    from lmpeek.models.causal import not_causal_reason, refusal
 
-    model_type = getattr(config, "model_type", None)
+    causal_types, masked_types = hf_compat.causal_lm_model_types()
     auto_map = getattr(config, "auto_map", None) or {}
+    # a model with its own code, trusted, that registers itself as a causal LM: its flags still count
     remote_causal = trust_remote_code and "AutoModelForCausalLM" in auto_map
-    if getattr(config, "is_encoder_decoder", False):
-        reason = "an encoder-decoder model"
-    elif remote_causal:
-        return
-    elif model_type not in causal_types:
-        reason = "not a causal language model"
-    elif model_type in masked_types and not getattr(config, "is_decoder", False):
-        # BERT-like encoders have a causal-LM head class, but as trained they attend both ways.
-        reason = "an encoder (masked language model), not a causal language model"
-    else:
-        return
-    archs = ", ".join(getattr(config, "architectures", None) or []) or model_type or "unknown"
-    raise _unsupported(label, detail=f"{archs} is {reason}")
+    reason = not_causal_reason(
+        config,
+        masked_types=masked_types,
+        causal_types=None if remote_causal else causal_types,
+        check_architectures=not remote_causal,
+    )
+    if reason is not None:
+        model_type = getattr(config, "model_type", None)
+        archs = ", ".join(getattr(config, "architectures", None) or []) or model_type or "the model"
+        raise refusal(label, archs, reason)
 
 
 def _unsupported(label: str, *, detail: str, remote_code: bool = False) -> UnsupportedArchitecture:

@@ -61,7 +61,10 @@ class ModelHolder:
         except Exception as err:  # reported through /api/health; the server keeps running
             self.status = "error"
             self.message = str(err) if isinstance(err, LmpeekError) else f"{type(err).__name__}: {err}"
-            traceback.print_exc()
+            # a user's error (e.g. not a causal LM) is its one line, answered 4xx; a bug keeps its traceback
+            self.error_status = err.status_code if isinstance(err, LmpeekError) else None
+            if self.error_status is None:
+                traceback.print_exc()
 
     def start(self, background: bool = True) -> None:
         if background:
@@ -70,6 +73,8 @@ class ModelHolder:
             self.load()
 
     def ready(self):
+        if self.status == "error" and getattr(self, "error_status", None):  # waiting will not help
+            raise HTTPException(self.error_status, detail=f"model could not be loaded: {self.message}")
         if self.status != "ready":
             raise HTTPException(
                 503,
