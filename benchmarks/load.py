@@ -1,6 +1,7 @@
 """Many clients at once against `lmpeek serve` on loopback: errors, latency, health, memory.
 
     .venv/bin/python benchmarks/load.py [--model default] [--clients 50] [--seconds 120]
+    .venv/bin/python benchmarks/load.py --sequential 40      # memory after N ~1,000-token traces in a row
 
 Starts `lmpeek serve MODEL` as a child process on a free loopback port (its own empty trace store), then
 runs CLIENTS concurrent clients for SECONDS, each looping over a mix of requests:
@@ -189,6 +190,8 @@ async def run(args) -> int:
                 await c.post(f"{url}/api/trace", json={"text": LONG})
         await _idle(url)
         rss_before = server.memory_info().rss
+        if args.sequential:
+            return await _sequential(url, server, rss_before, args.sequential)
         stats, health, bad = Stats(), [], []
         stop = time.monotonic() + args.seconds
         peak = rss_before
@@ -239,11 +242,28 @@ async def run(args) -> int:
     return 0 if all(checks.values()) else 1
 
 
+async def _sequential(url: str, server: psutil.Process, rss_before: int, n: int) -> int:
+    mb = 1 / 2**20
+    print(f"server RSS before: {rss_before * mb:.0f} MB")
+    async with httpx.AsyncClient(timeout=300) as c:
+        for i in range(1, n + 1):
+            r = await c.post(f"{url}/api/trace", json={"text": LONG})
+            r.raise_for_status()
+            if i % 10 == 0 or i == n:
+                tokens, rss = len(r.json()["tokens"]), server.memory_info().rss * mb
+                print(f"after {i:>3} traces of {tokens} tokens: {rss:.0f} MB")
+    grew = (server.memory_info().rss - rss_before) * mb
+    ok = grew < 300
+    print(f"{'PASS' if ok else 'FAIL'}  RSS grew {grew:.0f} MB over {n} traces (target < 300 MB)")
+    return 0 if ok else 1
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--sequential", type=int, default=0, help="instead: N long traces one after another")
     sys.exit(asyncio.run(run(ap.parse_args())))
 
 
