@@ -10,11 +10,9 @@ import pytest
 import lmpeek
 from lmpeek.capture.slices import attention_pattern, run_block
 from lmpeek.errors import InvalidInput
-from lmpeek.models.adapters import BLOCK_POINTS
 from lmpeek.models.tiny import TINY_ARCHITECTURES
 
 TEXT = "The capital of France is Paris. def f(x): return x * 2, and a few more words"
-POINTS = [p for p in BLOCK_POINTS if "rot_" not in p]  # rot_ hooks exist only with RoPE
 
 
 def _model(arch):
@@ -27,9 +25,10 @@ def _model(arch):
 def test_run_block_equals_the_full_forward(arch):
     m = _model(arch)
     t = lmpeek.trace(m, TEXT, keep=["blocks.*"])
+    points = m.bound.block_points()  # every point this model has (rot_ only with RoPE, ...)
     for layer in range(m.n_layers):
-        got = run_block(m, layer, t[f"blocks.{layer}.hook_resid_pre"], POINTS)
-        for p in POINTS:
+        got = run_block(m, layer, t[f"blocks.{layer}.hook_resid_pre"], points)
+        for p in points:
             want = t[f"blocks.{layer}.{p}"]
             np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
     # the model is whole again afterwards

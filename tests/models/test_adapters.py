@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -34,8 +36,11 @@ def test_bind_sizes(arch):
     assert b.d_model == c.hidden_size
     assert b.d_mlp == 128
     names = b.hook_names()
-    assert names[0] == "hook_embed" and names[-1] == "ln_final.hook_normalized"
+    assert names[0] == "hook_embed" and names[-2:] == ["ln_final.hook_normalized", "ln_final.hook_out"]
     assert ("blocks.0.attn.hook_rot_q" in names) == (arch != "gpt2")
+    assert "blocks.0.ln1.hook_normalized" in names and "blocks.0.ln2.hook_out" in names
+    # q/k after q_norm/k_norm have names of their own (TransformerLens 4's): hook_q is the projection
+    assert ("blocks.0.attn.hook_q_normed" in names) == (arch in ("qwen3", "gemma3"))
     assert len(set(names)) == len(names)
 
 
@@ -44,6 +49,34 @@ def test_rotary_dims_follow_partial_rotary():
     assert bind(tiny_hf_model("phi3")[0]).rotary_dims == 8  # 16 * 0.5
     assert bind(tiny_hf_model("llama")[0]).rotary_dims == 16
     assert bind(tiny_hf_model("gpt2")[0]).rotary_dims is None
+
+
+def test_norm_kinds_and_pre_gain_normalized():
+    """hook_normalized is x / rms (RMSNorm) or (x - mean) / std (LayerNorm) with the norm's eps: the
+    norm's own output is that times its gain (plus bias)."""
+    from lmpeek.models.adapters import norm_centers, normalized
+
+    x = torch.randn(5, 64) * 3 + 1
+    for arch, path, centers in (("llama", "model.norm", False), ("gpt2", "transformer.ln_f", True),
+                                ("gemma3", "model.norm", False), ("olmo", "model.norm", True)):  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            norm = bind(tiny_hf_model(arch)[0]).module(path)
+        assert norm_centers(norm) == centers, arch
+        n = normalized(norm, x)
+        assert n.pow(2).mean(-1).sub(1).abs().max() < 1e-4, arch
+        with torch.no_grad():
+            gain, bias = torch.tensor(1.0), getattr(norm, "bias", None)
+            if arch != "olmo":  # olmo's LayerNorm has no parameters
+                torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+                gain = (1 + norm.weight) if arch == "gemma3" else norm.weight
+            want = n * gain + (0 if bias is None else bias)
+            torch.testing.assert_close(norm(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_pre_rope_points():
+    assert bind(tiny_hf_model("gemma3")[0]).pre_rope_points() == ("attn.hook_q_normed", "attn.hook_k_normed")
+    assert bind(tiny_hf_model("llama")[0]).pre_rope_points() == ("attn.hook_q", "attn.hook_k")
 
 
 def test_parallel_flag():

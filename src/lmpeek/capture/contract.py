@@ -2,19 +2,36 @@
 
 Used by the test suite on a tiny model of every registered architecture, and by `lmpeek check MODEL`
 on a user's own model, so anyone can see how far each hook point is from a plain transformers forward
-before trusting the numbers.
+before trusting the numbers. The references:
+
+1. transformers' own eager forward with nothing of lmpeek in it: its hidden states and attentions, and
+   plain PyTorch forward hooks registered directly on the Hugging Face modules (lmpeek's attention
+   function is not installed, so q/k/v, z, the sublayer outputs and the MLP activations come from
+   transformers' eager code, not from lmpeek's kernel);
+2. formulas computed here in float64 (the pre-gain norms) and identities that must hold
+   (resid_pre + attn_out == resid_mid, pattern @ v == z, softmax(q·k) == pattern, RoPE keeps norms,
+   q_norm(hook_q) == hook_q_normed, a norm's output is a per-feature affine map of hook_normalized);
+3. TransformerLens 4 where it is installed (`pip install lmpeek[parity]`): every hook name both
+   expose, run on a copy of the model (skipped above 2 GiB of weights unless asked for).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from lmpeek.capture.hooks import attach
 from lmpeek.capture.tokens import tokenize
 from lmpeek.models import hf_compat
+from lmpeek.models.adapters import Bound, Tap, norm_centers, norm_eps
 from lmpeek.models.loaded import LoadedModel
 
 DEFAULT_TEXT = (
@@ -76,17 +93,158 @@ def _recomputed_pattern(q: torch.Tensor, k: torch.Tensor, scale: float, window: 
     return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
 
+EAGER = "transformers eager forward (plain hooks)"
+# TransformerLens 4 keeps q/k after q_norm/k_norm as [H, T, d]; lmpeek keeps every per-head point [T, H, d]
+_TL_LAYOUT = {"attn.hook_q_normed": (1, 0, 2), "attn.hook_k_normed": (1, 0, 2)}
+TL_AUTO_MAX_BYTES = 2 * 2**30  # above this, copying the model for TransformerLens needs asking for
+
+
+def _kind(name: str) -> str:
+    """blocks.3.attn.hook_q -> blocks.*.attn.hook_q: one contract row per hook kind."""
+    return re.sub(r"^blocks\.\d+\.", "blocks.*.", name)
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _plain_forward(b: Bound, ids: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
+    """transformers' eager forward with plain PyTorch hooks on the Hugging Face modules (not lmpeek's
+    `attach`, not lmpeek's attention function): the hook points that are a module's input or output,
+    under lmpeek's names, plus each norm's input as '<norm>.input'."""
+    config, a = b.config, b.adapter
+    kept: dict[str, torch.Tensor] = {}
+    handles: list[Any] = []
+
+    def keep(name: str, take: Callable | None) -> Callable[[torch.Tensor], None]:
+        def f(x: torch.Tensor) -> None:
+            kept[name] = (take(x, config) if take else x)[0].detach().clone()
+
+        return f
+
+    def on(module: nn.Module, side: str, name: str, take: Callable | None = None) -> None:
+        fn = keep(name, take)
+        if side == "input":
+
+            def pre(_m, args, kwargs):
+                fn(args[0] if args else kwargs["hidden_states"])
+
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        else:
+            handles.append(module.register_forward_hook(lambda _m, _a, out: fn(_first(out))))
+
+    def tap(layer: int, t: Tap, name: str) -> None:
+        on(b.block_module(layer, t.path), t.side, name, t.take)
+
+    heads = b.n_heads
+    z_take = Tap(a.o_proj, "input", lambda x, c: x.unflatten(-1, (heads, -1)))
+    for layer in range(b.n_layers):
+        p = f"blocks.{layer}."
+        for which in ("q", "k", "v", "q_normed", "k_normed"):
+            t = getattr(a, which)
+            if t is not None:
+                tap(layer, t, f"{p}attn.hook_{which}")
+        tap(layer, z_take, p + "attn.hook_z")
+        tap(layer, a.attn_out, p + "hook_attn_out")
+        tap(layer, a.mlp_pre, p + "mlp.hook_pre")
+        tap(layer, a.mlp_post, p + "mlp.hook_post")
+        tap(layer, a.mlp_out, p + "hook_mlp_out")
+        if not b.parallel:
+            tap(layer, a.resid_mid, p + "hook_resid_mid")  # type: ignore[arg-type]
+        for ln in ("ln1", "ln2"):
+            path = getattr(a, ln)
+            if path:
+                on(b.block_module(layer, path), "input", f"{p}{ln}.input")
+                on(b.block_module(layer, path), "output", f"{p}{ln}.hook_out")
+    on(b.module(a.final_norm), "input", "ln_final.input")
+    on(b.module(a.final_norm), "output", "ln_final.hook_out")
+    try:
+        with hf_compat.attention_implementation_as(b.model, "eager"):
+            ref = b.model(input_ids=ids, output_hidden_states=True, output_attentions=True, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return ref, kept
+
+
+def _normalized64(x: torch.Tensor, centers: bool, eps: float) -> torch.Tensor:
+    x = x.double()
+    if centers:
+        x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def _affine_fit(n: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[:, j] fitted as a_j * n[:, j] + c_j over the tokens (least squares, per feature): equal to
+    `out` when `n` is the norm's output before an elementwise gain and bias, whatever their form."""
+    n, out = n.double(), out.double()
+    nc, oc = n - n.mean(0), out - out.mean(0)
+    denom = nc.pow(2).sum(0)
+    a = torch.where(denom > 0, (nc * oc).sum(0) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    return a * nc + out.mean(0)
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    import huggingface_hub.constants as hub
+
+    was = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = was
+
+
+def transformer_lens_run(model: LoadedModel, ids: torch.Tensor) -> tuple[str, torch.Tensor, dict] | None:
+    """(version, logits, cache) from TransformerLens 4's TransformerBridge on a copy of the model (raw
+    weights, the same token ids), or None where TransformerLens 4 is not installed or does not take
+    this architecture. The copy keeps the model itself untouched (the bridge rewires what it wraps)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("transformer-lens")
+        if not version.startswith("4."):
+            return None
+        from transformer_lens.model_bridge import TransformerBridge
+    except Exception:  # not installed, or installed but unimportable here
+        return None
+    hf = copy.deepcopy(model.hf)
+    if not getattr(hf.config, "architectures", None):  # models built from a config name no class
+        hf.config.architectures = [type(hf).__name__]
+    tokenizer = copy.deepcopy(model.tokenizer)  # the bridge adjusts its tokenizer; token ids are given
+    tokenizer.init_kwargs.setdefault("name_or_path", getattr(tokenizer, "name_or_path", "") or model.name)
+    tokenizer.init_kwargs["add_bos_token"] = True  # else TransformerLens reloads it by name
+    try:
+        with warnings.catch_warnings(), _hub_offline():
+            warnings.simplefilter("ignore")
+            bridge = TransformerBridge.boot_transformers(
+                model.name, hf_model=hf, tokenizer=tokenizer, device=str(model.device),
+                dtype=next(model.hf.parameters()).dtype,
+            )  # fmt: skip
+            logits, cache = bridge.run_with_cache(ids)
+    except Exception:  # an architecture TransformerLens does not support
+        return None
+    return version, logits, {k: v for k, v in cache.items()}
+
+
+def _weight_bytes(model: LoadedModel) -> int:
+    return sum(p.numel() * p.element_size() for p in model.hf.parameters())
+
+
 @torch.inference_mode()
-def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> list[Check]:
-    """Compare every hook point with a plain transformers forward (eager attention, no hooks) and with
-    identities that must hold. Returns one `Check` per hook kind; `all(c.ok for c in ...)` means pass."""
+def check(
+    model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4, transformer_lens: bool | None = None
+) -> list[Check]:
+    """Compare every hook point with independent computations (see the module docstring). Returns one
+    `Check` per (hook kind, reference); `all(c.ok for c in ...)` means pass. `transformer_lens`: also
+    compare with TransformerLens 4 (None: when installed and the weights are under 2 GiB)."""
     hf, b = model.hf, model.bound
     tok = tokenize(model.tokenizer, text, model.context_length)
     ids = torch.as_tensor(tok.token_ids, device=model.device)[None]
 
-    # Reference: transformers' own eager forward, no hooks attached.
-    with hf_compat.attention_implementation_as(hf, "eager"):
-        ref = hf(input_ids=ids, output_hidden_states=True, output_attentions=True, use_cache=False)
+    # Reference: transformers' own eager forward, with plain PyTorch hooks and nothing of lmpeek.
+    ref, plain = _plain_forward(b, ids)
 
     names = b.hook_names()
     got: dict[str, torch.Tensor] = {}
@@ -116,22 +274,28 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
         p = f"blocks.{layer}."
         shapes = {
             "hook_resid_pre": (T, D),
-            "hook_attn_out": (T, D),
-            "hook_resid_mid": (T, D),
-            "hook_mlp_out": (T, D),
-            "hook_resid_post": (T, D),
+            "ln1.hook_normalized": (T, D),
+            "ln1.hook_out": (T, D),
             "attn.hook_q": (T, H, dh),
             "attn.hook_k": (T, Hkv, dh),
             "attn.hook_v": (T, Hkv, dh),
+            "attn.hook_q_normed": (T, H, dh),
+            "attn.hook_k_normed": (T, Hkv, dh),
+            "attn.hook_rot_q": (T, H, dh),
+            "attn.hook_rot_k": (T, Hkv, dh),
             "attn.hook_pattern": (H, T, T),
             "attn.hook_z": (T, H, dh),
+            "hook_attn_out": (T, D),
+            "hook_resid_mid": (T, D),
+            "ln2.hook_normalized": (T, D),
+            "ln2.hook_out": (T, D),
             "mlp.hook_pre": (T, b.d_mlp),
             "mlp.hook_post": (T, b.d_mlp),
+            "hook_mlp_out": (T, D),
+            "hook_resid_post": (T, D),
         }
-        if b.rotary_dims:
-            shapes |= {"attn.hook_rot_q": (T, H, dh), "attn.hook_rot_k": (T, Hkv, dh)}
-        for point, shape in shapes.items():
-            shape_ok(p + point, shape)
+        for point in b.block_points():
+            shape_ok(p + point, shapes[point])
         if missing:
             continue
         g = {k[len(p) :]: v for k, v in got.items() if k.startswith(p)}
@@ -172,14 +336,12 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
             g["attn.hook_pattern"].sum(-1),
             torch.ones(H, T),
         )
-        # the model's own forward: attention mass above the diagonal means it is not a causal LM
-        future = torch.triu(ref.attentions[layer][0].double(), diagonal=1).sum(-1)
         rows.add(
-            "attention to future tokens",
-            "none in the model's own forward (else: not a causal LM)",
+            "blocks.*.attn.hook_pattern",
+            "no attention to future tokens (a causal model)",
             p + "attn.hook_pattern",
-            future,
-            torch.zeros_like(future),
+            torch.triu(ref.attentions[layer][0].float(), 1).abs().amax(-1),
+            torch.zeros(H, T),
         )
         mid_against = "resid_pre + attn_out" + (" (by definition: parallel block)" if b.parallel else "")
         rows.add(
@@ -196,26 +358,35 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
             g["hook_resid_mid"] + g["hook_mlp_out"],
             g["hook_resid_post"],
         )
-        q, k = (
-            (g["attn.hook_rot_q"], g["attn.hook_rot_k"])
-            if b.rotary_dims
-            else (g["attn.hook_q"], g["attn.hook_k"])
-        )
+        q_pre, k_pre = (g[n] for n in b.pre_rope_points())
+        q, k = (g["attn.hook_rot_q"], g["attn.hook_rot_k"]) if b.rotary_dims else (q_pre, k_pre)
         params = b.attention_params(layer)
         if params.softcap is None:
             rows.add(
-                "blocks.*.attn.hook_q/k",
+                "blocks.*.attn.hook_rot_q/k" if b.rotary_dims else "blocks.*.attn.hook_q/k",
                 "softmax(q·k * scale) == pattern",
-                p + "attn.hook_q",
+                p + "attn.hook_pattern",
                 _recomputed_pattern(q, _repeat_kv(k, H), params.scale, params.window),
                 g["attn.hook_pattern"].double(),
             )
         z = torch.einsum("hqk,khd->qhd", g["attn.hook_pattern"], _repeat_kv(g["attn.hook_v"], H))
         rows.add("blocks.*.attn.hook_v/z", "pattern @ v == z", p + "attn.hook_z", z, g["attn.hook_z"])
+        if b.adapter.q_normed is not None:
+            for which in ("q", "k"):
+                qk_norm = b.block_module(layer, getattr(b.adapter, f"{which}_normed").path)
+                raw = g[f"attn.hook_{which}"]
+                if getattr(qk_norm, "weight", None) is None or qk_norm.weight.shape[-1] == raw.shape[-1]:
+                    rows.add(
+                        f"blocks.*.attn.hook_{which}_normed",
+                        f"{which}_norm(hook_{which})",
+                        p + f"attn.hook_{which}_normed",
+                        qk_norm(raw),
+                        g[f"attn.hook_{which}_normed"],
+                    )
         if b.rotary_dims:
             rd = b.rotary_dims
-            for which in ("q", "k"):
-                pre, rot = g[f"attn.hook_{which}"], g[f"attn.hook_rot_{which}"]
+            for which, pre in (("q", q_pre), ("k", k_pre)):
+                rot = g[f"attn.hook_rot_{which}"]
                 rows.add(
                     f"blocks.*.attn.hook_rot_{which}",
                     "RoPE is the identity at position 0",
@@ -240,12 +411,57 @@ def check(model: LoadedModel, text: str = DEFAULT_TEXT, rtol: float = 1e-4) -> l
                     )
     if not missing:
         rows.add(
-            "ln_final.hook_normalized",
+            "ln_final.hook_out",
             "hidden_states[L]",
-            "ln_final.hook_normalized",
-            got["ln_final.hook_normalized"],
+            "ln_final.hook_out",
+            got["ln_final.hook_out"],
             ref.hidden_states[L][0],
         )
         embed = got["hook_embed"] + (got["hook_pos_embed"] if "hook_pos_embed" in got else 0)
         rows.add("hook_embed", "blocks.0.hook_resid_pre", "hook_embed", embed, got["blocks.0.hook_resid_pre"])
+        _norm_rows(b, got, plain, rows)
+        for name, want in plain.items():  # every module input/output point against the eager forward
+            if not name.endswith(".input"):
+                rows.add(_kind(name), EAGER, name, got[name], want)
+        if transformer_lens or (transformer_lens is None and _weight_bytes(model) <= TL_AUTO_MAX_BYTES):
+            _transformer_lens_rows(model, ids, got, logits[0], rows)
     return list(rows.rows.values())
+
+
+def _norm_rows(b: Bound, got: dict[str, torch.Tensor], plain: dict[str, torch.Tensor], rows: _Rows) -> None:
+    """hook_normalized: the norm's formula in float64 on the eager forward's norm input, and the norm's
+    output as a per-feature affine map of it (so it really is the tensor before the gain)."""
+    norms = {"ln_final": b.module(b.adapter.final_norm)}
+    for layer in range(b.n_layers):
+        for ln in ("ln1", "ln2"):
+            path = getattr(b.adapter, ln)
+            if path:
+                norms[f"blocks.{layer}.{ln}"] = b.block_module(layer, path)
+    for prefix, module in norms.items():
+        name = prefix + ".hook_normalized"
+        centers = norm_centers(module)
+        formula = "(x - mean) / std" if centers else "x / rms"
+        x = plain[prefix + ".input"]
+        rows.add(_kind(name), f"{formula} of the norm's input (float64)", name, got[name],
+                 _normalized64(x, centers, norm_eps(module)))  # fmt: skip
+        out = plain[prefix + ".hook_out"]
+        rows.add(_kind(name), "norm output == gain * it + bias, per feature", name,
+                 _affine_fit(got[name], out), out.double())  # fmt: skip
+
+
+def _transformer_lens_rows(
+    model: LoadedModel, ids: torch.Tensor, got: dict[str, torch.Tensor], logits: torch.Tensor, rows: _Rows
+) -> None:
+    run = transformer_lens_run(model, ids)
+    if run is None:
+        return
+    version, tl_logits, cache = run
+    against = f"TransformerLens {version}"
+    rows.add("logits", against, "logits", logits, tl_logits[0])
+    for name, ours in got.items():
+        theirs = cache.get(name)
+        if theirs is None:
+            continue
+        theirs = theirs[0]
+        layout = _TL_LAYOUT.get(name.split(".", 2)[-1])
+        rows.add(_kind(name), against, name, ours, theirs.permute(*layout) if layout else theirs)

@@ -23,7 +23,7 @@ from lmpeek.analysis.attention import attention_entropy
 from lmpeek.capture.attention_kernel import causal_attention
 from lmpeek.errors import UnsupportedArchitecture
 from lmpeek.models import hf_compat
-from lmpeek.models.adapters import Bound, Tap
+from lmpeek.models.adapters import Bound, Tap, normalized
 
 ATTENTION_IMPL = "lmpeek"
 
@@ -136,8 +136,9 @@ def _parse(name: str) -> tuple[int | None, str]:
 def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
     """Call `handlers[name](tensor)` whenever hook point `name` is computed.
 
-    Tensors are batch-first as computed (no copy): resid/attn_out/mlp_out/embeds [B, T, D];
-    q/k/v/rot_q/rot_k/z [B, T, heads, d]; pattern [B, H, Tq, Tk]; mlp pre/post [B, T, M].
+    Tensors are batch-first as computed (no copy): resid/attn_out/mlp_out/embeds/ln* [B, T, D];
+    q/k/v/q_normed/k_normed/rot_q/rot_k/z [B, T, heads, d]; pattern [B, H, Tq, Tk]; mlp pre/post
+    [B, T, M]. The `hook_normalized` points are computed from their norm's input (float32).
     Handlers must not modify the tensor in place. Inside the block the model computes attention
     through lmpeek's function (see `capturing`); afterwards it is back to its own.
     """
@@ -160,6 +161,13 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
         take = t.take
         on(bound.block_module(layer, t.path), t.side, (lambda x: fn(take(x, config))) if take else fn)
 
+    def norm(module: nn.Module, which: str, fn: Handler) -> None:
+        # hook_normalized: the norm before its gain, from its input; hook_out: the norm's own output
+        if which == "hook_out":
+            on(module, "output", fn)
+        else:
+            on(module, "input", lambda x: fn(normalized(module, x)))
+
     try:
         for name, fn in handlers.items():
             layer, point = _parse(name)
@@ -169,12 +177,12 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
                     on(bound.module(a.embed), "output", fn)
                 elif point == "hook_pos_embed" and a.pos_embed:
                     on(bound.module(a.pos_embed), "output", fn)
-                elif point == "ln_final.hook_normalized":
-                    on(bound.module(a.final_norm), "output", fn)
+                elif point in ("ln_final.hook_normalized", "ln_final.hook_out"):
+                    norm(bound.module(a.final_norm), point.split(".")[1], fn)
                 else:
                     raise KeyError(name)
                 continue
-            if not 0 <= layer < bound.n_layers:
+            if not 0 <= layer < bound.n_layers or not (bound.has_point(point) or point == "attn.entropy"):
                 raise KeyError(name)
             block = bound.blocks[layer]
             if point == "hook_resid_pre":
@@ -191,6 +199,10 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
                 tap(layer, a.mlp_post, fn)
             elif point in ("attn.hook_q", "attn.hook_k", "attn.hook_v"):
                 tap(layer, getattr(a, point[-1]), fn)
+            elif point in ("attn.hook_q_normed", "attn.hook_k_normed"):
+                tap(layer, getattr(a, point[len("attn.hook_") :]), fn)
+            elif point.startswith(("ln1.", "ln2.")):
+                norm(bound.block_module(layer, getattr(a, point[:3])), point[4:], fn)
             elif point == "attn.hook_z":
                 tap(layer, Tap(a.o_proj, "input", lambda x, c: x.unflatten(-1, (bound.n_heads, -1))), fn)
             elif point == "hook_resid_mid":
@@ -199,8 +211,6 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
                 else:
                     tap(layer, a.resid_mid, fn)  # type: ignore[arg-type]
             elif point in _ATTENTION_POINTS:
-                if point in ("attn.hook_rot_q", "attn.hook_rot_k") and not bound.rotary_dims:
-                    raise KeyError(name)
                 listener = per_layer_attn.setdefault(layer, _AttentionListener())
                 setattr(listener, _ATTENTION_POINTS[point], fn)
             else:

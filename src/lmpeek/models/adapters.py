@@ -4,30 +4,42 @@ Everything outside this module uses the uniform hook names (TransformerLens styl
 model-specific attribute path. A new architecture is one `Adapter` entry plus one tiny config in
 tests/models/tiny_configs.py; nothing else changes.
 
-Hook points every model gets (shapes are for one sequence of T tokens):
+Hook points every model gets (shapes are for one sequence of T tokens). A name that TransformerLens 4
+(TransformerBridge over the Hugging Face model, raw weights) also exposes means the same tensor there:
+tests/capture/test_parity_tl.py checks every such name on each tiny architecture.
 
     hook_embed                        [T, D]      token embedding as it enters the residual stream
     hook_pos_embed                    [T, D]      learned position embedding (gpt2 only)
     blocks.{l}.hook_resid_pre         [T, D]
+    blocks.{l}.ln1.hook_normalized    [T, D]      the attention's input norm before its gain: x / rms(x)
+                                                  (RMSNorm) or (x - mean) / std (LayerNorm)
+    blocks.{l}.ln1.hook_out           [T, D]      that norm's output (after the gain): what attention reads
     blocks.{l}.attn.hook_q / hook_k / hook_v
-                                      [T, H, d]   before RoPE (k, v have the KV heads: H_kv <= H)
+                                      [T, H, d]   the raw projections (k, v have the KV heads: H_kv <= H)
+    blocks.{l}.attn.hook_q_normed / hook_k_normed
+                                      [T, H, d]   after q_norm / k_norm, before RoPE (Gemma 3, Qwen 3; TL4
+                                                  keeps these as [H, T, d])
     blocks.{l}.attn.hook_rot_q / hook_rot_k
                                       [T, H, d]   after RoPE (only where the model has RoPE)
     blocks.{l}.attn.hook_pattern      [H, T, T]   softmax attention (query, key)
     blocks.{l}.attn.hook_z            [T, H, d]   per-head attention output, the input of W_O
     blocks.{l}.hook_attn_out          [T, D]      what the attention sublayer adds to the residual
     blocks.{l}.hook_resid_mid         [T, D]      resid_pre + attn_out (see `parallel` below)
+    blocks.{l}.ln2.hook_normalized    [T, D]      the MLP's input norm before its gain
+    blocks.{l}.ln2.hook_out           [T, D]      that norm's output: what the MLP reads
     blocks.{l}.mlp.hook_pre           [T, M]      MLP pre-activation (the gate for gated MLPs)
     blocks.{l}.mlp.hook_post          [T, M]      MLP activation, the input of the down projection
     blocks.{l}.hook_mlp_out           [T, D]      what the MLP sublayer adds to the residual
     blocks.{l}.hook_resid_post        [T, D]      before the final norm, also for the last block
-    ln_final.hook_normalized          [T, D]      final norm output, the input of the unembedding
+    ln_final.hook_normalized          [T, D]      the final norm before its gain
+    ln_final.hook_out                 [T, D]      the final norm's output, the input of the unembedding
 
 Conventions that differ between architectures and are made uniform here:
 - Gemma 3 normalises each sublayer's output before adding it (post_attention_layernorm,
   post_feedforward_layernorm): hook_attn_out / hook_mlp_out are those norms' outputs, i.e. what is
-  really added to the residual stream. hook_q / hook_k are after q_norm / k_norm, i.e. the vectors
-  RoPE is applied to.
+  really added to the residual stream; its ln2 is pre_feedforward_layernorm. Gemma 3 and Qwen 3
+  normalise q and k per head (q_norm / k_norm) before RoPE: hook_q / hook_k are the projections,
+  hook_q_normed / hook_k_normed what RoPE rotates.
 - gpt_neox with `use_parallel_residual` (Pythia) computes attention and MLP from the same
   resid_pre: resid_post = resid_pre + attn_out + mlp_out. There is no stream the MLP reads, so
   hook_resid_mid is defined as resid_pre + attn_out (the identities below still hold; the MLP's
@@ -116,6 +128,56 @@ def _no_rotary(config: Config) -> int | None:
     return None
 
 
+def _heads_if_flat(x: torch.Tensor, config: Config) -> torch.Tensor:
+    # a q/k norm over the whole projection (olmo2) sees [B, T, H*d]; a per-head one [B, T, H, d]
+    return _heads(x, config) if x.dim() == 3 else x
+
+
+# --- norms: the pre-gain `hook_normalized` points ------------------------------------------------
+
+_CENTERS: dict[type, bool] = {}
+
+
+def norm_centers(module: nn.Module) -> bool:
+    """True for a LayerNorm (subtracts the mean), False for an RMSNorm.
+
+    Decided by type where the name says it (as TransformerLens does); otherwise by probing once per
+    class: a LayerNorm's output does not change when a constant is added to every feature."""
+    cls = type(module)
+    if cls not in _CENTERS:
+        if isinstance(module, nn.LayerNorm):
+            _CENTERS[cls] = True
+        elif "RMSNorm" in cls.__name__:
+            _CENTERS[cls] = False
+        else:
+            p = next(module.parameters(), None)
+            d = p.shape[-1] if p is not None else module.normalized_shape[-1]
+            x = torch.randn(4, d, generator=torch.Generator().manual_seed(0))
+            dtype, device = (p.dtype, p.device) if p is not None else (torch.float32, "cpu")
+            with torch.no_grad():
+                # .forward, not __call__: this may run inside one of lmpeek's own hooks on the module
+                a, b = (module.forward(v.to(device, dtype)).float().cpu() for v in (x, x + 3.0))
+            _CENTERS[cls] = bool(torch.allclose(a, b, rtol=2e-2, atol=2e-2 * float(a.abs().max())))
+    return _CENTERS[cls]
+
+
+def norm_eps(module: nn.Module) -> float:
+    for attr in ("eps", "variance_epsilon", "epsilon"):
+        value = getattr(module, attr, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 1e-5  # what norms that hard-code it use (olmo), and TransformerLens's default
+
+
+def normalized(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What norm `module` computes from `x` before its gain (and bias), in float32 as TransformerLens 4
+    does: x / rms(x) for an RMSNorm, (x - mean) / std for a LayerNorm (each with the module's eps)."""
+    x = x.float()
+    if norm_centers(module):
+        x = x - x.mean(-1, keepdim=True)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(module))
+
+
 # --- adapter description ------------------------------------------------------------------------
 
 
@@ -152,6 +214,10 @@ class Adapter:
     q: Tap
     k: Tap
     v: Tap
+    ln1: str | None = None  # the norm attention reads through (relative to the block)
+    ln2: str | None = None  # the norm the MLP reads through
+    q_normed: Tap | None = None  # q after q_norm, before RoPE (models with q/k norms)
+    k_normed: Tap | None = None
     pos_embed: str | None = None
     rotary_dims: Callable[[Config], int | None] = _rotary_dims
     refuse: Callable[[Config], str | None] = lambda config: None
@@ -179,6 +245,8 @@ def _llama_like(name: str, model_types: tuple[str, ...], **over: Any) -> Adapter
         q=Tap("self_attn.q_proj", take=_heads),
         k=Tap("self_attn.k_proj", take=_heads),
         v=Tap("self_attn.v_proj", take=_heads),
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",
     )
     fields.update(over)
     return Adapter(**fields)
@@ -199,9 +267,8 @@ REGISTRY: tuple[Adapter, ...] = (
         "qwen3",
         ("qwen3",),
         # q_norm/k_norm run on [B, T, H, d] before the transpose; RoPE is applied to their output
-        q=Tap("self_attn.q_norm"),
-        k=Tap("self_attn.k_norm"),
-        note="q/k are after q_norm/k_norm",
+        q_normed=Tap("self_attn.q_norm"),
+        k_normed=Tap("self_attn.k_norm"),
     ),
     _llama_like(
         "gemma3",
@@ -209,9 +276,10 @@ REGISTRY: tuple[Adapter, ...] = (
         attn_out=Tap("post_attention_layernorm"),
         mlp_out=Tap("post_feedforward_layernorm"),
         resid_mid=Tap("pre_feedforward_layernorm", "input"),
-        q=Tap("self_attn.q_norm", take=_bhtd_to_bthd),
-        k=Tap("self_attn.k_norm", take=_bhtd_to_bthd),
-        note="attn_out/mlp_out are the post-sublayer norms' outputs; q/k are after q_norm/k_norm",
+        ln2="pre_feedforward_layernorm",
+        q_normed=Tap("self_attn.q_norm", take=_bhtd_to_bthd),
+        k_normed=Tap("self_attn.k_norm", take=_bhtd_to_bthd),
+        note="attn_out/mlp_out are the post-sublayer norms' outputs",
     ),
     _llama_like(
         "phi3",
@@ -239,6 +307,8 @@ REGISTRY: tuple[Adapter, ...] = (
         q=Tap("attn.c_attn", take=_gpt2_qkv(0)),
         k=Tap("attn.c_attn", take=_gpt2_qkv(1)),
         v=Tap("attn.c_attn", take=_gpt2_qkv(2)),
+        ln1="ln_1",
+        ln2="ln_2",
         rotary_dims=_no_rotary,
         refuse=_refuse_gpt2,
     ),
@@ -260,6 +330,8 @@ REGISTRY: tuple[Adapter, ...] = (
         q=Tap("attention.query_key_value", take=_neox_qkv(0)),
         k=Tap("attention.query_key_value", take=_neox_qkv(1)),
         v=Tap("attention.query_key_value", take=_neox_qkv(2)),
+        ln1="input_layernorm",
+        ln2="post_attention_layernorm",  # with use_parallel_residual it reads resid_pre
         note="with use_parallel_residual, resid_mid := resid_pre + attn_out (the MLP reads resid_pre)",
     ),
 )
@@ -277,10 +349,13 @@ def supported_architectures() -> list[str]:
 
 # every block's hook points in forward order (the rot_ ones exist only for models with RoPE)
 BLOCK_POINTS = (
-    "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k",
-    "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post",
-    "hook_mlp_out", "hook_resid_post",
+    "hook_resid_pre", "ln1.hook_normalized", "ln1.hook_out", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+    "attn.hook_q_normed", "attn.hook_k_normed", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_pattern",
+    "attn.hook_z", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "ln2.hook_out", "mlp.hook_pre",
+    "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
 )  # fmt: skip
+# points outside the blocks, in forward order (hook_pos_embed only where the model has one)
+FINAL_POINTS = ("ln_final.hook_normalized", "ln_final.hook_out")
 
 
 @dataclass(frozen=True)
@@ -329,9 +404,28 @@ class Bound:
             softcap=getattr(config, "attn_logit_softcapping", None),
         )
 
+    def has_point(self, point: str) -> bool:
+        """Whether this model has block hook point `point` (e.g. "attn.hook_rot_q" needs RoPE)."""
+        a = self.adapter
+        if point not in BLOCK_POINTS:
+            return False
+        if "rot_" in point:
+            return bool(self.rotary_dims)
+        if point.endswith("_normed"):
+            return a.q_normed is not None
+        if point.startswith(("ln1.", "ln2.")):
+            return getattr(a, point[:3]) is not None
+        return True
+
     def block_points(self) -> list[str]:
         """The hook points of one block (relative to it), in forward order."""
-        return [p for p in BLOCK_POINTS if self.rotary_dims or "rot_" not in p]
+        return [p for p in BLOCK_POINTS if self.has_point(p)]
+
+    def pre_rope_points(self) -> tuple[str, str]:
+        """The block points holding the q and k that RoPE rotates (after q_norm/k_norm where they exist)."""
+        if self.adapter.q_normed is not None:
+            return "attn.hook_q_normed", "attn.hook_k_normed"
+        return "attn.hook_q", "attn.hook_k"
 
     def hook_names(self) -> list[str]:
         """Every hook point this model has, in forward order."""
@@ -339,7 +433,7 @@ class Bound:
         per_block = self.block_points()
         for layer in range(self.n_layers):
             names += [f"blocks.{layer}.{n}" for n in per_block]
-        return names + ["ln_final.hook_normalized"]
+        return names + list(FINAL_POINTS)
 
 
 def _has(module: nn.Module, path: str) -> bool:
@@ -368,7 +462,7 @@ def _generic_adapter(model: nn.Module, model_type: str) -> Adapter | None:
         if norm is None or embed is None or unembed is None:
             return None
         gated = _has(block, "mlp.gate_proj")
-        qk_norm = _has(block, "self_attn.q_norm")
+        qk_norm = _has(block, "self_attn.q_norm") and _has(block, "self_attn.k_norm")
         return _llama_like(
             f"generic ({model_type})",
             (model_type,),
@@ -380,8 +474,10 @@ def _generic_adapter(model: nn.Module, model_type: str) -> Adapter | None:
             if _has(block, "post_attention_layernorm")
             else None,
             mlp_pre=Tap("mlp.gate_proj") if gated else Tap("mlp.up_proj"),
-            q=Tap("self_attn.q_norm") if qk_norm else Tap("self_attn.q_proj", take=_heads),
-            k=Tap("self_attn.k_norm") if qk_norm else Tap("self_attn.k_proj", take=_heads),
+            ln1="input_layernorm" if _has(block, "input_layernorm") else None,
+            ln2="post_attention_layernorm" if _has(block, "post_attention_layernorm") else None,
+            q_normed=Tap("self_attn.q_norm", take=_heads_if_flat) if qk_norm else None,
+            k_normed=Tap("self_attn.k_norm", take=_heads_if_flat) if qk_norm else None,
             note="found by the generic llama-like adapter; run `lmpeek check` to verify the hook points",
         )
     return None
@@ -413,8 +509,11 @@ def bind(model: nn.Module) -> Bound:
         blocks = list(model.get_submodule(adapter.blocks))
         for path in (adapter.embed, adapter.final_norm, adapter.unembed, *filter(None, [adapter.pos_embed])):
             model.get_submodule(path)
-        for tap in (adapter.attn_out, adapter.mlp_out, adapter.mlp_pre, adapter.mlp_post, adapter.q):
+        for tap in (adapter.attn_out, adapter.mlp_out, adapter.mlp_pre, adapter.mlp_post, adapter.q,
+                    *filter(None, [adapter.q_normed, adapter.k_normed])):  # fmt: skip
             blocks[0].get_submodule(tap.path)
+        for path in filter(None, [adapter.ln1, adapter.ln2]):
+            blocks[0].get_submodule(path)
     except AttributeError as err:
         raise UnsupportedArchitecture(
             f"'{model_type}' does not have the layout the '{adapter.name}' adapter expects: {err}"

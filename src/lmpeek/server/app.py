@@ -328,10 +328,10 @@ def create_app(
             raise HTTPException(422, detail="this model has no RoPE: only rope=full applies")
         if not traces.has_resid(trace_id):
             raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
-        qk = {
-            n: component(trace_id, f"blocks.{layer}.attn.hook_{n}", head)[:, None]
-            for n in ("q", "k", "rot_q", "rot_k")
-        }
+        # pre-RoPE q/k are what RoPE rotates: after q_norm/k_norm where the model has them
+        q_pre, k_pre = model.bound.pre_rope_points()
+        points = {"q": q_pre, "k": k_pre, "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k"}
+        qk = {n: component(trace_id, f"blocks.{layer}.{p}", head)[:, None] for n, p in points.items()}
         scale = model.bound.attention_params(layer).scale
 
         def calc() -> np.ndarray:

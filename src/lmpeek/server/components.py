@@ -10,6 +10,7 @@ import torch
 
 from lmpeek.errors import InvalidInput
 from lmpeek.models.adapters import BLOCK_POINTS as ADAPTER_POINTS
+from lmpeek.models.adapters import FINAL_POINTS, normalized
 
 # what a view can select: the adapter's block hook points (a [T, T] pattern is served by the attention
 # endpoint instead) plus attn.hook_result, each head's write into the residual stream (z_h · W_O[h])
@@ -19,22 +20,25 @@ BLOCK_POINTS = tuple(
     if p != "attn.hook_pattern"
     for q in ((p, "attn.hook_result") if p == "attn.hook_z" else (p,))
 )
-PER_HEAD = {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z",
-            "attn.hook_result"}  # fmt: skip
-KV_HEADS = {"attn.hook_k", "attn.hook_v", "attn.hook_rot_k"}
+PER_HEAD = {"attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_q_normed", "attn.hook_k_normed",
+            "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_z", "attn.hook_result"}  # fmt: skip
+KV_HEADS = {"attn.hook_k", "attn.hook_v", "attn.hook_k_normed", "attn.hook_rot_k"}
+TOP_LEVEL = ("hook_embed", *FINAL_POINTS)
 _HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def _has(model, point: str) -> bool:
+    return point == "attn.hook_result" or model.bound.has_point(point)
 
 
 def components(model) -> list[dict[str, Any]]:
     """What the component selector offers for this model."""
-    rope = bool(model.bound.rotary_dims)
     out = [{"hook": "hook_embed", "per_head": False, "per_layer": False}]
     for point in BLOCK_POINTS:
-        if "rot_" in point and not rope:
-            continue
-        out.append({"hook": f"blocks.{{l}}.{point}", "point": point, "per_head": point in PER_HEAD,
-                    "per_layer": True})  # fmt: skip
-    out.append({"hook": "ln_final.hook_normalized", "per_head": False, "per_layer": False})
+        if _has(model, point):
+            out.append({"hook": f"blocks.{{l}}.{point}", "point": point, "per_head": point in PER_HEAD,
+                        "per_layer": True})  # fmt: skip
+    out += [{"hook": hook, "per_head": False, "per_layer": False} for hook in FINAL_POINTS]
     return out
 
 
@@ -42,18 +46,20 @@ def parse(model, hook: str) -> tuple[int | None, str]:
     m = _HOOK.match(hook)
     if m:
         layer, point = int(m.group(1)), m.group(2)
-        if point not in BLOCK_POINTS or ("rot_" in point and not model.bound.rotary_dims):
-            raise InvalidInput(f"unknown hook point '{point}'; choose one of {', '.join(BLOCK_POINTS)}")
+        if point not in BLOCK_POINTS or not _has(model, point):
+            offered = [p for p in BLOCK_POINTS if _has(model, p)]
+            raise InvalidInput(f"unknown hook point '{point}'; choose one of {', '.join(offered)}")
         if layer >= model.n_layers:
             raise InvalidInput(f"layer must be < {model.n_layers}, got {layer}")
         return layer, point
-    if hook in ("hook_embed", "ln_final.hook_normalized"):
+    if hook in TOP_LEVEL:
         return None, hook
     raise InvalidInput(f"unknown hook '{hook}': use e.g. 'blocks.3.hook_resid_post', 'hook_embed'")
 
 
 # computed together from one run of the block (the attention inputs come early in it)
-_TOGETHER = ("attn.hook_q", "attn.hook_k", "attn.hook_rot_q", "attn.hook_rot_k")
+_TOGETHER = ("attn.hook_q", "attn.hook_k", "attn.hook_q_normed", "attn.hook_k_normed", "attn.hook_rot_q",
+             "attn.hook_rot_k")  # fmt: skip
 
 
 def together(model, hook: str) -> list[str]:
@@ -61,7 +67,7 @@ def together(model, hook: str) -> list[str]:
     layer, point = parse(model, hook)
     if layer is None or point not in _TOGETHER:
         return [hook]
-    points = [p for p in _TOGETHER if model.bound.rotary_dims or "rot_" not in p]
+    points = [p for p in _TOGETHER if model.bound.has_point(p)]
     return [hook] + [f"blocks.{layer}.{p}" for p in points if p != point]
 
 
@@ -87,10 +93,12 @@ def compute(model, traces, trace_id: str, hook: str) -> np.ndarray:
         ids = torch.as_tensor(traces.get(trace_id).token_ids, device=model.device)
         with torch.inference_mode():
             return b.module(b.adapter.embed)(ids).float().cpu().numpy()
-    if point == "ln_final.hook_normalized":
+    if point in FINAL_POINTS:  # the final norm of the stored last residual stream (before / after its gain)
+        norm = b.module(b.adapter.final_norm)
         x = torch.as_tensor(traces.resid(trace_id, model.n_layers), dtype=torch.float32, device=model.device)
         with torch.inference_mode():
-            return b.module(b.adapter.final_norm)(x).float().cpu().numpy()
+            y = normalized(norm, x) if point == "ln_final.hook_normalized" else norm(x)
+            return y.float().cpu().numpy()
     assert layer is not None
     resid = traces.resid(trace_id, layer)
     if point == "attn.hook_result":
