@@ -4,7 +4,8 @@
 
 Runs the FastAPI app in-process (TestClient) with the default model and prints:
   trace        POST /api/trace: one forward with summaries + the residual stream written to disk
-  disk         the stored sample (summaries + float16 residual stream) in bytes
+  disk         the stored sample: summaries + the residual stream, float32 [L+1, T, D] (the format
+               measured against float16 / bfloat16 / scaled float16 in benchmarks/resid_format.py)
   peak memory  resident memory added by the trace request over the loaded model (Linux VmHWM)
   slices       latency of what the page asks for afterwards: an attention row / column of one head
                (cold: that head's Q/K recomputed from one block's stored input; warm: cached), one
@@ -80,7 +81,9 @@ def main() -> None:
         peak_mb = (rss_kb("VmHWM") - base) / 1024
         data = r.json()
         tid, T = data["id"], len(data["tokens"])
-        disk = sum(p.stat().st_size for p in (pathlib.Path(store) / tid).iterdir())
+        folder = pathlib.Path(store) / tid
+        disk = sum(p.stat().st_size for p in folder.iterdir())
+        resid_disk = (folder / "resid.safetensors").stat().st_size
         rows.append(("trace (POST /api/trace)", trace_s, len(r.content)))
         url = f"/api/traces/{tid}"
         binary = {"accept": "application/octet-stream"}
@@ -113,7 +116,10 @@ def main() -> None:
 
     print(f"default model, {T} tokens (requested {args.tokens}; text re-tokenised to {n_tokens})")
     print(f"plain transformers sdpa forward: {sdpa_s:.2f} s")
-    print(f"disk per sample: {disk / 2**20:.0f} MB; peak memory of the trace request: +{peak_mb:.0f} MB\n")
+    print(
+        f"disk per sample: {disk / 2**20:.0f} MiB (residual stream, float32: {resid_disk / 2**20:.0f} MiB); "
+        f"peak memory of the trace request: +{peak_mb:.0f} MB\n"
+    )
     print("| request | time | response |")
     print("|---|---:|---:|")
     for name, s, size in rows:

@@ -178,16 +178,25 @@ def trace_cmd(
     keep: Annotated[
         list[str] | None, typer.Option("--keep", help="Hook names/globs to keep (with --save).")
     ] = None,
+    allow_nonfinite: Annotated[
+        bool, typer.Option("--allow-nonfinite", help="Save a trace even if the model produced inf/NaN.")
+    ] = False,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Run the model on TEXT once and show, per token, what it predicted next."""
     from lmpeek.api import trace
+    from lmpeek.capture.trace import NonFiniteWarning
 
     m = _load(model, trust_remote_code)
-    t = trace(m, text, top_k=top_k, keep=keep or ())
-    if save:
-        path = t.save(save)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWarning)
+        t = trace(m, text, top_k=top_k, keep=keep or ())
+    if save:  # refuses inf/NaN (one line, exit 2) unless --allow-nonfinite
+        path = t.save(save, allow_nonfinite=allow_nonfinite)
         err.print(f"saved trace to {path}")
+    for w in caught:  # the model produced inf/NaN: one line, not a Python warning's two
+        note = Text(_one_line(str(w.message)))
+        err.print(Text("warning: ", style="bold yellow"), note, sep="", soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps(t.summary(), ensure_ascii=False) + "\n")
         return

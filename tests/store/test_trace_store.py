@@ -20,18 +20,14 @@ def test_residual_stream_round_trip(tmp_path, model):
     full = lmpeek.trace(
         model, "The capital of France is Paris.", keep=["blocks.*.hook_resid_pre", "blocks.1.hook_resid_post"]
     )
-    assert resid.shape == (model.n_layers + 1, len(t), model.d_model) and resid.dtype == np.float16
+    assert resid.shape == (model.n_layers + 1, len(t), model.d_model) and resid.dtype == np.float32
     assert not t.kept  # the stream is returned separately, not duplicated in the trace
     store = TraceStore(tmp_path)
     tid = store.put(t, resid)
     assert store.has_resid(tid)
-    for layer in range(model.n_layers):
-        np.testing.assert_array_equal(
-            store.resid(tid, layer), full[f"blocks.{layer}.hook_resid_pre"].astype(np.float16)
-        )
-    np.testing.assert_array_equal(
-        store.resid(tid, model.n_layers), full["blocks.1.hook_resid_post"].astype(np.float16)
-    )
+    for layer in range(model.n_layers):  # stored as float32: exactly the full forward's
+        np.testing.assert_array_equal(store.resid(tid, layer), full[f"blocks.{layer}.hook_resid_pre"])
+    np.testing.assert_array_equal(store.resid(tid, model.n_layers), full["blocks.1.hook_resid_post"])
     # a new store on the same folder (a restarted server) finds it
     again = TraceStore(tmp_path)
     assert again.get(tid).tokens == t.tokens and again.catalogue()[0]["id"] == tid

@@ -88,9 +88,12 @@ def run_block(
 
         return keep
 
-    x = torch.as_tensor(np.asarray(resid_pre), dtype=next(model.hf.parameters()).dtype, device=model.device)[
-        None
-    ]
+    # the dtype the residual stream has in a full forward: the embedding's (a model's first parameter
+    # may be a norm kept in float32 while the blocks run in bfloat16)
+    dtype = model.hf.get_input_embeddings().weight.dtype
+    if not dtype.is_floating_point:  # quantised embeddings: the blocks' parameters tell
+        dtype = next(p.dtype for p in model.hf.parameters() if p.dtype.is_floating_point)
+    x = torch.as_tensor(np.asarray(resid_pre), dtype=dtype, device=model.device)[None]
     if b.adapter.pos_embed:  # gpt2 adds learned positions to inputs_embeds: take them out first
         positions = torch.arange(x.shape[1], device=model.device)
         x = x - b.module(b.adapter.pos_embed)(positions)[None]

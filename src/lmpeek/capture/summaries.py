@@ -44,6 +44,22 @@ class Summaries:
         # [B, H, Tq] -> [H, Tq]
         self.attn_entropy[layer] = entropy[0, :, -1:] if self.last_only else entropy[0]
 
+    def nonfinite(self) -> list[tuple[str, int]]:
+        """(hook name, first token) of every residual component whose norm is inf or NaN, in forward
+        order. A norm is non-finite exactly when its vector holds an inf or a NaN (or values near
+        float32's limit, whose squares overflow), so this costs one check over [5 L, T] norms after the
+        forward, not a pass over the activations."""
+        names = [norm_name(layer, c) for layer in range(self.bound.n_layers) for c in COMPONENTS]
+        names = [n for n in names if n in self.norms]
+        if not names:
+            return []
+        bad = ~torch.isfinite(torch.stack([self.norms[n] for n in names]))  # [N, T]
+        if not bool(bad.any()):  # the one host sync of the check
+            return []
+        rows = bad.any(1).cpu().tolist()
+        first = bad.float().argmax(1).cpu().tolist()  # argmax of a 0/1 row: its first True
+        return [(n, int(t)) for n, hit, t in zip(names, rows, first, strict=True) if hit]
+
     def stacked_entropy(self) -> torch.Tensor:
         """[L, H, T]"""
         missing = [i for i, e in enumerate(self.attn_entropy) if e is None]

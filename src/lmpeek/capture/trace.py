@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,16 @@ from lmpeek.models.loaded import LoadedModel
 
 FORMAT_VERSION = 1
 _ARRAYS = ("token_ids", "offsets", "topk_ids", "topk_probs", "entropy", "loss", "true_prob", "attn_entropy")
+HEAVY_DTYPES = ("auto", "float16", "float32")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65,504: anything larger is inf in float16
+
+
+class NonFiniteWarning(UserWarning):
+    """The model produced inf or NaN during a forward pass (see Trace.nonfinite)."""
+
+
+class NonFiniteValues(InvalidInput):
+    """A trace holding inf or NaN was to be saved without allow_nonfinite=True."""
 
 
 @dataclass
@@ -35,6 +46,9 @@ class Trace:
     norms[hook] -> [T] for blocks.{l}.hook_{resid_pre,attn_out,resid_mid,mlp_out,resid_post}.
     attn_entropy [L, H, T]: entropy of each query's attention distribution.
     tensors[hook] -> the hook point's array for every hook named in `keep` (see trace()).
+    nonfinite: the hook points where the model produced inf or NaN (their norms are not finite), in
+    forward order, plus "logits" when the predictions are; empty for a healthy forward. trace() warns
+    (NonFiniteWarning) when it is not empty, and save() refuses such a trace unless told to keep it.
     """
 
     text: str
@@ -52,6 +66,7 @@ class Trace:
     model: dict[str, Any]
     chat: bool = False
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -74,14 +89,14 @@ class Trace:
         return np.stack([self.norms[f"blocks.{i}.hook_{component}"] for i in range(self.model["n_layers"])])
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary fields (NaN -> None)."""
+        """JSON-ready summary fields (NaN and ±inf -> None; `nonfinite` says where the model made them)."""
 
         def clean(a: np.ndarray) -> Any:
             if a.dtype.kind == "f":
                 return (
                     [clean(x) for x in a]
                     if a.ndim > 1
-                    else [None if math.isnan(v) else v for v in a.tolist()]
+                    else [v if math.isfinite(v) else None for v in a.tolist()]
                 )
             return a.tolist()
 
@@ -101,22 +116,31 @@ class Trace:
             "norms": {k: clean(v) for k, v in self.norms.items()},
             "attn_entropy": clean(self.attn_entropy),
             "kept": self.kept,
+            "nonfinite": list(self.nonfinite),
         }
 
     # --- storage: <dir>/trace.safetensors (arrays) + <dir>/trace.json (strings, model info) ----------
 
-    def save(self, path: str | Path, heavy_dtype: str = "float16") -> Path:
-        """Write the trace to folder `path`. Kept tensors are stored as `heavy_dtype` (float16 halves the
-        disk; pass "float32" to keep full precision); every summary is stored exactly."""
+    def save(self, path: str | Path, heavy_dtype: str = "auto", allow_nonfinite: bool = False) -> Path:
+        """Write the trace to folder `path`; every summary is stored exactly.
+
+        Kept tensors are stored as `heavy_dtype`: "auto" (float16, which halves the disk, for each
+        tensor whose values all fit in it, float32 for one that goes past float16's 65,504, as Gemma 3's
+        residual stream does), "float16" (refused for a tensor that would overflow) or "float32" (full
+        precision). A trace holding inf or NaN (see `nonfinite`) is refused with NonFiniteValues unless
+        `allow_nonfinite=True`, which writes the values as they are."""
         from safetensors.numpy import save_file
 
+        if heavy_dtype not in HEAVY_DTYPES:
+            raise InvalidInput(f"heavy_dtype must be one of {', '.join(HEAVY_DTYPES)}, got {heavy_dtype!r}")
         path = Path(path)
+        heavy = {k: self._heavy(k, v, heavy_dtype, allow_nonfinite) for k, v in self.tensors.items()}
+        if not allow_nonfinite:
+            self._refuse_nonfinite(path)
         path.mkdir(parents=True, exist_ok=True)
         arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
         arrays |= {f"norms/{k}": v for k, v in self.norms.items()}
-        arrays |= {
-            f"tensors/{k}": np.ascontiguousarray(v.astype(heavy_dtype)) for k, v in self.tensors.items()
-        }
+        arrays |= {f"tensors/{k}": v for k, v in heavy.items()}
         save_file(arrays, str(path / "trace.safetensors"))
         meta = {
             "format": FORMAT_VERSION,
@@ -127,9 +151,52 @@ class Trace:
             "model": self.model,
             "norms": list(self.norms),
             "tensors": list(self.tensors),
+            "nonfinite": list(self.nonfinite),
         }
         (path / "trace.json").write_text(json.dumps(meta, ensure_ascii=False))
         return path
+
+    def _heavy(self, name: str, v: np.ndarray, heavy_dtype: str, allow_nonfinite: bool) -> np.ndarray:
+        """A kept tensor as it will be stored (see save); one pass over it finds both its range and
+        whether it is finite (max|x| is NaN or inf otherwise)."""
+        if v.dtype.kind != "f" or v.size == 0:
+            return np.ascontiguousarray(v)
+        peak = float(np.abs(v).max())
+        if not math.isfinite(peak):
+            if not allow_nonfinite:
+                raise NonFiniteValues(self._nonfinite_message([f"tensors/{name}"]))
+            peak = float(np.abs(v[np.isfinite(v)]).max(initial=0.0))
+        if heavy_dtype == "float16" and peak > FLOAT16_MAX:
+            raise InvalidInput(
+                f"'{name}' holds values up to {peak:.4g}, past float16's {FLOAT16_MAX:,.0f}: save with "
+                f"heavy_dtype='auto' (float32 for such tensors) or 'float32'"
+            )
+        fits = heavy_dtype == "float16" or (heavy_dtype == "auto" and peak <= FLOAT16_MAX)
+        with np.errstate(over="ignore"):  # only an inf kept on purpose (allow_nonfinite) gets here
+            return np.ascontiguousarray(v.astype(np.float16 if fits else np.float32))
+
+    def _nonfinite_arrays(self) -> list[str]:
+        """The stored arrays holding inf or NaN (the last position's loss is NaN by definition: there
+        is no next token)."""
+        arrays = {"topk_probs": self.topk_probs, "entropy": self.entropy, "loss": self.loss[:-1],
+                  "true_prob": self.true_prob[:-1], "attn_entropy": self.attn_entropy}  # fmt: skip
+        arrays |= {f"norms/{k}": v for k, v in self.norms.items()}
+        arrays |= {f"tensors/{k}": v for k, v in self.tensors.items() if v.dtype.kind == "f"}
+        return [k for k, v in arrays.items() if not np.isfinite(v).all()]
+
+    def _refuse_nonfinite(self, path: Path) -> None:
+        bad = self._nonfinite_arrays()
+        if bad:
+            raise NonFiniteValues(self._nonfinite_message(bad, path))
+
+    def _nonfinite_message(self, arrays: list[str], path: Path | None = None) -> str:
+        where = ", ".join(self.nonfinite[:4] or arrays[:4])
+        more = len(self.nonfinite or arrays) - 4
+        return (
+            f"not saving the trace{f' to {path}' if path else ''}: {self.model.get('name', 'the model')} "
+            f"produced inf or NaN at {where}{f' and {more} more' if more > 0 else ''} (trace.nonfinite). "
+            f"Save with allow_nonfinite=True (lmpeek trace --allow-nonfinite) to keep them as they are"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
@@ -152,6 +219,7 @@ class Trace:
             model=meta["model"],
             norms={k: arrays[f"norms/{k}"] for k in meta["norms"]},
             tensors={k: arrays[f"tensors/{k}"] for k in meta["tensors"]},
+            nonfinite=list(meta.get("nonfinite", [])),
             **{name: arrays[name] for name in _ARRAYS},
         )
 
@@ -237,6 +305,7 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
         logits = model.hf(input_ids=ids, use_cache=False).logits[0]  # [T, V]
     stats = next_token_stats(logits, tok.token_ids, top_k)
     del logits
+    nonfinite = _check_finite(model, summaries, stats)
     return Trace(
         text=tok.text,
         chat=tok.chat,
@@ -253,7 +322,31 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
         attn_entropy=summaries.stacked_entropy().cpu().numpy(),
         model=model.info(),
         tensors={n: kept[n] for n in keep_names},
+        nonfinite=nonfinite,
     )
+
+
+def _check_finite(model: LoadedModel, summaries: Summaries, stats) -> list[str]:
+    """Where the forward produced inf or NaN (from the norms the hooks computed anyway, and the
+    predictions), with a NonFiniteWarning naming the first place."""
+    found = summaries.nonfinite()
+    if not (np.isfinite(stats.entropy).all() and np.isfinite(stats.topk_probs).all()):
+        bad = ~(np.isfinite(stats.entropy) & np.isfinite(stats.topk_probs).all(1))
+        found.append(("logits", int(bad.argmax())))
+    if not found:
+        return []
+    first, token = found[0]
+    dtype = str(model.hf.get_input_embeddings().weight.dtype).removeprefix("torch.")
+    others = f"; {len(found) - 1} more after it" if len(found) > 1 else ""
+    warnings.warn(
+        NonFiniteWarning(
+            f"{model.name} produced inf or NaN: first at {first} (token {token}){others}; every place "
+            f"is in trace.nonfinite. The model's own {dtype} arithmetic overflowed or its weights hold "
+            f"inf/NaN; lmpeek shows these values as missing (null) and saves them only when told to"
+        ),
+        stacklevel=4,  # _check_finite, trace, torch's inference_mode wrapper, the caller
+    )
+    return [name for name, _ in found]
 
 
 def resid_names(model: LoadedModel) -> list[str]:
@@ -265,9 +358,14 @@ def resid_names(model: LoadedModel) -> list[str]:
 def trace_with_resid(
     model: LoadedModel, text: str | Sequence[int], top_k: int = 10
 ) -> tuple[Trace, np.ndarray]:
-    """`trace`, plus the residual stream [L+1, T, D] as float16 (what a store keeps on disk so that any
-    layer's internals can be recomputed later; see capture.slices.run_block)."""
+    """`trace`, plus the residual stream [L+1, T, D] as float32: what a store keeps on disk so that any
+    layer's internals can be recomputed later (see capture.slices.run_block). float32 because float16
+    both overflows (Gemma 3's stream reaches 1e5) and leaves recomputed hook points 6e-3 × max|ref|
+    off on the default model; bfloat16 7e-2 (benchmarks/resid_format.py)."""
     names = resid_names(model)
     t = trace(model, text, top_k=top_k, keep=names)
-    resid = np.stack([t.tensors.pop(n).astype(np.float16) for n in names])
+    first = t.tensors[names[0]]
+    resid = np.empty((len(names), *first.shape), dtype=np.float32)
+    for i, n in enumerate(names):  # row by row: each kept array is freed once copied
+        resid[i] = t.tensors.pop(n)
     return t, resid

@@ -3,6 +3,10 @@
 Used by the test suite (one per registered architecture), by `lmpeek check tiny:ARCH`, and by the
 app's end-to-end tests, which need a model that loads in milliseconds. Their predictions are noise;
 their hook points are real.
+
+Two variants of tiny:llama reproduce what real models do to numbers (TINY_VARIANTS): `llama-big`, whose
+residual stream goes past float16's 65,504 as Gemma 3's does (it reaches 1e5), and `llama-inf`, whose
+layer 0 MLP holds an inf weight, so that its forward produces inf and NaN.
 """
 
 from __future__ import annotations
@@ -82,6 +86,28 @@ def _configs(vocab: int) -> dict[str, Any]:
 
 TINY_ARCHITECTURES = tuple(_configs(0))
 
+# the residual stream of tiny:llama-big reaches ~8e6 (float16 stops at 65,504; Gemma 3 reaches 1e5)
+BIG_SCALE = 2e5
+
+
+def _beyond_float16(model) -> None:
+    # everything that writes into the residual stream, scaled: the embedding and each block's output
+    # projections. The norms at each block's inputs undo the scale, so the model still computes.
+    inner = model.model
+    inner.embed_tokens.weight.mul_(BIG_SCALE)
+    for block in inner.layers:
+        block.self_attn.o_proj.weight.mul_(BIG_SCALE)
+        block.mlp.down_proj.weight.mul_(BIG_SCALE)
+
+
+def _inf_in_layer_0(model) -> None:
+    # layer 0's MLP writes inf into the stream; layer 1 then normalises inf (NaN) and so on to the logits
+    model.model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
+
+
+# name -> (architecture, what is done to its weights)
+TINY_VARIANTS = {"llama-big": ("llama", _beyond_float16), "llama-inf": ("llama", _inf_in_layer_0)}
+
 
 @lru_cache(maxsize=1)
 def tiny_tokenizer():
@@ -111,8 +137,13 @@ def tiny_hf_model(arch: str, seed: int = 0):
 
     tokenizer = tiny_tokenizer()
     configs = _configs(len(tokenizer))
+    variant = None
+    if arch in TINY_VARIANTS:
+        arch, variant = TINY_VARIANTS[arch]
     if arch not in configs:
-        raise SourceNotFound(f"no tiny model '{arch}'; choose one of: {', '.join(configs)}")
+        raise SourceNotFound(
+            f"no tiny model '{arch}'; choose one of: {', '.join([*configs, *TINY_VARIANTS])}"
+        )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
         configs[arch](), attn_implementation="eager", dtype=torch.float32
@@ -123,4 +154,6 @@ def tiny_hf_model(arch: str, seed: int = 0):
         for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, 0.25)
+        if variant is not None:
+            variant(model)
     return model.eval(), tokenizer

@@ -112,23 +112,31 @@ def _summary(trace_id: str, trace) -> dict[str, Any]:
 
 
 def _step_json(step) -> dict[str, Any]:
+    from lmpeek.server.finite import floats, nonfinite_points, number
+
     return {
         "index": step.index,
         "position": step.position,
         "token": step.token,
         "token_id": step.token_id,
-        "prob": step.prob,
+        "prob": number(step.prob),
         "topk_tokens": step.topk_tokens,
-        "topk_probs": step.topk_probs.tolist(),
+        "topk_probs": floats(step.topk_probs),
         "topk_ids": step.topk_ids.tolist(),
-        "entropy": step.entropy,
-        "norms": {k: v.tolist() for k, v in step.norms.items()},
-        "attn_entropy": step.attn_entropy.tolist(),
+        "entropy": number(step.entropy),
+        "norms": {k: floats(v) for k, v in step.norms.items()},
+        "attn_entropy": floats(step.attn_entropy),
+        "nonfinite": nonfinite_points(step.norms),  # where the model produced inf/NaN at this step
     }
 
 
 def _json_bytes(data: Any) -> bytes:
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:  # a NaN or inf somewhere: null instead (JSON has neither)
+        from lmpeek.server.finite import clean
+
+        return json.dumps(clean(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _error_text(err: BaseException) -> str:
@@ -305,11 +313,14 @@ def create_app(
         pattern = np.ascontiguousarray(pattern)
         shape = ",".join(map(str, pattern.shape))
         if "application/octet-stream" in request.headers.get("accept", ""):
+            # NaN where the model produced inf/NaN; X-Nonfinite counts them so no client misses it
+            bad = int(pattern.size - np.isfinite(pattern).sum())
             return Response(
                 pattern.astype("<f2").tobytes(),
                 media_type="application/octet-stream",
-                headers={"X-Shape": shape, "Access-Control-Expose-Headers": "X-Shape"},
-            )
+                headers={"X-Shape": shape, "X-Nonfinite": str(bad),
+                         "Access-Control-Expose-Headers": "X-Shape, X-Nonfinite"},
+            )  # fmt: skip
         if pattern.size > MAX_JSON_VALUES:
             # as JSON a 4k-token pattern is ~200 MB and takes the server seconds to write
             raise HTTPException(
@@ -318,7 +329,9 @@ def create_app(
                 f"limit {MAX_JSON_VALUES:,}): send 'Accept: application/octet-stream' for float16 bytes, "
                 "or ask for one row (query=) or column (key=)",
             )
-        return {"shape": list(pattern.shape), "data": pattern.astype(np.float32).tolist()}
+        from lmpeek.server.finite import floats
+
+        return {"shape": list(pattern.shape), "data": floats(pattern.astype(np.float32))}
 
     def _rope_part(trace_id: str, model, layer: int, head: int, part: str) -> np.ndarray:
         """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
@@ -427,7 +440,9 @@ def create_app(
                 media_type="application/octet-stream",
                 headers={"Content-Disposition": disposition},
             )
-        return {"hook": hook, "head": head, "token": token, "shape": list(v.shape), "data": v.tolist()}
+        from lmpeek.server.finite import floats
+
+        return {"hook": hook, "head": head, "token": token, "shape": list(v.shape), "data": floats(v)}
 
     def component(trace_id: str, hook: str, head: int | None) -> np.ndarray:
         """A hook point's array for a stored trace ([T, ...], float32), one block recomputed, cached."""

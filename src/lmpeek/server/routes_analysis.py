@@ -1,9 +1,11 @@
 """Explore-view analyses of a stored trace: activations, similarities, histograms, scatter, logit lens,
 neurons, comparisons. Each computation is a function in lmpeek.analysis; these routes only fetch the
-arrays (recomputed from the stored residual stream) and pass them in."""
+arrays (recomputed from the stored residual stream) and pass them in. Every number goes out through
+server.finite: NaN and ±inf (a model that produced them) become null, never invalid JSON or HTTP 500."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -15,6 +17,8 @@ from lmpeek.analysis.lens import logit_lens
 from lmpeek.analysis.neurons import neuron_over_text, top_neurons
 from lmpeek.server import guard
 from lmpeek.server.components import parse
+from lmpeek.server.finite import floats as _floats
+from lmpeek.server.finite import number
 from lmpeek.server.guard import TraceId
 
 Component = Callable[[str, str, int | None], np.ndarray]
@@ -27,8 +31,16 @@ _ADDED_TO = {
 }
 
 
-def _floats(a: np.ndarray) -> list[float | None]:
-    return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]
+def _lost_values_ok(fn: Callable) -> Callable:
+    """Run a route with numpy quiet about inf/NaN: they come from a model that produced them (the trace's
+    `nonfinite` says where) and go out as null; numpy's RuntimeWarnings would only fill the log."""
+
+    @functools.wraps(fn)  # FastAPI reads the parameters through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 # module level: FastAPI resolves these annotations by name (this module uses postponed annotations)
@@ -50,6 +62,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
             raise HTTPException(422, detail=f"token must be < {x.shape[0]}")
 
     @app.get("/api/traces/{trace_id}/activations")
+    @_lost_values_ok
     def activations(
         trace_id: TraceId,
         hook: Hook,
@@ -70,10 +83,13 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         signed = stat == "value"
         if signed:
             scaled = act.signed_scale(values)
+        scaled = np.where(np.isfinite(values), scaled, np.nan)  # no colour for a value the model lost
         return {"values": _floats(values), "scaled": _floats(scaled), "signed": signed,
-                "limits": {"min": limits.min, "divider": limits.divider, "max": limits.max}}  # fmt: skip
+                "limits": {"min": number(limits.min), "divider": number(limits.divider),
+                           "max": number(limits.max)}}  # fmt: skip
 
     @app.get("/api/traces/{trace_id}/similarity")
+    @_lost_values_ok
     def similarity(
         trace_id: TraceId,
         hook: Hook,
@@ -101,6 +117,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         return {"values": _floats(act.cosine_rows(x, base))}
 
     @app.get("/api/traces/{trace_id}/histogram")
+    @_lost_values_ok
     def histogram(
         trace_id: TraceId,
         hook: Hook,
@@ -115,18 +132,20 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         h = act.histogram(x, token, bins=bins)
         out = act.iqr_outliers(x[token])
         return {
+            "nonfinite": int(x[token].size - np.isfinite(x[token]).sum()),  # dimensions left out (inf/NaN)
             "edges": _floats(h.edges),
             "token": [int(v) for v in h.token],
             "median": _floats(h.median),
             "outliers": {
-                "low": out.low,
-                "high": out.high,
+                "low": number(out.low),
+                "high": number(out.high),
                 "dims": [int(d) for d in out.dims],
                 "values": _floats(x[token][np.asarray(out.dims, dtype=int)]),
             },
         }
 
     @app.get("/api/traces/{trace_id}/scatter")
+    @_lost_values_ok
     def scatter(
         trace_id: TraceId,
         hook: Hook,
@@ -148,6 +167,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         raise HTTPException(422, detail="give x and y (dimensions) or a and b (tokens)")
 
     @app.get("/api/traces/{trace_id}/logit_lens")
+    @_lost_values_ok
     def lens(trace_id: TraceId, token: Token, k: Annotated[int, Query(ge=1, le=50)] = 5) -> dict[str, Any]:
         """What each layer's residual stream (resid_post) would predict through the final norm and the
         unembedding: top-k tokens and probabilities, a row per layer."""
@@ -187,6 +207,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         }
 
     @app.get("/api/traces/{trace_id}/neurons")
+    @_lost_values_ok
     def neurons(
         trace_id: TraceId,
         layer: Annotated[int, Query(ge=0)],
@@ -200,6 +221,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         return {"indices": [int(i) for i in idx], "values": _floats(vals)}
 
     @app.get("/api/traces/{trace_id}/neuron")
+    @_lost_values_ok
     def neuron(
         trace_id: TraceId, layer: Annotated[int, Query(ge=0)], index: Annotated[int, Query(ge=0)]
     ) -> dict[str, Any]:
@@ -210,6 +232,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         return {"values": _floats(neuron_over_text(x, index))}
 
     @app.get("/api/compare")
+    @_lost_values_ok
     def compare(
         a: TraceIdQuery,
         b: TraceIdQuery,

@@ -1,10 +1,16 @@
 """Traces between requests: summaries in memory, the residual stream on disk, derived arrays cached.
 
 Each stored trace may carry its residual stream, resid [L+1, T, D] (the input of every block, then the
-last block's output), written once as float16 safetensors under `root/<id>/`. Any layer's internals
+last block's output), written once as float32 safetensors under `root/<id>/`. Any layer's internals
 are recomputed from one slice of it (`capture.slices.run_block`), so a 4,096-token sample never has to
 sit in memory, or go over the wire, whole. A SQLite catalogue lists what is on disk, so traces outlive
 the server process.
+
+float32, measured against the alternatives (benchmarks/resid_format.py, default model): hook points
+recomputed from a float32 stream equal the full forward's; from float16 they are up to 6e-3 × max|ref|
+off (and real models overflow it: Gemma 3's stream reaches 1e5, float16 stops at 65,504); a float16
+stream with a per-row scale has the range but not the precision (same 6e-3); bfloat16 is 7e-2 off.
+Streams stored as float16 by earlier versions are still read, unless they overflowed (StoredOverflow).
 
 Several processes may share one root (two servers on one cache), and any of them may be killed at any
 moment, so:
@@ -37,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lmpeek.capture.trace import Trace
-from lmpeek.errors import InvalidInput, StoreFull, TraceFromAnotherModel
+from lmpeek.errors import InvalidInput, LmpeekError, StoreFull, TraceFromAnotherModel
 from lmpeek.models.fingerprint import describe, same_model
 
 try:
@@ -56,6 +62,13 @@ _TRASH = ".del-"  # an evicted trace being deleted
 _ID = re.compile(r"[0-9A-Za-z]{1,64}")  # ids are made here (hex); anything else is refused unread
 _UNLOCKED_TMP_MAX_AGE_S = 3600.0  # without fcntl, a temp folder this old is taken for an orphan
 _COLUMNS = ("id", "created", "model", "n_tokens", "preview", "bytes", "fingerprint")
+RESID_DTYPE = np.float32
+
+
+class StoredOverflow(LmpeekError):
+    """A residual stream stored as float16 by an earlier lmpeek overflowed to inf."""
+
+    status_code = 409
 
 
 def parse_size(value: str | int) -> int:
@@ -113,17 +126,19 @@ def _disk_bytes(path: Path) -> int:
 
 
 def _estimate_bytes(trace: Trace, resid: np.ndarray | None) -> int:
-    """About what `trace` (and `resid` as float16) will take on disk, before writing it."""
+    """About what `trace` (and `resid`) will take on disk, before writing it (kept tensors counted as
+    float32, the most Trace.save stores them as)."""
     arrays = sum(
         a.nbytes
         for a in (trace.token_ids, trace.offsets, trace.topk_ids, trace.topk_probs, trace.entropy)
         + (trace.loss, trace.true_prob, trace.attn_entropy)
     )
     arrays += sum(a.nbytes for a in trace.norms.values())
-    arrays += sum(a.size * 2 for a in trace.tensors.values())  # kept tensors are saved as float16
+    arrays += sum(a.size * 4 for a in trace.tensors.values())
     text = len(trace.text.encode("utf-8", "replace")) + sum(len(t) + 4 for t in trace.tokens)
     text += sum(len(t) + 4 for row in trace.topk_tokens for t in row)
-    return arrays + 2 * text + (resid.size * 2 if resid is not None else 0) + 16 * 2**10
+    resid_bytes = resid.size * np.dtype(RESID_DTYPE).itemsize if resid is not None else 0
+    return arrays + 2 * text + resid_bytes + 16 * 2**10
 
 
 def _memory_bytes(trace: Trace) -> int:
@@ -261,9 +276,13 @@ class TraceStore:
         with _flock(owner):
             try:
                 tmp.mkdir()
-                trace.save(tmp)
+                # a model that really produced inf/NaN is stored as it is (trace.nonfinite says where),
+                # so that its trace can be looked at
+                trace.save(tmp, allow_nonfinite=bool(trace.nonfinite))
                 if resid is not None:
-                    save_file({"resid": np.ascontiguousarray(resid, dtype=np.float16)}, str(tmp / RESID_FILE))
+                    save_file(
+                        {"resid": np.ascontiguousarray(resid, dtype=RESID_DTYPE)}, str(tmp / RESID_FILE)
+                    )
                 size = _disk_bytes(tmp)
                 with self._root_lock():
                     os.rename(tmp, final)
@@ -477,7 +496,8 @@ class TraceStore:
 
     def resid(self, trace_id: str, layer: int) -> np.ndarray:
         """Row `layer` of the stored residual stream: the input of block `layer` [T, D] (float32);
-        layer == n_layers gives the last block's output. KeyError if the trace has none."""
+        layer == n_layers gives the last block's output. KeyError if the trace has none; StoredOverflow
+        for a row that an earlier lmpeek stored as float16 and that overflowed."""
         from safetensors import safe_open
 
         folder = self._folder(trace_id)
@@ -485,9 +505,16 @@ class TraceStore:
             raise KeyError(trace_id)
         try:
             with safe_open(str(folder / RESID_FILE), framework="numpy") as f:
-                return f.get_slice("resid")[layer].astype(np.float32)
+                row = f.get_slice("resid")[layer]
         except FileNotFoundError:  # evicted by another process meanwhile
             raise KeyError(trace_id) from None
+        if row.dtype == np.float16 and not np.isfinite(row).all():
+            raise StoredOverflow(
+                f"trace '{trace_id}' was stored by an earlier lmpeek as float16, and its residual stream "
+                f"went past float16's 65,504 at layer {layer} (now inf): those values are lost. Run the "
+                f"text again: lmpeek now stores the stream as float32"
+            )
+        return row.astype(np.float32, copy=False)
 
     def catalogue(self) -> list[dict[str, Any]]:
         """What is on disk, newest first."""
