@@ -173,15 +173,14 @@ class Trace:
             )
         fits = heavy_dtype == "float16" or (heavy_dtype == "auto" and peak <= FLOAT16_MAX)
         with np.errstate(over="ignore"):  # only an inf kept on purpose (allow_nonfinite) gets here
-            return np.ascontiguousarray(v.astype(np.float16 if fits else np.float32))
+            return np.ascontiguousarray(v.astype(np.float16 if fits else np.float32, copy=False))
 
     def _nonfinite_arrays(self) -> list[str]:
-        """The stored arrays holding inf or NaN (the last position's loss is NaN by definition: there
-        is no next token)."""
+        """The summaries holding inf or NaN (kept tensors are checked by _heavy; the last position's
+        loss is NaN by definition: there is no next token)."""
         arrays = {"topk_probs": self.topk_probs, "entropy": self.entropy, "loss": self.loss[:-1],
                   "true_prob": self.true_prob[:-1], "attn_entropy": self.attn_entropy}  # fmt: skip
         arrays |= {f"norms/{k}": v for k, v in self.norms.items()}
-        arrays |= {f"tensors/{k}": v for k, v in self.tensors.items() if v.dtype.kind == "f"}
         return [k for k, v in arrays.items() if not np.isfinite(v).all()]
 
     def _refuse_nonfinite(self, path: Path) -> None:
