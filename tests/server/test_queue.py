@@ -101,7 +101,9 @@ def test_generation_plus_40_traces_no_deadlock_health_stays_fast(server):
         list(futures)
     streamer.join(60)
     assert not streamer.is_alive()
-    assert max(health) < 1000, health  # never behind the model (p95 target is 100 ms, see benchmarks/load.py)
+    # answered during the burst, not after it (the p95 < 100 ms target is measured by benchmarks/load.py on a
+    # quiet machine; test_a_full_queue_answers_503_with_retry_after checks health while the model is stuck)
+    assert max(health) < 5000, health
     assert set(results["trace"]) <= {200, 503} and 200 in results["trace"], results["trace"]
     kinds = [k for k, _ in results["stream"]]
     assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}, kinds

@@ -168,7 +168,8 @@ def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path, monkeypatc
 
 def test_low_free_space_is_refused_before_writing(tmp_path):
     free = shutil.disk_usage(tmp_path).free
-    store = TraceStore(tmp_path, min_free_bytes=free)  # keeping `free` free leaves no room
+    # keeping twice what is free now leaves no room, even if other processes free some space meanwhile
+    store = TraceStore(tmp_path, min_free_bytes=2 * free + 2**30)
     with pytest.raises(StoreFull, match="is free on the disk.*keeps at least") as err:
         store.put(make_trace(), make_resid())
     assert err.value.status_code == 507
