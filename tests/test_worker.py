@@ -227,3 +227,16 @@ def test_run_leaves_the_queue_when_the_client_disconnects(worker):
 
     asyncio.run(main())
     assert ran == []
+
+
+def test_a_follow_up_goes_first_and_is_never_refused(worker):
+    gate, order = threading.Event(), []
+    first = worker.submit(gate.wait)
+    queued = [worker.submit(lambda i=i: order.append(i)) for i in range(worker.max_pending - 1)]
+    with pytest.raises(Busy):
+        worker.submit(lambda: None)
+    follow = worker.submit(lambda: order.append("follow-up"), follow_up=True)  # full queue: still taken
+    gate.set()
+    for j in [first, *queued, follow]:
+        j.future.result(5)
+    assert order[0] == "follow-up"

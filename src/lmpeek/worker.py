@@ -155,10 +155,16 @@ class ModelWorker:
 
     # --- submitting ---------------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[[], Any], kind: str = "job", sink: Sink | None = None) -> Job:
+    def submit(
+        self, fn: Callable[[], Any], kind: str = "job", sink: Sink | None = None, follow_up: bool = False
+    ) -> Job:
         """Queue `fn` (called on the worker thread). If `fn()` returns a generator, it is advanced one
         step per turn, each yielded item going to `sink`; its return value is the job's result.
-        Raises `Busy` at once when `max_pending` jobs are already queued or running."""
+        Raises `Busy` at once when `max_pending` jobs are already queued or running.
+
+        `follow_up`: the next part of a request whose earlier job just ran (e.g. a generation after
+        its prompt was checked): it goes to the front of the queue and is never refused for a full
+        queue, so an admitted request does not wait its turn twice."""
         job = Job(fn=fn, kind=kind, sink=sink)
         job._wake = self._notify
         if sink is not None:
@@ -166,12 +172,15 @@ class ModelWorker:
         with self._cv:
             if self._closed:
                 raise Busy("the server is shutting down", retry_after=5)
-            if self.pending() >= self.max_pending:
+            if self.pending() >= self.max_pending and not follow_up:
                 self.counts["refused"] += 1
                 raise Busy(
                     f"the model is busy ({self.pending()} requests queued or running); try again shortly"
                 )
-            self._jobs.append(job)
+            if follow_up:
+                self._jobs.appendleft(job)
+            else:
+                self._jobs.append(job)
             self._start()
             self._cv.notify_all()
         return job
@@ -204,12 +213,12 @@ class ModelWorker:
             raise
 
     def stream(
-        self, fn: Callable[[], Iterator[Any]], kind: str = "stream", maxsize: int = 8
+        self, fn: Callable[[], Iterator[Any]], kind: str = "stream", maxsize: int = 8, follow_up: bool = False
     ) -> tuple[Job, Sink]:
         """Submit a generator job; read its items with `await sink.get()` and cancel the job when the
         reader stops (e.g. in a `finally`)."""
         sink = Sink(asyncio.get_running_loop(), maxsize)
-        return self.submit(fn, kind, sink), sink
+        return self.submit(fn, kind, sink, follow_up), sink
 
     # --- stopping -----------------------------------------------------------------------------------
 

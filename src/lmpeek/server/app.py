@@ -385,7 +385,7 @@ def create_app(
             t, resid = trace_with_resid(model, ids)
             return _sse("done", {"trace_id": traces.put(t, resid)})
 
-        job, sink = holder.worker.stream(run, "generate")
+        job, sink = holder.worker.stream(run, "generate", follow_up=True)  # admitted already: no second wait
 
         async def events() -> AsyncIterator[str]:
             try:
