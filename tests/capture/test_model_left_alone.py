@@ -146,3 +146,23 @@ def test_a_users_own_switch_is_respected():
         assert hf_compat.attention_implementation(m.hf) == impl
         assert all(layer.attn.config._attn_implementation == impl for layer in m.hf.transformer.h)
         _same_behaviour(m.hf, untouched)
+
+
+def test_train_mode_is_left_alone_and_captures_run_without_dropout():
+    """wrap() does not switch a training model to eval; lmpeek's forwards run with dropout off (the
+    numbers equal the eval-mode model's) and give back every module's own flag."""
+    hf, tok = tiny_hf_model("gpt2")  # gpt2 has dropout modules
+    for mod in hf.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.5
+    ref = lmpeek.trace(lmpeek.wrap(hf, tok), PROMPT)
+    hf.train()
+    hf.transformer.h[0].eval()  # a mixed state the caller chose
+    flags = {name: mod.training for name, mod in hf.named_modules()}
+    m = lmpeek.wrap(hf, tok)
+    assert {name: mod.training for name, mod in hf.named_modules()} == flags
+    t = lmpeek.trace(m, PROMPT)
+    list(lmpeek.generate(m, PROMPT, max_new_tokens=2, stop_at_eos=False))
+    assert {name: mod.training for name, mod in hf.named_modules()} == flags
+    torch.testing.assert_close(torch.as_tensor(t.topk_probs), torch.as_tensor(ref.topk_probs))
+    torch.testing.assert_close(torch.as_tensor(t.loss), torch.as_tensor(ref.loss), equal_nan=True)

@@ -103,12 +103,20 @@ def _attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
 @contextmanager
 def capturing(model: nn.Module) -> Iterator[None]:
     """Compute attention through `_attention` inside the block only, then give the model back the
-    implementation it had (sdpa, eager, ...): wrapping never changes what `model.generate()` or
-    `backward()` do outside lmpeek's own forwards. Switching walks the modules once each way
-    (about 0.7 ms on a 30-layer model), which a forward pass dwarfs."""
+    implementation it had (sdpa, eager, ...) and its train/eval state: wrapping never changes what
+    `model.generate()` or `backward()` do outside lmpeek's own forwards. Switching costs about
+    0.02 ms each way on a 30-layer model (hf_compat replays the first switch), which a forward dwarfs."""
     hf_compat.register_attention(ATTENTION_IMPL, _attention)
-    with hf_compat.attention_implementation_as(model, ATTENTION_IMPL):
-        yield
+    # lmpeek shows inference-time numbers: dropout off inside, the caller's train/eval flags back after
+    # (set one by one: `train(True)` on a parent would also flip children the caller left in eval)
+    training = [m for m in model.modules() if m.training]
+    model.eval()
+    try:
+        with hf_compat.attention_implementation_as(model, ATTENTION_IMPL):
+            yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 # attention-side points -> _AttentionListener field. "attn.entropy" is not a hook point: it is the

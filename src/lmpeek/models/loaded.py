@@ -99,7 +99,6 @@ def wrap(hf_model: Any, tokenizer: Any, name: str | None = None, **kw: Any) -> L
     from lmpeek.models.causal import require_causal_model
 
     require_causal_model(hf_model, kw.get("source"))
-    hf_model.eval()
     return LoadedModel(
         hf=hf_model,
         tokenizer=tokenizer,
