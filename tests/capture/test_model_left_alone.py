@@ -118,22 +118,23 @@ def test_backward_through_a_captured_forward(arch):
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
-def test_switching_back_and_forth_is_cheap():
+def test_switching_back_and_forth_replays_after_the_first_time(monkeypatch):
     # every captured forward (every generated token) switches there and back: after the first time
-    # that replays a few attribute writes instead of walking every module
-    import time
-
+    # that replays a few attribute writes instead of transformers' walk over every module
     hf, _ = tiny_hf_model("llama")
     for _ in range(2):
         with capturing(hf):
             pass
-    n = 200
-    start = time.perf_counter()
-    for _ in range(n):
+    calls = []
+    original = type(hf).set_attn_implementation
+    monkeypatch.setattr(
+        type(hf), "set_attn_implementation", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+    )
+    for _ in range(20):
         with capturing(hf):
             assert hf_compat.attention_implementation(hf) == ATTENTION_IMPL
-    per_switch = (time.perf_counter() - start) / n
-    assert per_switch < 2e-4, f"{per_switch * 1e3:.3f} ms per switch and back"
+        assert hf_compat.attention_implementation(hf) != ATTENTION_IMPL
+    assert calls == []
 
 
 def test_a_users_own_switch_is_respected():
