@@ -5,6 +5,7 @@ JSON summary holds null instead, and Trace.save refuses it unless told to keep i
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -73,3 +74,14 @@ def test_save_refuses_an_inf_in_a_kept_tensor_alone(tmp_path, bad):
     clean.tensors["blocks.0.hook_resid_post"][1, 2] = np.inf  # summaries finite, one tensor not
     with pytest.raises(NonFiniteValues, match="blocks.0.hook_resid_post"):
         clean.save(tmp_path / "t")
+
+
+def test_generate_warns_once_naming_where():
+    m = lmpeek.load("tiny:llama-inf")
+    with pytest.warns(NonFiniteWarning, match=r"while generating: first at blocks\.\d+\.hook_\w+") as got:
+        steps = list(lmpeek.generate(m, "hello there", max_new_tokens=4, stop_at_eos=False))
+    assert len(steps) == 4 and len([w for w in got if w.category is NonFiniteWarning]) == 1
+    ok = lmpeek.load("tiny:llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(lmpeek.generate(ok, "hello there", max_new_tokens=4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ def _steps(
         out = model.hf(input_ids=ids, **with_cache)
     logits = out.logits[0, -1]
     position = ids.shape[1]
+    warned = False
     for index in range(max_new_tokens):
         if filters is None:
             next_id = int(logits.argmax())
@@ -107,6 +109,9 @@ def _steps(
         with attach(model.bound, summaries.handlers()):
             out = model.hf(input_ids=ids, **with_cache)
         logits = out.logits[0, -1]
+        if not warned and (bad := summaries.nonfinite()):
+            warned = True  # once per generation: every step of a broken model would repeat it
+            _warn_nonfinite(model, bad[0][0], position)
         finished = index == max_new_tokens - 1 or (stop_at_eos and next_id in eos)
         yield Step(
             index=index,
@@ -130,6 +135,18 @@ def _steps(
         position += 1
         if finished:
             return
+
+
+def _warn_nonfinite(model: LoadedModel, hook: str, position: int) -> None:
+    from lmpeek.capture.trace import NonFiniteWarning
+
+    warnings.warn(
+        NonFiniteWarning(
+            f"{model.name} produced inf or NaN while generating: first at {hook} (position {position}); "
+            "the steps' norms and entropies hold NaN where values were lost"
+        ),
+        stacklevel=3,
+    )
 
 
 def _sample(logits: torch.Tensor, ids: torch.Tensor, temperature: float, filters, gen) -> int:
