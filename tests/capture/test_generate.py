@@ -174,3 +174,82 @@ def test_sampling_does_not_depend_on_the_model_device_generator():
     a = _tokens(m, temperature=1.2, seed=42)
     torch.manual_seed(2)
     assert _tokens(m, temperature=1.2, seed=42) == a
+
+
+# --- the distribution each token was drawn from ---------------------------------------------------
+
+
+def _warped_by_hand(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """softmax((logits - max) / T), then top-k, then top-p, each renormalised: written out here,
+    independently of transformers' warpers that generate() uses."""
+    z = logits.astype(np.float64)
+    if temperature == 0:
+        p = np.zeros_like(z)
+        p[z.argmax()] = 1.0
+        return p
+    with np.errstate(over="ignore"):
+        scaled = (z - z.max()) / temperature
+    p = np.exp(scaled)  # the best is exp(0) = 1: never 0 / 0
+    p /= p.sum()
+    if top_k > 0:
+        kth = np.sort(z)[::-1][top_k - 1]
+        p = np.where(z >= kth, p, 0.0)  # ties with the k-th are kept, as in transformers
+        p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]  # probability of the tokens ranked above
+        keep = np.zeros_like(p, dtype=bool)
+        keep[order[before < top_p]] = True  # the smallest head that reaches top_p
+        p = np.where(keep, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.9), (0.8, 20, 0.6), (100.0, 0, 1.0),
+     (100.0, 0, 0.5), (100.0, 7, 1.0), (1e-3, 0, 1.0), (1e-300, 0, 0.9)],
+)  # fmt: skip
+def test_sampled_distribution_equals_an_independent_computation(temperature, top_k, top_p):
+    m = _model()
+    seen = []  # the logits generate() sees: the prompt's last position, then each new token's
+    handle = m.hf.register_forward_hook(lambda _m, _a, out: seen.append(out.logits[0, -1].float().numpy()))
+    try:
+        kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=11, show_k=10)
+        steps = list(lmpeek.generate(m, PROMPT, max_new_tokens=5, stop_at_eos=False, **kw))
+    finally:
+        handle.remove()
+    for step, logits in zip(steps, seen, strict=False):
+        want = _warped_by_hand(logits, temperature, top_k, top_p)
+        support = int((want > 0).sum())
+        assert len(step.sampled_topk_ids) == len(step.sampled_topk_probs) == min(10, support)
+        np.testing.assert_allclose(step.sampled_topk_probs, want[step.sampled_topk_ids], rtol=1e-5, atol=1e-9)
+        top = np.sort(want)[::-1][: min(10, support)]
+        np.testing.assert_allclose(step.sampled_topk_probs, top, rtol=1e-5)
+        assert want[step.token_id] > 0 and step.sampled_prob == pytest.approx(want[step.token_id], rel=1e-5)
+        # the raw prediction stays the temperature-1 softmax, unfiltered
+        raw = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert step.prob == pytest.approx(raw[step.token_id], rel=1e-4)
+        np.testing.assert_allclose(step.topk_probs, np.sort(raw)[::-1][:10], rtol=1e-4)
+    if temperature == 100.0 and top_k == 0 and top_p == 1.0:  # near-uniform over the whole vocabulary
+        V = seen[0].size
+        assert np.all(np.abs(steps[0].sampled_topk_probs * V - 1) < 0.2) and steps[0].topk_probs[0] * V > 2
+
+
+def test_greedy_draws_from_the_one_hot_on_the_argmax():
+    for step in lmpeek.generate(_model(), PROMPT, max_new_tokens=3, stop_at_eos=False):
+        assert step.sampled_topk_ids.tolist() == [step.token_id] == [int(step.topk_ids[0])]
+        assert step.sampled_topk_probs.tolist() == [1.0] and step.sampled_prob == 1.0
+
+
+def test_the_seed_is_reported_and_repeats_the_run():
+    m = _model()
+    kw = dict(max_new_tokens=8, temperature=1.5, top_k=50, stop_at_eos=False)
+    run = lmpeek.generate(m, PROMPT, **kw)  # no seed: a random one is drawn, and reported
+    assert isinstance(run.seed, int)
+    first = [s.token_id for s in run]
+    again = lmpeek.generate(m, PROMPT, seed=run.seed, **kw)
+    assert again.seed == run.seed and [s.token_id for s in again] == first
+    others = [[s.token_id for s in lmpeek.generate(m, PROMPT, seed=run.seed + d, **kw)] for d in (1, 2)]
+    assert any(o != first for o in others)  # the seed is what was used, not decoration
+    assert lmpeek.generate(m, PROMPT, seed=2**64 - 1, **kw).seed == 2**64 - 1

@@ -102,6 +102,26 @@ def test_sampling_with_a_seed_is_reproducible(client):
     assert a == b and len(a) == 6
 
 
+def test_stream_carries_the_sampled_distribution_and_the_seed(client, model):
+    body = {"prompt": "Hello", "max_new_tokens": 4, "temperature": 100.0, "top_k": 7}
+    events = _events(client.post("/api/generate", json=body))
+    seed = events[0][1]["seed"]  # none given: the drawn one is echoed
+    assert isinstance(seed, int)
+    tokens = [d for e, d in events if e == "token"]
+    want = list(lmpeek.generate(model, "Hello", max_new_tokens=4, temperature=100.0, top_k=7, seed=seed))
+    assert [d["token_id"] for d in tokens] == [s.token_id for s in want]  # the echoed seed repeats it
+    for d, s in zip(tokens, want, strict=True):
+        assert d["sampled_topk_ids"] == s.sampled_topk_ids.tolist() and len(d["sampled_topk_ids"]) == 7
+        np.testing.assert_allclose(d["sampled_topk_probs"], s.sampled_topk_probs, rtol=1e-12)
+        assert sum(d["sampled_topk_probs"]) == pytest.approx(1.0)  # top-7 at T=100: ~1/7 each
+        assert max(d["sampled_topk_probs"]) < 0.2 and d["sampled_prob"] == pytest.approx(s.sampled_prob)
+        assert d["topk_ids"] == s.topk_ids.tolist()  # the raw T=1 prediction, unchanged
+    greedy = _events(client.post("/api/generate", json={"prompt": "Hello", "max_new_tokens": 2, "seed": 5}))
+    assert greedy[0][1]["seed"] == 5
+    for d in (d for e, d in greedy if e == "token"):
+        assert d["sampled_topk_ids"] == [d["token_id"]] and d["sampled_topk_probs"] == [1.0]
+
+
 @pytest.mark.parametrize(
     "method, url, body, status, message",
     [

@@ -24,9 +24,13 @@ from lmpeek.models.loaded import LoadedModel
 class Step:
     """One generated token.
 
-    prob, topk_*, entropy: the distribution the token was drawn from (the previous position's
-    prediction). norms[component] [L] and attn_entropy [L, H]: the model's internals at the new
-    token's own position (computed when the token is fed back in).
+    prob, topk_*, entropy: the model's raw prediction at the previous position (softmax of the logits
+    at temperature 1, no filtering). sampled_prob, sampled_topk_*: the distribution the token was
+    actually drawn from, after temperature, top-k and top-p (renormalised); only tokens with a
+    non-zero probability are listed, so there may be fewer than show_k. Greedy decoding
+    (temperature 0) draws from the one-hot on the argmax: sampled_topk_ids = [token_id],
+    sampled_topk_probs = [1.0]. norms[component] [L] and attn_entropy [L, H]: the model's internals
+    at the new token's own position (computed when the token is fed back in).
     """
 
     index: int  # 0 for the first generated token
@@ -38,9 +42,31 @@ class Step:
     topk_probs: np.ndarray  # [k]
     topk_tokens: list[str]
     entropy: float
+    sampled_prob: float
+    sampled_topk_ids: np.ndarray  # [<= k]
+    sampled_topk_probs: np.ndarray  # [<= k] float64
     norms: dict[str, np.ndarray]  # component -> [L]
     attn_entropy: np.ndarray  # [L, H]
     finished: bool  # True on the last step (max_new_tokens reached or end-of-sequence token)
+
+
+class Generation(Iterator[Step]):
+    """The steps of one generation, produced lazily as it is iterated (like a generator), and the
+    `seed` it samples with: the one given, or the random one drawn when none was (pass it back as
+    `seed=` to repeat the run). Greedy runs (temperature 0) ignore the seed."""
+
+    def __init__(self, steps: Iterator[Step], seed: int) -> None:
+        self._steps = steps
+        self.seed = seed
+
+    def __next__(self) -> Step:
+        return next(self._steps)
+
+    def close(self) -> None:
+        """Stop early, freeing the KV cache (as a generator's close())."""
+        close = getattr(self._steps, "close", None)
+        if close is not None:
+            close()
 
 
 def generate(
@@ -53,12 +79,14 @@ def generate(
     seed: int | None = None,
     show_k: int = 10,
     stop_at_eos: bool = True,
-) -> Iterator[Step]:
+) -> Generation:
     """Yield one `Step` per new token, using the KV cache (the prefix is never re-run).
 
     temperature 0 means greedy (equal to `model.generate(do_sample=False)`); otherwise tokens are
     sampled after temperature, top_k (0 = off) and top_p (1 = off) filtering, reproducibly for a seed.
     `prompt` with `<eot>` separators is chat-formatted, ending with an open assistant turn.
+    Returns a `Generation`: iterate it for the steps; its `.seed` is the seed used (drawn at random
+    when `seed` is None), so a sampled run can be repeated.
     """
     require_model(model)
     max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 1, 100_000)
@@ -75,8 +103,11 @@ def generate(
             f"prompt ({tok.token_ids.size} tokens) + max_new_tokens ({max_new_tokens}) exceeds this "
             f"model's context length {ctx}"
         )
+    if seed is None:  # drawn from torch's global generator: torch.manual_seed makes it repeatable too
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
     # validation above runs at call time; the steps run lazily as the caller iterates
-    return _steps(model, tok.token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos)
+    steps = _steps(model, tok.token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos)
+    return Generation(steps, seed)
 
 
 @torch.inference_mode()
@@ -84,9 +115,10 @@ def _steps(
     model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos
 ) -> Iterator[Step]:
     device = model.device
-    gen = torch.Generator()  # sampling runs on the CPU (see `_sample`): a seed gives the same tokens anywhere
-    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-    # temperature is applied here (see `_sample`); transformers' warpers only filter (top-k, top-p)
+    # sampling runs on the CPU (see `_sampling_probs`): a seed gives the same tokens anywhere
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    # temperature is applied here (see `_sampling_probs`); transformers' warpers only filter (top-k, top-p)
     filters = hf_compat.sampling_warpers(1.0, top_p, top_k) if temperature > 0 else None
     eos = set(_eos_ids(model))
     cache = hf_compat.new_kv_cache(model.hf.config)
@@ -100,8 +132,13 @@ def _steps(
     for index in range(max_new_tokens):
         if filters is None:
             next_id = int(logits.argmax())
+            sampled_ids, sampled_probs = np.array([next_id], np.int64), np.array([1.0])
+            sampled_prob = 1.0  # greedy draws from the one-hot on the argmax
         else:
-            next_id = _sample(logits, ids, temperature, filters, gen)
+            probs = _sampling_probs(logits, ids, temperature, filters)
+            next_id = int(torch.multinomial(probs, 1, generator=gen))
+            sampled_ids, sampled_probs = _nonzero_topk(probs, show_k)
+            sampled_prob = float(probs[next_id])
         stats = next_token_stats(logits[None], [0], show_k)
         prob = float(torch.softmax(logits.float(), -1)[next_id])
         ids = torch.tensor([[next_id]], device=device)
@@ -117,12 +154,15 @@ def _steps(
             index=index,
             position=position,
             token_id=next_id,
-            token=model.tokenizer.decode([next_id]),
+            token=decode_topk(model.tokenizer, np.asarray([[next_id]]))[0][0],  # byte pieces as <0xC3>
             prob=prob,
             topk_ids=stats.topk_ids[0],
             topk_probs=stats.topk_probs[0],
             topk_tokens=decode_topk(model.tokenizer, stats.topk_ids)[0],
             entropy=float(stats.entropy[0]),
+            sampled_prob=sampled_prob,
+            sampled_topk_ids=sampled_ids,
+            sampled_topk_probs=sampled_probs,
             norms={
                 c: np.array(
                     [float(summaries.norms[norm_name(layer, c)][0]) for layer in range(model.n_layers)]
@@ -149,15 +189,15 @@ def _warn_nonfinite(model: LoadedModel, hook: str, position: int) -> None:
     )
 
 
-def _sample(logits: torch.Tensor, ids: torch.Tensor, temperature: float, filters, gen) -> int:
-    """Draw a token from softmax(logits / temperature) after top-k / top-p filtering (transformers'
-    order: temperature, top-k, top-p).
+def _sampling_probs(logits: torch.Tensor, ids: torch.Tensor, temperature: float, filters) -> torch.Tensor:
+    """The distribution a token is drawn from: softmax(logits / temperature) after top-k / top-p
+    filtering (transformers' order: temperature, top-k, top-p), [V] float64 on the CPU.
 
     The largest logit is subtracted first (neither softmax nor the filters change), and the division
     runs in float64 on the CPU (MPS has no float64; float32 would turn 1e-300 into 0 and 0 / 0 into
     NaN): the best token's score is then exactly 0 and every other one is finite or -inf, never NaN,
     so a temperature as small as 1e-300 (or one whose scaled logits overflow) gives the greedy token
-    instead of crashing torch.multinomial.
+    (a one-hot) instead of crashing torch.multinomial.
     """
     scores = logits.to("cpu", torch.float64)
     scores = (scores - scores.max()) / temperature
@@ -167,7 +207,15 @@ def _sample(logits: torch.Tensor, ids: torch.Tensor, temperature: float, filters
             "cannot sample: the model's next-token scores are not finite numbers (NaN or infinite "
             "logits; try float32 instead of a reduced dtype), or temperature / top_k / top_p leave no token"
         )
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return probs
+
+
+def _nonzero_topk(probs: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most likely tokens of `probs`, leaving out those the filters removed (probability 0)."""
+    top_p, top_ids = probs.topk(min(k, probs.numel()))
+    keep = top_p > 0
+    # float64, as sampled: a tiny temperature leaves probabilities like 1e-93 that float32 would zero
+    return top_ids[keep].numpy().astype(np.int64), top_p[keep].numpy()
 
 
 def _eos_ids(model: LoadedModel) -> list[int]:

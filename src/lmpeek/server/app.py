@@ -124,6 +124,11 @@ def _step_json(step) -> dict[str, Any]:
         "topk_probs": floats(step.topk_probs),
         "topk_ids": step.topk_ids.tolist(),
         "entropy": number(step.entropy),
+        # the distribution the token was drawn from (after temperature, top-k, top-p); the topk_* above
+        # are the raw temperature-1 prediction
+        "sampled_prob": number(step.sampled_prob),
+        "sampled_topk_ids": step.sampled_topk_ids.tolist(),
+        "sampled_topk_probs": floats(step.sampled_topk_probs),
         "norms": {k: floats(v) for k, v in step.norms.items()},
         "attn_entropy": floats(step.attn_entropy),
         "nonfinite": nonfinite_points(step.norms),  # where the model produced inf/NaN at this step
@@ -361,9 +366,9 @@ def create_app(
         responses={200: {"content": {"text/event-stream": {}}}},
     )
     async def generate_stream(req: GenerateRequest, request: Request) -> StreamingResponse:
-        """Server-sent events: `start` (prompt tokens), one `token` per new token, then `done` with the
-        id of a trace of the whole text, or `error` with a `detail` (every stream ends with one of the
-        two). Closing the connection cancels the generation."""
+        """Server-sent events: `start` (prompt tokens, the seed used), one `token` per new token, then
+        `done` with the id of a trace of the whole text, or `error` with a `detail` (every stream ends
+        with one of the two). Closing the connection cancels the generation."""
         from lmpeek.capture.generate import generate
         from lmpeek.capture.tokens import tokenize
         from lmpeek.capture.trace import trace_with_resid
@@ -389,7 +394,8 @@ def create_app(
 
         async def events() -> AsyncIterator[str]:
             try:
-                yield _sse("start", {"prompt_tokens": prompt.tokens})
+                # the seed used (drawn when none was given): send it back to repeat the run
+                yield _sse("start", {"prompt_tokens": prompt.tokens, "seed": steps.seed})
                 while True:
                     kind, item = await sink.get()
                     if kind == "error":
