@@ -18,7 +18,7 @@ from lmpeek import validate
 from lmpeek.analysis.predictions import next_token_stats
 from lmpeek.capture.hooks import attach
 from lmpeek.capture.summaries import Summaries, merge
-from lmpeek.capture.tokens import from_ids, tokenize
+from lmpeek.capture.tokens import from_ids, is_partial, token_labels_fn, tokenize
 from lmpeek.errors import InvalidInput
 from lmpeek.models.loaded import LoadedModel
 
@@ -41,6 +41,10 @@ class Trace:
     """Everything one forward pass over a text showed. Shapes: T tokens, k alternatives, L layers, H heads.
 
     token_ids [T] int64; offsets [T, 2] char spans into `text`; tokens: display strings.
+    token_bytes [T]: the exact bytes of each token; joined they give `text`'s UTF-8 (byte-level
+    tokenizers). A token holding part of a character (`partial`) is shown as `<0xC3>` markers in
+    `tokens` and `topk_tokens` (never U+FFFD); the character's span goes to the token holding its first
+    byte, later pieces get an empty span, so offsets never overlap (see capture/tokens.py).
     topk_ids, topk_probs [T, k]: the prediction made *at* position t (for token t+1).
     entropy [T] (nats); loss [T] = -log p(token t+1), NaN at the last position; true_prob [T] = exp(-loss).
     norms[hook] -> [T] for blocks.{l}.hook_{resid_pre,attn_out,resid_mid,mlp_out,resid_post}.
@@ -67,6 +71,16 @@ class Trace:
     chat: bool = False
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     nonfinite: list[str] = field(default_factory=list)
+    token_bytes: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.token_bytes:  # a trace built by hand, or saved before token_bytes existed
+            self.token_bytes = [t.encode("utf-8") for t in self.tokens]
+
+    @property
+    def partial(self) -> list[bool]:
+        """Per token: True when it holds only part of a character (its bytes are not UTF-8 alone)."""
+        return [is_partial(b) for b in self.token_bytes]
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -107,6 +121,8 @@ class Trace:
             "tokens": self.tokens,
             "token_ids": self.token_ids.tolist(),
             "offsets": self.offsets.tolist(),
+            "token_bytes": [b.hex() for b in self.token_bytes],  # merge byte pieces for display
+            "partial": self.partial,
             "topk_ids": self.topk_ids.tolist(),
             "topk_probs": clean(self.topk_probs),
             "topk_tokens": self.topk_tokens,
@@ -147,6 +163,7 @@ class Trace:
             "text": self.text,
             "chat": self.chat,
             "tokens": self.tokens,
+            "token_bytes": [b.hex() for b in self.token_bytes],
             "topk_tokens": self.topk_tokens,
             "model": self.model,
             "norms": list(self.norms),
@@ -219,6 +236,7 @@ class Trace:
             norms={k: arrays[f"norms/{k}"] for k in meta["norms"]},
             tensors={k: arrays[f"tensors/{k}"] for k in meta["tensors"]},
             nonfinite=list(meta.get("nonfinite", [])),
+            token_bytes=[bytes.fromhex(h) for h in meta.get("token_bytes", [])],
             **{name: arrays[name] for name in _ARRAYS},
         )
 
@@ -268,15 +286,9 @@ def vocab_size(model: LoadedModel) -> int:
 
 
 def decode_topk(tokenizer, topk_ids: np.ndarray) -> list[list[str]]:
-    # decode (not convert_ids_to_tokens) so byte-level tokens read as text (' Paris', not 'ĠParis')
-    cache: dict[int, str] = {}
-
-    def one(i: int) -> str:
-        s = cache.get(i)
-        if s is None:
-            s = cache[i] = tokenizer.decode([i])
-        return s
-
+    """Labels that read as text (' Paris', not 'ĠParis'), byte pieces as `<0xC3>` so that distinct
+    byte tokens never share a label (decode() makes all of them U+FFFD)."""
+    one = token_labels_fn(tokenizer)
     return [[one(i) for i in row] for row in topk_ids.tolist()]
 
 
@@ -311,6 +323,7 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
         tokens=tok.tokens,
         token_ids=tok.token_ids,
         offsets=tok.offsets,
+        token_bytes=tok.token_bytes,
         topk_ids=stats.topk_ids,
         topk_probs=stats.topk_probs,
         topk_tokens=decode_topk(model.tokenizer, stats.topk_ids),
