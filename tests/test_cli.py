@@ -58,18 +58,64 @@ def test_trace_json_and_save(tmp_path):
     assert saved.tokens == data["tokens"] and "blocks.0.attn.hook_pattern" in saved.kept
 
 
-def test_generate_streams_tokens_with_probabilities():
-    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "4")
-    assert (
-        r.exit_code == 0
-        and r.output.startswith("Hello")
-        and r.output.count("[0.") + r.output.count("[1.") == 4
-    )
+def test_generate_prints_the_text_then_a_table():
+    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "4", "--seed", "2")
+    assert r.exit_code == 0 and r.output.startswith("Hello"), r.output
+    first_line = r.output.splitlines()[0]
+    assert "[0." not in first_line and "[1." not in first_line  # no numbers between the tokens
+    for col in ("token", "p sampled", "entropy", "top-3 predictions"):
+        assert col in r.output
+    table_rows = [line for line in r.output.splitlines() if line.startswith("│")]
+    assert len(table_rows) == 4
+    assert "4 tokens" in r.output and "seed 2 (repeat with --seed 2)" in r.output
     r = run(
         "generate", "Hello", "-m", "tiny:llama", "-n", "3", "--json", "--temperature", "0.7", "--seed", "1"
     )
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert [row["index"] for row in rows] == [0, 1, 2] and all(0 < row["prob"] <= 1 for row in rows)
+    assert all(0 < row["sampled_prob"] <= 1 and row["seed"] == 1 for row in rows)
+
+
+def test_generated_text_shows_invisible_characters_as_escapes():
+    from rich.console import Console
+
+    from lmpeek.cli import _visible
+
+    console = Console(width=200, color_system=None)
+    with console.capture() as cap:
+        console.print(_visible("a\u202eb\u200bc\nd\x14é"), end="")
+    assert cap.get() == "a\\u202eb\\u200bc\nd\\x14é"  # RTL override, zero-width space, control
+
+
+def test_small_probabilities_are_not_shown_as_zero():
+    from lmpeek.cli import _fmt_prob
+
+    assert _fmt_prob(0.0004) == "4.0e-04" and _fmt_prob(0.93) == "0.93" and _fmt_prob(1.0) == "1.00"
+
+
+def test_a_random_run_prints_its_seed_and_repeats_with_it():
+    r = run("generate", "Hello", "-m", "tiny:llama", "-n", "6", "--json", "--temperature", "1.5")
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    seed = rows[0]["seed"]
+    again = _json_tokens(run("generate", "Hello", "-m", "tiny:llama", "-n", "6", "--json",
+                             "--temperature", "1.5", "--seed", str(seed)))  # fmt: skip
+    assert again == [row["token_id"] for row in rows]
+
+
+def test_generate_defaults_are_the_pages():
+    import re
+    from pathlib import Path
+
+    import typer
+
+    view = (Path(__file__).parents[1] / "web/src/views/GenerateView.svelte").read_text()
+
+    def page(name):
+        return float(re.search(rf"let {name} = \$state\(([0-9.]+)\)", view).group(1))
+
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["generate"].params}
+    assert params["max_new_tokens"] == page("maxNew") and params["temperature"] == page("temperature")
+    assert params["top_p"] == page("topP") and params["top_k"] == page("topK")
 
 
 def test_check_passes_on_a_tiny_model():
@@ -92,7 +138,10 @@ def test_models_lists_architectures_and_cache():
         (["trace", "hi", "-m", "/no/such/model"], "No such file"),
         (["trace", "hi", "-m", "tiny:nonesuch"], "no tiny model"),
         (["generate", "hi", "-m", "tiny:llama", "--top-p", "3"], "top_p"),
-        (["trace", "hi", "-m", "tiny:llama", "--keep", "blocks.99.*"], "matches no hook point"),
+        (
+            ["trace", "hi", "-m", "tiny:llama", "--keep", "blocks.99.*", "--save", "never-written"],
+            "matches no hook point",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
@@ -108,7 +157,9 @@ def _json_tokens(result) -> list[int]:
 
 
 def test_generate_with_a_vanishing_temperature_is_greedy():
-    greedy = _json_tokens(run("generate", "Hello", "-m", "tiny:llama", "-n", "5", "--json"))
+    greedy = _json_tokens(
+        run("generate", "Hello", "-m", "tiny:llama", "-n", "5", "--json", "--temperature", "0")
+    )
     tiny_t = ["--temperature", "1e-300", "--seed", "3", "--json"]
     assert _json_tokens(run("generate", "Hello", "-m", "tiny:llama", "-n", "5", *tiny_t)) == greedy
 
@@ -151,3 +202,48 @@ def test_usage_errors_are_one_line():
     r = runner.invoke(app, ["trace", "hi", "--no-such-option"])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--no-such-option" in r.stderr and "trace --help" in r.stderr
+
+
+def test_trace_keep_without_save_is_an_error():
+    r = runner.invoke(app, ["trace", "hi", "-m", "tiny:llama", "--keep", "blocks.0.*"])
+    assert r.exit_code == 2 and "--keep needs --save" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _serve_without_uvicorn(monkeypatch, *args):
+    import uvicorn
+
+    import lmpeek.server.app
+
+    started = []
+    monkeypatch.setattr(lmpeek.server.app, "create_app", lambda model, **kw: started.append("app") or "APP")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append("uvicorn"))
+    return runner.invoke(app, ["serve", *args]), started
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("/no/such/model", "No such file"),
+        ("tiny:nonesuch", "no tiny model"),
+        ("no-such-org/no-such-model", "cache"),
+    ],
+)
+def test_serve_a_bad_source_is_one_line_and_exit_2(monkeypatch, source, message):
+    r, started = _serve_without_uvicorn(monkeypatch, source, "--port", "0")
+    assert r.exit_code == 2 and message in r.stderr and started == []
+    assert "serving" not in r.output and len(r.stderr.strip().splitlines()) <= 2  # rich may wrap a long path
+
+
+def test_serve_on_a_busy_port_says_so_before_serving(monkeypatch):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r, started = _serve_without_uvicorn(monkeypatch, "tiny:llama", "--port", str(port))
+    assert r.exit_code == 2 and f"port {port} on 127.0.0.1 is already in use" in r.stderr
+    assert "serving" not in r.output and started == [] and len(r.stderr.strip().splitlines()) == 1
+    r, started = _serve_without_uvicorn(monkeypatch, "tiny:llama", "--port", str(port))  # free again
+    assert r.exit_code == 0 and "serving tiny:llama" in r.output and started == ["app", "uvicorn"]

@@ -187,6 +187,8 @@ def trace_cmd(
     from lmpeek.api import trace
     from lmpeek.capture.trace import NonFiniteWarning
 
+    if keep and not save:  # kept tensors only go to disk: without --save they would be dropped unseen
+        _fail("--keep needs --save DIR: the tensors it keeps are written to that folder")
     m = _load(model, trust_remote_code)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWarning)
@@ -231,46 +233,132 @@ def trace_cmd(
     out.print(f"mean loss {_fmt(mean_loss)} nats · perplexity {_fmt(math.exp(mean_loss), 2)}")
 
 
+# The page's defaults (web/src/views/GenerateView.svelte; tests/test_cli.py compares), so that the
+# CLI and the page make the same kind of run
+GEN_MAX_NEW_TOKENS, GEN_TEMPERATURE, GEN_TOP_P, GEN_TOP_K = 32, 0.7, 0.95, 50
+
+
 @app.command("generate")
 @friendly
 @quiet
 def generate_cmd(
     prompt: Annotated[str, typer.Argument(help="Prompt; '<eot>' separates chat turns.")],
     model: ModelOpt = "default",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 32,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", help="0 = off.")] = 0,
-    seed: Annotated[int | None, typer.Option()] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = GEN_MAX_NEW_TOKENS,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = GEN_TEMPERATURE,
+    top_p: Annotated[float, typer.Option("--top-p", help="1 = off.")] = GEN_TOP_P,
+    top_k: Annotated[int, typer.Option("--top-k", help="0 = off.")] = GEN_TOP_K,
+    seed: Annotated[int | None, typer.Option(help="Repeat a run (default: a random seed, printed).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token.")] = False,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
-    """Generate from PROMPT, streaming each token with the probability it had."""
+    """Generate from PROMPT: the text as it streams, then a table of each token's probability (as the
+    model predicted it, and in the distribution it was drawn from after temperature / top-k / top-p)."""
     from lmpeek.api import generate
 
     m = _load(model, trust_remote_code)
     steps = generate(
         m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
     )
-    if not as_json:
-        out.print(Text(prompt, style="dim"), end="")
-    for s in steps:
-        if as_json:
+    if as_json:
+        for s in steps:
             row = {
                 "index": s.index,
                 "token": s.token,
                 "token_id": s.token_id,
                 "prob": s.prob,
+                "sampled_prob": s.sampled_prob,
                 "entropy": s.entropy,
                 "top": list(zip(s.topk_tokens[:5], s.topk_probs[:5].tolist(), strict=False)),
+                "sampled_top": [
+                    [i, p]
+                    for i, p in zip(
+                        s.sampled_topk_ids[:5].tolist(), s.sampled_topk_probs[:5].tolist(), strict=True
+                    )
+                ],
+                "seed": steps.seed,
             }
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
             sys.stdout.flush()
-            continue
+        return
+    # The text reads as text: no numbers between tokens (they went in a table below). It is decoded as
+    # a whole, so characters split across byte-level tokens come out whole, not as U+FFFD pieces.
+    out.print(Text(prompt, style="dim"), end="")
+    ids: list[int] = []
+    done: list = []
+    shown = ""
+    for s in steps:
+        ids.append(s.token_id)
+        done.append(s)
+        text = m.tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):  # wait for the rest of a character split across tokens
+            out.print(_visible(text[len(shown) :]), end="")
+            shown = text
+    text = m.tokenizer.decode(ids)
+    out.print(_visible(text[len(shown) :]))
+    out.print(_generate_table(done))
+    drawn = "greedy: 1" if temperature == 0 else "after temperature, top-k, top-p"
+    out.print(
+        "p: the model's probability (temperature 1, unfiltered) · "
+        f"p sampled: in the distribution the token was drawn from ({drawn})",
+        style="dim",
+        soft_wrap=True,
+    )
+    how = "greedy (temperature 0)"
+    if temperature > 0:
+        how = (
+            f"temperature {temperature:g}, top-k {top_k or 'off'}, top-p {top_p:g}, seed {steps.seed}"
+            f" (repeat with --seed {steps.seed})"
+        )
+    out.print(f"{len(done)} tokens · {how}", soft_wrap=True)
+
+
+def _visible(text: str) -> Text:
+    """Text for the terminal with control and invisible format characters (a right-to-left override,
+    a zero-width space, ...) shown as dim escapes: they would otherwise reorder or hide what follows."""
+    import unicodedata
+
+    shown = Text()
+    for ch in text:
+        if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cf"):
+            shown.append(ch.encode("unicode_escape").decode("ascii"), style="dim")
+        else:
+            shown.append(ch)
+    return shown
+
+
+def _generate_table(steps: list) -> Table:
+    table = Table(title_justify="left", expand=False)
+    for col, just in [
+        ("#", "right"),
+        ("token", "left"),
+        ("p", "right"),
+        ("p sampled", "right"),
+        ("entropy", "right"),
+        ("top-3 predictions (T=1)", "left"),
+    ]:
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for s in steps:
         style = "green" if s.prob >= 0.5 else "yellow" if s.prob >= 0.1 else "red"
-        out.print(Text(s.token, style=style), Text(f"[{s.prob:.2f}]", style="dim"), sep="", end="")
-    if not as_json:
-        out.print()
+        top3 = zip(s.topk_tokens[:3], s.topk_probs[:3], strict=False)
+        table.add_row(
+            str(s.index),
+            repr(s.token),
+            Text(_fmt_prob(s.prob), style=style),
+            _fmt_prob(s.sampled_prob),
+            _fmt(s.entropy),
+            "  ".join(f"{tok!r} {_fmt_prob(float(p))}" for tok, p in top3),
+        )
+    return table
+
+
+def _fmt_prob(p: float) -> str:
+    """A probability that is never shown as a misleading 0.00: small values get significant digits."""
+    if math.isnan(p):
+        return "–"
+    if p == 0 or p >= 0.01:
+        return f"{p:.2f}"
+    return f"{p:.1e}"
 
 
 @app.command("check")
@@ -374,10 +462,82 @@ def serve_cmd(
             f"Host names answered: {names} (add more with --allow-host NAME)",
             soft_wrap=True,
         )
+    _check_source(model)  # before announcing: the model itself loads in the background
+    _check_port(host, port)
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
     web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, **edge)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+
+
+def _check_source(source: str) -> None:
+    """Fail now, with one line, for a model source that names nothing loadable: a missing path, a file
+    that is not .gguf, a folder without config.json or a .gguf, an unknown tiny model, a hub id not in
+    the local cache, 'default' without its package. Nothing is loaded (the server loads the model in
+    the background, where an error would only show on the page)."""
+    import pathlib
+
+    from lmpeek.api import TINY_PREFIX
+    from lmpeek.errors import InvalidInput, SourceNotFound
+    from lmpeek.models import sources
+
+    name = source.strip()
+    if not name or "\x00" in name:
+        raise InvalidInput("Model source is empty: pass 'default', a folder, a .gguf file or a hub id.")
+    if name.startswith(TINY_PREFIX):
+        from lmpeek.models.tiny import TINY_ARCHITECTURES, TINY_VARIANTS
+
+        arch = name[len(TINY_PREFIX) :]
+        if arch not in (*TINY_ARCHITECTURES, *TINY_VARIANTS):
+            choices = ", ".join([*TINY_ARCHITECTURES, *TINY_VARIANTS])
+            raise SourceNotFound(f"no tiny model '{arch}'; choose one of: {choices}")
+        return
+    if name == "default":
+        sources.default_gguf_path()  # raises, saying how to install it
+        return
+    path = pathlib.Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise SourceNotFound(f"Not a model: {path}. Pass a .gguf file or a folder with config.json.")
+        return
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            raise SourceNotFound(f"Not a model folder: {path} has no config.json and no .gguf file.")
+        return
+    if sources._HUB_ID.match(name):
+        if sources._hub_snapshot(name) is None:
+            raise SourceNotFound(
+                f"'{name}' is neither a file nor a hub id in the local Hugging Face cache (lmpeek does not "
+                "download models): download it on a machine with network and pass its folder"
+            )
+        return
+    raise SourceNotFound(
+        f"No such file or folder: {name}. A model source is 'default', a folder with config.json, "
+        "a .gguf file, or a hub id like 'org/name' that is in the local Hugging Face cache."
+    )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address once (and let go) so that a busy port is one line and exit 2 before
+    "serving ..." is announced, instead of uvicorn's error after it."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        _fail(f"cannot listen on {host}: {e.strerror} (pass --host with an address of this machine)")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                _fail(f"port {port} on {host} is already in use: stop what listens there or pass --port N")
+            _fail(f"cannot listen on {host}:{port}: {e.strerror}")
 
 
 def _edge_settings(host: str, token: str | None, allow_host: list[str], cors_origin: list[str]) -> dict:
