@@ -21,6 +21,10 @@ describe("pointLabel", () => {
     [{ hook: "blocks.{l}.attn.hook_q", point: "attn.hook_q", per_head: true, per_layer: true }, "attn.q ·head"],
     [{ hook: "blocks.{l}.hook_resid_post", point: "hook_resid_post", per_head: false, per_layer: true }, "resid_post"],
     [{ hook: "blocks.{l}.mlp.hook_post", per_head: false, per_layer: true }, "mlp.post"],
+    [{ hook: "ln_final.hook_normalized", per_head: false, per_layer: false }, "ln_final.normalized (before gain)"],
+    [{ hook: "ln_final.hook_out", per_head: false, per_layer: false }, "ln_final.out (after gain)"],
+    [{ hook: "blocks.{l}.ln2.hook_normalized", point: "ln2.hook_normalized", per_head: false, per_layer: true }, "ln2.normalized (before gain)"],
+    [{ hook: "blocks.{l}.ln1.hook_out", point: "ln1.hook_out", per_head: false, per_layer: true }, "ln1.out (after gain)"],
   ])("%j -> %s", (p, want) => {
     expect(pointLabel(p)).toBe(want);
   });

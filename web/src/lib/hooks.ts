@@ -16,12 +16,15 @@ export function hookName(template: string, layer: number): string {
   return template.replaceAll("{l}", String(layer));
 }
 
-/** A short label for the select: "resid_post", "attn.q", "embed", "ln_final". */
+/** A short label for the select: "resid_post", "attn.q", "embed", "ln2.normalized (before gain)".
+ * Norm points say which side of the gain they are (TransformerLens 4: `hook_normalized` is x / rms
+ * before the gain, `hook_out` after it), since the two differ by the gain's scale. */
 export function pointLabel(p: HookPoint): string {
   if (p.hook === "hook_embed") return "embed";
-  if (p.hook === "ln_final.hook_normalized") return "ln_final (normalized)";
   const point = p.point ?? p.hook.replace(/^blocks\.\{l\}\./, "");
-  return point.replace(/(^|\.)hook_/, "$1") + (p.per_head ? " ·head" : "");
+  const label = point.replace(/(^|\.)hook_/, "$1");
+  const gain = /(^|\.)hook_normalized$/.test(point) ? " (before gain)" : /^(ln\w*)\.hook_out$/.test(point) ? " (after gain)" : "";
+  return label + gain + (p.per_head ? " ·head" : "");
 }
 
 /** The trace-summary component a point's norm is stored under ("blocks.{l}.hook_attn_out" -> "attn_out"). */
