@@ -42,7 +42,9 @@ def _check(tokens, token_bytes, offsets, text):
     assert not any("\ufffd" in t for t in tokens)
     _check_offsets(offsets, text)
     for tok, data, (s, e) in zip(tokens, token_bytes, offsets.tolist(), strict=True):
-        if is_partial(data):
+        if not data:  # not in the text: an added special token or sentencepiece's prepended space
+            assert s == e and tok
+        elif is_partial(data):
             assert "<0x" in tok and tok == byte_label(data)
         else:  # a whole-character token shows exactly its span
             assert tok == data.decode("utf-8") == text[s:e]
@@ -134,3 +136,27 @@ def test_default_model_round_trips(text):
     _check(t.tokens, t.token_bytes, t.offsets, text)
     again = lmpeek.trace(m, t.token_ids.tolist(), top_k=5)
     assert again.text == text and again.tokens == t.tokens
+
+
+def _sentencepiece_like():
+    """A BPE with sentencepiece's conventions: '▁' for a space, a prepended space, byte fallback."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_pieces = [f"<0x{b:02X}>" for b in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", *byte_pieces])
+    tok.train_from_iterator(["the cat sat on the mat", "hello world the end"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_sentencepiece_byte_fallback(text):
+    tokenizer = _sentencepiece_like()
+    tok = tokenize(tokenizer, text, None)
+    assert any(is_partial(b) for b in tok.token_bytes) or text.isascii()
+    _check(tok.tokens, tok.token_bytes, tok.offsets, text)

@@ -82,9 +82,9 @@ def _is_byte_level(tokenizer) -> bool:
 
 
 def token_bytes_fn(tokenizer):
-    """A cached function id -> the bytes that token stands for: exact for byte-level tokenizers (from
-    the vocabulary, not from decode, which replaces partial characters with U+FFFD) and for
-    sentencepiece byte-fallback pieces; decode()'s text for anything else."""
+    """A cached function id -> the bytes that token stands for, from the vocabulary (decode() would
+    replace a partial character with U+FFFD): byte-level pieces ('Ã' -> 0xC3), sentencepiece
+    byte-fallback pieces ('<0xC3>') and '▁' for a space; decode()'s text for any other tokenizer."""
     added = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     byte_level = _is_byte_level(tokenizer)
     table = _unicode_to_byte()
@@ -94,13 +94,15 @@ def token_bytes_fn(tokenizer):
         data = cache.get(tid)
         if data is not None:
             return data
-        piece = None if tid in added else tokenizer.convert_ids_to_tokens(tid)
-        if tid in added:
+        piece = tokenizer.convert_ids_to_tokens(tid)
+        if piece and (m := _BYTE_FALLBACK.fullmatch(piece)):
+            data = bytes([int(m.group(1), 16)])
+        elif tid in added:
             data = added[tid].encode("utf-8")
         elif byte_level and piece and all(c in table for c in piece):
             data = bytes(table[c] for c in piece)
-        elif piece and (m := _BYTE_FALLBACK.fullmatch(piece)):
-            data = bytes([int(m.group(1), 16)])
+        elif not byte_level and piece and "▁" in piece:
+            data = piece.replace("▁", " ").encode("utf-8")
         else:
             data = tokenizer.decode([tid]).encode("utf-8")
         cache[tid] = data
@@ -160,17 +162,22 @@ def _spans(starts: list[int], byte_spans: list[tuple[int, int]]) -> np.ndarray:
 
 def _align(pieces: list[bytes], data: bytes, special: list[bool]) -> list[tuple[int, int]] | None:
     """Each piece's byte span in `data`, in order; a special token whose bytes are not at its place
-    (an added BOS) gets an empty span there. None when the pieces do not spell `data` exactly (a
-    tokenizer that rewrites text, e.g. sentencepiece's '▁' for a space)."""
+    (an added BOS) gets an empty span there, and so does the space sentencepiece prepends to a text
+    (or after a special token). None when the pieces do not spell `data` exactly."""
     pos, spans = 0, []
+    after_special = True
     for piece, is_special in zip(pieces, special, strict=True):
         if data.startswith(piece, pos):
             spans.append((pos, pos + len(piece)))
             pos += len(piece)
         elif is_special:
             spans.append((pos, pos))
+        elif after_special and piece.startswith(b" ") and data.startswith(piece[1:], pos):
+            spans.append((pos, pos + len(piece) - 1))  # the dummy prefix space is not in `data`
+            pos += len(piece) - 1
         else:
             return None
+        after_special = is_special
     return spans if pos == len(data) else None
 
 
