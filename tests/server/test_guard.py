@@ -153,6 +153,7 @@ def test_serve_prints_the_url_with_the_token(monkeypatch):
     monkeypatch.setattr(lmpeek.server.app, "create_app", lambda model, **kw: made.update(kw) or "APP")
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
     monkeypatch.delenv("LMPEEK_TOKEN", raising=False)
+    monkeypatch.setattr("lmpeek.cli._check_port", lambda host, port: None)  # 8000 may be in use here
     args = ["serve", "tiny:llama", "--host", "0.0.0.0", "--allow-host", "lab.example",
             "--cors-origin", "http://localhost:5173"]  # fmt: skip
     r = CliRunner().invoke(cli, args, catch_exceptions=False)

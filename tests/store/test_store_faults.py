@@ -230,6 +230,7 @@ def test_cli_serve_passes_the_budget(monkeypatch):
     seen = {}
     monkeypatch.setattr(app_module, "create_app", lambda model, **kw: seen.update(kw, model=model))
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    monkeypatch.setattr("lmpeek.cli._check_port", lambda host, port: None)  # 8000 may be in use here
     result = CliRunner().invoke(app, ["serve", "tiny:llama", "--store-budget", "3G"])
     assert result.exit_code == 0, result.output
     assert seen["store_budget"] == "3G" and seen["model"] == "tiny:llama"
