@@ -13,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "LoadedModel"}
+_API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"}
 __all__ = sorted(_API | {"__version__"})
 
 

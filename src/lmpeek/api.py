@@ -10,13 +10,13 @@ from typing import Any
 
 from lmpeek import validate
 from lmpeek.capture import contract
-from lmpeek.capture.generate import Step, generate
+from lmpeek.capture.generate import Generation, Step, generate
 from lmpeek.capture.trace import Trace, require_model, trace
 from lmpeek.errors import InvalidInput
 from lmpeek.models.loaded import LoadedModel
 from lmpeek.models.loaded import wrap as _wrap
 
-__all__ = ["load", "wrap", "trace", "generate", "check", "Trace", "Step", "LoadedModel"]
+__all__ = ["load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"]
 
 TINY_PREFIX = "tiny:"
 
