@@ -80,6 +80,7 @@ def test_logit_lens_last_layer_is_the_prediction(client, full, tid):
     assert len(r["ids"]) == 2 and len(r["ids"][0]) == 5
     assert r["ids"][-1][0] == int(full.topk_ids[5, 0])
     np.testing.assert_allclose(r["probs"][-1], full.topk_probs[5, :5], atol=BOUND)
+    assert r["tokens"][-1] == full.topk_tokens[5][:5]  # the same labels as the predictions panel
 
 
 def test_neurons(client, full, tid):

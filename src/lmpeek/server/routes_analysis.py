@@ -199,11 +199,12 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
             ),
             "lens",
         )
-        tok = model.tokenizer
+        from lmpeek.capture.trace import decode_topk
+
         return {
             "ids": result.ids.tolist(),
             "probs": [_floats(row) for row in result.probs],
-            "tokens": [[tok.decode([int(i)]) for i in row] for row in result.ids],
+            "tokens": decode_topk(model.tokenizer, result.ids),  # byte pieces as <0xC3>, as everywhere
         }
 
     @app.get("/api/traces/{trace_id}/neurons")
