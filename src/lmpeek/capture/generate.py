@@ -13,7 +13,7 @@ from lmpeek import validate
 from lmpeek.analysis.predictions import next_token_stats
 from lmpeek.capture.hooks import attach, capturing
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
-from lmpeek.capture.tokens import tokenize
+from lmpeek.capture.tokens import token_bytes_fn, tokenize
 from lmpeek.capture.trace import decode_topk, require_model, vocab_size
 from lmpeek.errors import InvalidInput
 from lmpeek.models import hf_compat
@@ -48,6 +48,7 @@ class Step:
     norms: dict[str, np.ndarray]  # component -> [L]
     attn_entropy: np.ndarray  # [L, H]
     finished: bool  # True on the last step (max_new_tokens reached or end-of-sequence token)
+    token_bytes: bytes = b""  # the token's exact bytes: a byte piece is part of a character (merge to show)
 
 
 class Generation(Iterator[Step]):
@@ -121,6 +122,7 @@ def _steps(
     # temperature is applied here (see `_sampling_probs`); transformers' warpers only filter (top-k, top-p)
     filters = hf_compat.sampling_warpers(1.0, top_p, top_k) if temperature > 0 else None
     eos = set(_eos_ids(model))
+    to_bytes = token_bytes_fn(model.tokenizer)
     cache = hf_compat.new_kv_cache(model.hf.config)
     with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
@@ -171,6 +173,7 @@ def _steps(
             },
             attn_entropy=summaries.stacked_entropy()[:, :, 0].cpu().numpy(),
             finished=finished,
+            token_bytes=to_bytes(next_id),
         )
         position += 1
         if finished:

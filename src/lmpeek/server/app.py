@@ -119,6 +119,7 @@ def _step_json(step) -> dict[str, Any]:
         "position": step.position,
         "token": step.token,
         "token_id": step.token_id,
+        "token_bytes": step.token_bytes.hex(),  # exact bytes: the page merges byte pieces into characters
         "prob": number(step.prob),
         "topk_tokens": step.topk_tokens,
         "topk_probs": floats(step.topk_probs),
