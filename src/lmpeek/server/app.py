@@ -25,6 +25,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from lmpeek.errors import LmpeekError
 from lmpeek.server import guard
@@ -249,10 +250,13 @@ def create_app(
 
         return Response(await holder.run(job, request, "trace"), media_type="application/json")
 
-    @app.get("/api/traces/{trace_id}")
-    def get_trace(trace_id: TraceId) -> dict[str, Any]:
+    @app.get("/api/traces/{trace_id}", responses={200: {"content": {"application/json": {}}}})
+    async def get_trace(trace_id: TraceId) -> Response:
         """A stored trace's summaries."""
-        return _summary(trace_id, _get(trace_id))
+        # read and encoded on a worker thread: a 4k-token summary is ~32 MB of JSON, which rendered on
+        # the event loop would hold up every other request (health included) for a third of a second
+        body = await run_in_threadpool(lambda: _json_bytes(_summary(trace_id, _get(trace_id))))
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/api/traces/{trace_id}/attention",
