@@ -59,6 +59,13 @@ export interface GenStep {
   topk_probs: number[];
   topk_ids: number[];
   entropy: number;
+  /** the distribution the token was drawn from (after temperature, top-k, top-p; a one-hot for
+   * greedy), most likely first; the topk_* above are the raw temperature-1 prediction */
+  sampled_prob: number;
+  sampled_topk_ids: number[];
+  sampled_topk_probs: number[];
+  /** labels of sampled_topk_ids, when the server sends them (else read from topk_tokens) */
+  sampled_topk_tokens?: string[];
   /** component -> [layer] */
   norms: StepNorms;
   /** [layer][head] */
