@@ -1,5 +1,5 @@
-"""An app with a tiny model per test module, a trace of the module's TEXT through it, and the same text's
-full forward (every hook kept) to compare against."""
+"""An app with a tiny model per test module (its MODEL, default tiny:llama), a trace of the module's
+TEXT through it, and the same text's full forward (every hook kept) to compare against."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from lmpeek.server.app import create_app
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def client(tmp_path_factory, request):
+    """The app with the module's MODEL (default tiny:llama), its own trace store."""
     store = tmp_path_factory.mktemp("t")
+    source = getattr(request.module, "MODEL", "tiny:llama")
     # TestClient sends Host "testserver"; the app serves only loopback names unless told otherwise
-    with TestClient(
-        create_app("tiny:llama", background=False, store_dir=store, allowed_hosts=["testserver"])
-    ) as c:
+    with TestClient(create_app(source, background=False, store_dir=store, allowed_hosts=["testserver"])) as c:
         yield c
 
 

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 import lmpeek
 from lmpeek.capture.trace import Trace
 from lmpeek.errors import InvalidInput
-from lmpeek.server.app import create_app
+
+MODEL = "tiny:llama-big"  # the server fixture (tests/server/conftest.py) serves it
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
 BOUND = 1e-3  # × max|ref|
@@ -35,14 +35,6 @@ def close(got, want, bound: float = BOUND) -> None:
     np.testing.assert_allclose(
         np.asarray(got, dtype=np.float64), want, rtol=0, atol=bound * np.abs(want).max()
     )
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("big")
-    app = create_app("tiny:llama-big", background=False, store_dir=store, allowed_hosts=["testserver"])
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from lmpeek.server.app import create_app
 # the server logs the model's NonFiniteWarning (on the worker thread); the tests read the JSON instead
 pytestmark = pytest.mark.filterwarnings("ignore::lmpeek.capture.trace.NonFiniteWarning")
 
+MODEL = "tiny:llama-inf"  # the server fixture (tests/server/conftest.py) serves it
+
 TEXT = "The capital of France is Paris."
 
 
@@ -22,14 +24,6 @@ def strict_json(text: str):
         raise AssertionError(f"{constant} in JSON")
 
     return json.loads(text, parse_constant=refuse)
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("inf")
-    app = create_app("tiny:llama-inf", background=False, store_dir=store, allowed_hosts=["testserver"])
-    with TestClient(app) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,10 @@ rotates, and the RoPE split of a pattern uses the latter."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from fastapi.testclient import TestClient
 
-from lmpeek.server.app import create_app
+MODEL = "tiny:gemma3"  # the server fixture (tests/server/conftest.py) serves it
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    store = tmp_path_factory.mktemp("t")
-    app = create_app("tiny:gemma3", background=False, store_dir=store, allowed_hosts=["testserver"])
-    with TestClient(app) as c:
-        yield c
 
 
 def _causal_softmax(scores):
