@@ -11,6 +11,7 @@ layer 0 MLP holds an inf weight, so that its forward produces inf and NaN.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -144,16 +145,23 @@ def tiny_hf_model(arch: str, seed: int = 0):
         raise SourceNotFound(
             f"no tiny model '{arch}'; choose one of: {', '.join([*configs, *TINY_VARIANTS])}"
         )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        configs[arch](), attn_implementation="eager", dtype=torch.float32
-    )
-    # transformers' init (std 0.02) gives near-uniform attention and logits, which would let
-    # comparisons pass trivially; larger weights give peaked patterns and confident predictions.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.25)
-        if variant is not None:
-            variant(model)
+    # Weights come from torch's global generator (transformers' init uses it): under a lock, so two
+    # threads building tiny models at once still get the same weights, and inside fork_rng, so the
+    # caller's random state is left as it was.
+    with _BUILDING, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(
+            configs[arch](), attn_implementation="eager", dtype=torch.float32
+        )
+        # transformers' init (std 0.02) gives near-uniform attention and logits, which would let
+        # comparisons pass trivially; larger weights give peaked patterns and confident predictions.
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, 0.25)
+            if variant is not None:
+                variant(model)
     return model.eval(), tokenizer
+
+
+_BUILDING = threading.Lock()
