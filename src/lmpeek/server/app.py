@@ -400,7 +400,9 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             try:
                 # the seed used (drawn when none was given): send it back to repeat the run
-                yield _sse("start", {"prompt_tokens": prompt.tokens, "seed": steps.seed})
+                prompt_bytes = [b.hex() for b in prompt.token_bytes]  # the page merges byte pieces
+                start = {"prompt_tokens": prompt.tokens, "prompt_token_bytes": prompt_bytes}
+                yield _sse("start", {**start, "seed": steps.seed})
                 while True:
                     kind, item = await sink.get()
                     if kind == "error":

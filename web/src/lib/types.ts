@@ -27,6 +27,10 @@ export type Component = (typeof COMPONENTS)[number];
 export interface Trace {
   id: string;
   tokens: string[];
+  /** [T] each token's exact bytes (hex); byte pieces are merged for display (lib/tokens mergeTokens) */
+  token_bytes?: string[];
+  /** [T] true when the token is not valid UTF-8 alone (part of a character) */
+  partial?: boolean[];
   token_ids: number[];
   offsets: [number, number][];
   /** [T][k]: the prediction made AT t for token t+1 */
@@ -54,6 +58,8 @@ export interface GenStep {
   position: number;
   token: string;
   token_id: number;
+  /** the token's exact bytes (hex): byte pieces are merged into characters for display */
+  token_bytes?: string;
   prob: number;
   topk_tokens: string[];
   topk_probs: number[];
