@@ -76,13 +76,15 @@ describe("mergeTokens", () => {
     ["unfinished at the end", ["a", "<0xE6>", "<0x97>"], [hex("a"), "e6", "97"], ["a", "<0xE6>", "<0x97>"], [false, false, false]],
     ["whole characters kept", [" Gr", "üße"], [hex(" Gr"), hex("üße")], [" Gr", "üße"], [false, false]],
     ["special token without bytes", ["<s>", "x"], ["", hex("x")], ["<s>", "x"], [false, false]],
+    ["BOM over three pieces is kept", ["d", "<0xEF>", "<0xBB>", "<0xBF>"], [hex("d"), "ef", "bb", "bf"], ["d", "\ufeff", "", ""], [false, false, true, true]],
+    ["BOM as one token is kept", ["\ufeff"], ["efbbbf"], ["\ufeff"], [false]],
   ])("%s", (_name, tokens, bytes, labels, cont) => {
     const m = mergeTokens(tokens, bytes);
     expect(m.map((t) => t.label)).toEqual(labels);
     expect(m.map((t) => t.cont)).toEqual(cont);
   });
 
-  it.each(["Grüße aus München", "a 🙂 b 👩‍👩‍👧", "日本語のテキスト", "abc\u202edef\tg\u200bh"])("every byte split of %j joins to the text", (text) => {
+  it.each(["Grüße aus München", "a 🙂 b 👩‍👩‍👧", "日本語のテキスト", "abc\u202edef\tg\u200bh", "\ufeffbom\ufeff"])("every byte split of %j joins to the text", (text) => {
     const all = new TextEncoder().encode(text);
     // one token per byte: the hardest split
     const bytes = Array.from(all, (b) => b.toString(16).padStart(2, "0"));

@@ -65,7 +65,8 @@ export function hexToBytes(hex: string): Uint8Array {
   return out;
 }
 
-const strict = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a BOM (EF BB BF) is text here, to be shown, not a marker to drop
+const strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 function decodeOrNull(b: Uint8Array): string | null {
   try {
