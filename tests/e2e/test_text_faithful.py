@@ -130,3 +130,26 @@ def test_generated_characters_merge_and_explore_gets_the_exact_text(page):
         "want => document.querySelector('[data-testid=explore-text]').value === want", arg=prompt + generated
     )
     assert "\ufffd" not in box.input_value()
+
+
+def test_explore_gets_no_replacement_character_for_bytes_of_no_character(page):
+    page.get_by_test_id("tab-generate").click()
+    page.get_by_test_id("gen-prompt").fill("日本")
+    page.get_by_test_id("gen-max-new-tokens").fill("12")
+    page.get_by_test_id("gen-temperature").fill("0")  # greedy: the tiny model emits lone bytes 9E BF
+    with page.expect_response("**/api/generate") as info:
+        page.get_by_test_id("gen-submit").click()
+    steps = [d for e, d in _sse(info.value.text()) if e == "token"]
+    data = b"".join(bytes.fromhex(s["token_bytes"]) for s in steps)
+    assert data.decode("utf-8", "replace").count("\ufffd"), "the case needs bytes of no whole character"
+    chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
+    chips.nth(len(steps) - 1).wait_for()
+    assert "\ufffd" not in page.get_by_test_id("gen-tokens").inner_text()  # shown as <0x9E>
+    page.get_by_test_id("gen-explore").click()
+    want = "日本" + data.decode("utf-8", "ignore")
+    page.wait_for_function(
+        "want => document.querySelector('[data-testid=explore-text]').value === want", arg=want
+    )
+    # the token view shows the generation's exact tokens, the lone bytes as labels
+    shown = page.get_by_test_id("explore-tokens").inner_text()
+    assert "<0x" in shown and "\ufffd" not in shown

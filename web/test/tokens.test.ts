@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { bytePieceTitle, escapeHtml, mergeTokens, tokenSegments, visibleText, visibleToken } from "../src/lib/tokens";
+import { bytePieceTitle, escapeHtml, exactText, mergeTokens, tokenSegments, visibleText, visibleToken } from "../src/lib/tokens";
 
 describe("visibleToken", () => {
   it.each([
@@ -104,5 +104,18 @@ describe("mergeTokens", () => {
     expect(m.every((t) => t.byte)).toBe(true);
     expect(bytePieceTitle(m[0])).toBe("byte piece: C3, part of “ü”");
     expect(bytePieceTitle(m[1])).toBe("byte piece: BC, continues “ü”");
+  });
+});
+
+describe("exactText", () => {
+  it("keeps a trace's text when it is whole", () => {
+    expect(exactText({ text: "Grüße", tokens: ["Gr", "<0xC3>", "<0xBC>", "ße"], token_bytes: ["4772", "c3", "bc", hex("ße")] })).toBe("Grüße");
+  });
+  it("drops bytes of a cut character instead of writing U+FFFD", () => {
+    const t = { text: "日\ufffd\ufffd", tokens: ["<0xE6>", "<0x97>", "<0xA5>", "<0xE6>", "<0x9C>"], token_bytes: ["e6", "97", "a5", "e6", "9c"] };
+    expect(exactText(t)).toBe("日");
+  });
+  it("without bytes keeps the text", () => {
+    expect(exactText({ text: "a\ufffd", tokens: ["a", "\ufffd"] })).toBe("a\ufffd");
   });
 });

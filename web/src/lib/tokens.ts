@@ -145,6 +145,18 @@ export function mergeTokens(tokens: string[], tokenBytes?: (string | undefined)[
   return out;
 }
 
+/**
+ * The text to put in a text box for a trace: its own text, unless that holds U+FFFD for bytes that
+ * make no whole character (a generation stopped mid-character); then the whole characters of its
+ * exact bytes, so re-running never analyses a literal U+FFFD the model did not produce.
+ */
+export function exactText(t: { text: string; tokens: string[]; token_bytes?: string[] }): string {
+  if (!t.text.includes("\ufffd") || !t.token_bytes) return t.text;
+  return mergeTokens(t.tokens, t.token_bytes)
+    .map((m) => m.text)
+    .join("");
+}
+
 /** The tooltip of a byte piece: its bytes and the character(s) they belong to. */
 export function bytePieceTitle(m: MergedToken): string {
   if (!m.partOf) return `byte piece: ${m.bytes} (no whole character)`;
