@@ -106,7 +106,7 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
     for s in (0, 3, 5):
         page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(s).click()
         page.wait_for_function(
-            f"() => document.querySelector('[data-testid=gen-selected-index]').innerText.trim() === '{s}'"
+            f"() => document.querySelector('[data-testid=gen-selected-index]').dataset.index === '{s}'"
         )
         step = steps[s]
         want = _warped(

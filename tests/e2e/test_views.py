@@ -22,7 +22,7 @@ def _sse(body: str) -> list[tuple[str, dict]]:
 
 
 def _selected(page) -> int:
-    return int(page.get_by_test_id("gen-selected-index").inner_text().strip())
+    return int(page.get_by_test_id("gen-selected-index").get_attribute("data-index"))
 
 
 def _check_panels(page, step: dict) -> None:
@@ -56,9 +56,12 @@ def test_generate_and_step_with_the_keyboard(page):
     assert chips.count() == 6
     assert [chips.nth(i).get_attribute("data-index") for i in range(6)] == [str(i) for i in range(6)]
     page.wait_for_function(
-        "() => document.querySelector('[data-testid=gen-selected-index]').innerText.trim() === '5'"
+        "() => document.querySelector('[data-testid=gen-selected-index]').dataset.index === '5'"
     )
     _check_panels(page, steps[5])
+    # shown 1-based, as "token N of M": the sixth of six
+    assert page.get_by_test_id("gen-selected-index").inner_text().strip() == "6"
+    assert "/ 6" in page.locator(".pos").inner_text()
 
     page.locator("body").click(position={"x": 5, "y": 5})  # focus out of the text fields
     page.keyboard.press("ArrowLeft")
