@@ -6,6 +6,7 @@ message saying so rather than skipping.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import socket
@@ -101,3 +102,24 @@ def page(browser, server_url):
 @pytest.fixture
 def default_page(browser, default_server_url):
     yield from _page(browser, default_server_url)
+
+
+def parse_sse(body: str) -> list[tuple[str, dict]]:
+    """(event, data) of each frame of a server-sent-events body."""
+    out = []
+    for frame in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in frame.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def run_explore(page, text: str) -> dict:
+    """Run `text` in the Explore view; returns the trace the page got, once all its tokens are shown."""
+    page.get_by_test_id("tab-explore").click()
+    page.get_by_test_id("explore-text").fill(text)
+    with page.expect_response("**/api/trace") as info:
+        page.get_by_test_id("explore-run").click()
+    data = info.value.json()
+    tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
+    tokens.nth(len(data["tokens"]) - 1).wait_for()
+    return data

@@ -9,8 +9,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS
-from .test_views import TEXT, _run_explore, _values
+from .conftest import ARTIFACTS, run_explore
+from .test_views import TEXT, _values
 
 
 def _api(page, url, path, **params):
@@ -32,7 +32,7 @@ def _wait_values(page, previous=None):
 
 
 def test_component_layer_head_selectors_colour_by_activation(page, server_url):
-    data = _run_explore(page, TEXT)
+    data = run_explore(page, TEXT)
     tid = data["id"]
     page.get_by_test_id("metric-select").select_option("act-norm")
     page.get_by_test_id("component-select").select_option("blocks.{l}.hook_mlp_out")
@@ -74,7 +74,7 @@ def test_component_layer_head_selectors_colour_by_activation(page, server_url):
 
 
 def test_histogram_outliers_and_download(page, server_url):
-    data = _run_explore(page, TEXT)
+    data = run_explore(page, TEXT)
     page.get_by_test_id("explore-tokens").get_by_test_id("token").nth(4).click()
     page.get_by_test_id("component-select").select_option("blocks.{l}.hook_resid_post")
     hist = page.get_by_test_id("panel-histogram")
@@ -113,7 +113,7 @@ def _layer(page) -> int:
 
 
 def test_logit_lens_panel(page, server_url):
-    data = _run_explore(page, TEXT)
+    data = run_explore(page, TEXT)
     page.get_by_test_id("explore-tokens").get_by_test_id("token").nth(3).click()
     lens = page.get_by_test_id("panel-logit-lens")
     lens.scroll_into_view_if_needed()

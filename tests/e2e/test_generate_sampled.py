@@ -8,24 +8,15 @@ run on prompt + generated tokens, then numpy's softmax((logits - max) / T), top-
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, parse_sse
 
 PROMPT = "The capital of France is"
 TEMPERATURE, TOP_K, TOP_P = 2.0, 5, 0.8
-
-
-def _sse(body: str) -> list[tuple[str, dict]]:
-    out = []
-    for frame in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 def _warped(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
@@ -77,7 +68,7 @@ def _rows(page, testid: str) -> list[dict]:
 def _generate(page) -> list[tuple[str, dict]]:
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
-    events = _sse(info.value.text())
+    events = parse_sse(info.value.text())
     n = sum(e == "token" for e, _ in events)
     page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(n - 1).wait_for()
     page.get_by_test_id("gen-submit").filter(has_text="Generate").wait_for()

@@ -6,22 +6,10 @@ Chromium here has no CJK/emoji fonts (boxes in screenshots), so the checks read 
 
 from __future__ import annotations
 
-import json
-
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, parse_sse, run_explore
 
 TEXT = "Grüße aus München 🙂 日本語 a\u202eb\tc\u200bd\ufeffe end"
 TOKENS = "[data-testid=explore-tokens] [data-testid=token]"
-
-
-def _explore(page, text: str) -> dict:
-    page.get_by_test_id("tab-explore").click()
-    page.get_by_test_id("explore-text").fill(text)
-    with page.expect_response("**/api/trace") as info:
-        page.get_by_test_id("explore-run").click()
-    data = info.value.json()
-    page.locator(TOKENS).nth(len(data["tokens"]) - 1).wait_for()
-    return data
 
 
 def _spans(page) -> list[dict]:
@@ -33,7 +21,7 @@ def _spans(page) -> list[dict]:
 
 
 def test_token_view_shows_each_character_once_and_escapes_invisible_ones(page):
-    data = _explore(page, TEXT)
+    data = run_explore(page, TEXT)
     assert any(data["partial"]), "the tiny tokenizer must split a character for this test to mean anything"
     spans = _spans(page)
     assert len(spans) == len(data["tokens"])  # one span per token: the page indexes spans by token
@@ -81,21 +69,13 @@ def _copy(page, first: int, last: int) -> tuple[str, str]:
 
 def test_copying_the_token_view_copies_the_exact_text(page, server_url):
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server_url)
-    _explore(page, TEXT)
+    run_explore(page, TEXT)
     got, _ = _copy(page, 0, -1)
     assert got == TEXT  # not the escapes (U+202E as an escape, ⇥) nor the byte-piece markers shown
     spans = _spans(page)
     m = next(i for i, s in enumerate(spans) if "M" in s["shown"])
     got, want = _copy(page, m, m + 4)  # a part: "M" and the pieces of "ü" after it
     assert got == want and got.startswith("M") and "ü" in got and got in TEXT
-
-
-def _sse(body: str) -> list[tuple[str, dict]]:
-    out = []
-    for frame in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 def test_generated_characters_merge_and_explore_gets_the_exact_text(page):
@@ -109,7 +89,7 @@ def test_generated_characters_merge_and_explore_gets_the_exact_text(page):
     page.get_by_test_id("gen-seed").fill("5")
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
-    events = _sse(info.value.text())
+    events = parse_sse(info.value.text())
     start = events[0][1]
     steps = [d for e, d in events if e == "token"]
     generated = b"".join(bytes.fromhex(s["token_bytes"]) for s in steps).decode("utf-8")  # strict
@@ -139,7 +119,7 @@ def test_explore_gets_no_replacement_character_for_bytes_of_no_character(page):
     page.get_by_test_id("gen-temperature").fill("0")  # greedy: the tiny model emits lone bytes 9E BF
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
-    steps = [d for e, d in _sse(info.value.text()) if e == "token"]
+    steps = [d for e, d in parse_sse(info.value.text()) if e == "token"]
     data = b"".join(bytes.fromhex(s["token_bytes"]) for s in steps)
     assert data.decode("utf-8", "replace").count("\ufffd"), "the case needs bytes of no whole character"
     chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")

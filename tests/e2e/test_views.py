@@ -10,15 +10,7 @@ import json
 
 import pytest
 
-from .conftest import ARTIFACTS
-
-
-def _sse(body: str) -> list[tuple[str, dict]]:
-    out = []
-    for frame in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
+from .conftest import ARTIFACTS, parse_sse, run_explore
 
 
 def _selected(page) -> int:
@@ -48,7 +40,7 @@ def test_generate_and_step_with_the_keyboard(page):
     page.get_by_test_id("gen-temperature").fill("0")
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
-    events = _sse(info.value.text())
+    events = parse_sse(info.value.text())
     steps = [d for e, d in events if e == "token"]
     assert len(steps) == 6 and events[-1][0] == "done"
     chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
@@ -82,17 +74,6 @@ def test_generate_and_step_with_the_keyboard(page):
     page.screenshot(path=str(ARTIFACTS / "generate.png"), full_page=True)
 
 
-def _run_explore(page, text: str) -> dict:
-    page.get_by_test_id("tab-explore").click()
-    page.get_by_test_id("explore-text").fill(text)
-    with page.expect_response("**/api/trace") as info:
-        page.get_by_test_id("explore-run").click()
-    data = info.value.json()
-    tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
-    tokens.nth(len(data["tokens"]) - 1).wait_for()
-    return data
-
-
 def _values(page) -> list[str]:
     return page.eval_on_selector_all(
         "[data-testid=explore-tokens] [data-testid=token]",
@@ -104,7 +85,7 @@ TEXT = "The capital of France is Paris.\nThe capital of Germany is Berlin.\ndef 
 
 
 def test_explore_metrics_tooltip_and_predictions(page, server_url):
-    data = _run_explore(page, TEXT)
+    data = run_explore(page, TEXT)
     T = len(data["tokens"])
     tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
     assert tokens.count() == T
@@ -161,7 +142,7 @@ def test_explore_metrics_tooltip_and_predictions(page, server_url):
 
 
 def test_explore_opacity_and_newlines(page):
-    _run_explore(page, TEXT)
+    run_explore(page, TEXT)
     container = page.get_by_test_id("explore-tokens")
     with_glyph = container.inner_text()
     page.get_by_test_id("show-newlines").set_checked(not page.get_by_test_id("show-newlines").is_checked())
@@ -196,7 +177,7 @@ LONGEST_TASK = """() => {
 def test_a_long_text_stays_responsive(page, lines, at_least):
     page.evaluate(LONGEST_TASK)
     words = "alpha beta gamma delta, the capital of France is Paris. def f(x): return x + 1\n"
-    data = _run_explore(page, words * lines)
+    data = run_explore(page, words * lines)
     n = len(data["tokens"])
     assert n >= at_least, n
     tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
