@@ -123,3 +123,12 @@ def run_explore(page, text: str) -> dict:
     tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
     tokens.nth(len(data["tokens"]) - 1).wait_for()
     return data
+
+
+def fill_generate(page, prompt: str, max_new_tokens: int, temperature: float, **more) -> None:
+    """Open the Generate view and fill its form; `more`: top_p, top_k, seed ("" = random)."""
+    page.get_by_test_id("tab-generate").click()
+    fields = {"prompt": prompt, "max-new-tokens": max_new_tokens, "temperature": temperature}
+    fields.update({k.replace("_", "-"): v for k, v in more.items()})
+    for name, value in fields.items():
+        page.get_by_test_id(f"gen-{name}").fill(str(value))

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS, parse_sse
+from .conftest import ARTIFACTS, fill_generate, parse_sse
 
 PROMPT = "The capital of France is"
 TEMPERATURE, TOP_K, TOP_P = 2.0, 5, 0.8
@@ -80,13 +80,8 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
 
     model = _same_tiny_model()  # after `page`, which waits for the server's model
 
-    page.get_by_test_id("tab-generate").click()
-    page.get_by_test_id("gen-prompt").fill(PROMPT)
-    page.get_by_test_id("gen-max-new-tokens").fill("6")
-    page.get_by_test_id("gen-temperature").fill(str(TEMPERATURE))
-    page.get_by_test_id("gen-top-k").fill(str(TOP_K))
-    page.get_by_test_id("gen-top-p").fill(str(TOP_P))
-    page.get_by_test_id("gen-seed").fill("")  # a random run: the page must say which seed it drew
+    # a random run (no seed): the page must say which seed it drew
+    fill_generate(page, PROMPT, 6, TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed="")
     events = _generate(page)
     seed = events[0][1]["seed"]
     steps = [d for e, d in events if e == "token"]
@@ -147,10 +142,7 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
 
 
 def test_greedy_shows_a_one_hot_and_marks_the_rest_removed(page):
-    page.get_by_test_id("tab-generate").click()
-    page.get_by_test_id("gen-prompt").fill(PROMPT)
-    page.get_by_test_id("gen-max-new-tokens").fill("2")
-    page.get_by_test_id("gen-temperature").fill("0")
+    fill_generate(page, PROMPT, 2, 0)
     events = _generate(page)
     step = [d for e, d in events if e == "token"][-1]
     shown = _rows(page, "sampled-row")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .conftest import ARTIFACTS
+from .conftest import ARTIFACTS, fill_generate
 
 
 def _pending(page, url: str) -> int:
@@ -13,12 +13,8 @@ def _pending(page, url: str) -> int:
 
 
 def _start_long_generation(page) -> None:
-    page.get_by_test_id("tab-generate").click()
     # this prompt and seed sample 383 tokens before an end-of-sequence token (tiny:llama, no filters)
-    fields = {"gen-prompt": "Once upon a time", "gen-max-new-tokens": "2000", "gen-temperature": "1.5",
-              "gen-top-p": "1", "gen-top-k": "0", "gen-seed": "3"}  # fmt: skip
-    for field, value in fields.items():
-        page.get_by_test_id(field).fill(value)
+    fill_generate(page, "Once upon a time", 2000, 1.5, top_p=1, top_k=0, seed=3)
     page.get_by_test_id("gen-submit").click()
     page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(4).wait_for()
 

@@ -6,7 +6,7 @@ Chromium here has no CJK/emoji fonts (boxes in screenshots), so the checks read 
 
 from __future__ import annotations
 
-from .conftest import ARTIFACTS, parse_sse, run_explore
+from .conftest import ARTIFACTS, fill_generate, parse_sse, run_explore
 
 TEXT = "Grüße aus München 🙂 日本語 a\u202eb\tc\u200bd\ufeffe end"
 TOKENS = "[data-testid=explore-tokens] [data-testid=token]"
@@ -79,14 +79,8 @@ def test_copying_the_token_view_copies_the_exact_text(page, server_url):
 
 
 def test_generated_characters_merge_and_explore_gets_the_exact_text(page):
-    page.get_by_test_id("tab-generate").click()
     # with the tiny model, this seed draws a two-byte character (D6 9E) as two byte pieces
-    page.get_by_test_id("gen-prompt").fill("日本")
-    page.get_by_test_id("gen-max-new-tokens").fill("6")
-    page.get_by_test_id("gen-temperature").fill("1")
-    page.get_by_test_id("gen-top-p").fill("1")
-    page.get_by_test_id("gen-top-k").fill("0")
-    page.get_by_test_id("gen-seed").fill("5")
+    fill_generate(page, "日本", 6, 1, top_p=1, top_k=0, seed=5)
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
     events = parse_sse(info.value.text())
@@ -113,10 +107,7 @@ def test_generated_characters_merge_and_explore_gets_the_exact_text(page):
 
 
 def test_explore_gets_no_replacement_character_for_bytes_of_no_character(page):
-    page.get_by_test_id("tab-generate").click()
-    page.get_by_test_id("gen-prompt").fill("日本")
-    page.get_by_test_id("gen-max-new-tokens").fill("12")
-    page.get_by_test_id("gen-temperature").fill("0")  # greedy: the tiny model emits lone bytes 9E BF
+    fill_generate(page, "日本", 12, 0)  # greedy: the tiny model emits lone bytes 9E BF
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
     steps = [d for e, d in parse_sse(info.value.text()) if e == "token"]

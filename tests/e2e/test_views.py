@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from .conftest import ARTIFACTS, parse_sse, run_explore
+from .conftest import ARTIFACTS, fill_generate, parse_sse, run_explore
 
 
 def _selected(page) -> int:
@@ -33,11 +33,8 @@ def _check_panels(page, step: dict) -> None:
 
 
 def test_generate_and_step_with_the_keyboard(page):
-    page.get_by_test_id("tab-generate").click()
-    page.get_by_test_id("gen-prompt").fill("The capital of France is")
-    page.get_by_test_id("gen-max-new-tokens").fill("6")
     # greedy: the drawn token is always in the panel's lists (a sampled one may lie outside the top 10)
-    page.get_by_test_id("gen-temperature").fill("0")
+    fill_generate(page, "The capital of France is", 6, 0)
     with page.expect_response("**/api/generate") as info:
         page.get_by_test_id("gen-submit").click()
     events = parse_sse(info.value.text())
