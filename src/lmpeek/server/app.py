@@ -485,6 +485,9 @@ def create_app(
     from lmpeek.server.routes_analysis import add_analysis_routes
 
     add_analysis_routes(app, holder, traces, component, lambda trace_id: _get(trace_id))
+    from lmpeek.server.routes_store import add_store_routes
+
+    add_store_routes(app, holder, traces)  # GET /api/traces: the stored traces, to reopen one
 
     @app.get("/api/samples")
     def samples() -> list[dict[str, Any]]:
