@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"}
-__all__ = sorted(_API | {"__version__"})
+__all__ = sorted(_API | {"Session", "__version__"})
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from lmpeek import api
 
         return getattr(api, name)
+    if name == "Session":
+        from lmpeek.session import Session
+
+        return Session
     raise AttributeError(f"module 'lmpeek' has no attribute {name!r}")

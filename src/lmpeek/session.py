@@ -1,0 +1,410 @@
+"""Session: the one service behind every way of looking at a model (web app, notebook, CLI, export).
+
+A Session owns a loaded model, the queue in front of it (`lmpeek.worker.ModelWorker`: one job at a
+time, on one thread) and a trace store. It runs texts, generates, and answers every question about a
+stored trace: any hook point of any layer recomputed from the stored residual stream, attention
+patterns (and their RoPE parts), logit lens, neurons, histograms, similarities, comparisons. Callers
+only format what it returns (JSON, binary, widget messages, HTML); none of them computes a number.
+
+Methods return numpy arrays and small dataclasses. Problems a caller can cause raise `LmpeekError`s
+whose `status_code` is what the server answers (404 unknown trace, 409 no stored stream or another
+model's trace, 422 an index out of range); the message says how to fix it.
+
+Threads: model work runs on the worker's thread (`_on_model`); cached results are read on the
+caller's thread, so a slice already computed never waits behind a long job. A method called from the
+worker thread itself (the server runs whole jobs there) runs its model work directly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from lmpeek.errors import LmpeekError
+from lmpeek.store.traces import TraceStore
+from lmpeek.worker import ModelWorker
+
+T = TypeVar("T")
+
+Rope = Literal["full", "applied", "not_applied"]
+Stat = Literal["norm", "abs_sum", "value"]
+SimilarityKind = Literal["tokens", "previous", "residual"]
+ComponentName = Literal["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"]
+
+# what each residual component was added to (DeepPeek's "previous residual")
+ADDED_TO = {
+    "hook_attn_out": "hook_resid_pre",
+    "attn.hook_result": "hook_resid_pre",
+    "hook_mlp_out": "hook_resid_mid",
+}
+
+
+class TraceNotFound(LmpeekError):
+    """No stored trace with that id (never made, or evicted to stay within the disk budget)."""
+
+    status_code = 404
+
+
+class NoStoredStream(LmpeekError):
+    """The trace was stored without its residual stream, so nothing inside it can be recomputed."""
+
+    status_code = 409
+
+
+class OutOfRange(LmpeekError):
+    """An index (token, layer, head, dimension, neuron) past the end of what the trace or model has."""
+
+    status_code = 422
+
+
+@dataclass(frozen=True)
+class StoredTrace:
+    id: str
+    trace: Any  # lmpeek.capture.trace.Trace
+
+
+@dataclass(frozen=True)
+class HistogramResult:
+    edges: np.ndarray  # [bins + 1]
+    token: np.ndarray  # [bins] counts
+    median: np.ndarray  # [bins]
+    outliers: Any  # analysis.activations.Outliers
+    outlier_values: np.ndarray  # the outlying dimensions' values, in `outliers.dims` order
+    nonfinite: int  # dimensions left out (inf/NaN)
+
+
+@dataclass(frozen=True)
+class LensRows:
+    ids: np.ndarray  # [L, k]
+    probs: np.ndarray  # [L, k]
+    tokens: list[list[str]]  # display labels (byte pieces as <0xC3>)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    mean_norm_a: np.ndarray  # [L]
+    mean_norm_b: np.ndarray  # [L]
+
+    @property
+    def diff(self) -> np.ndarray:
+        return self.mean_norm_a - self.mean_norm_b
+
+
+def _check_index(name: str, value: int, n: int, what: str = "") -> None:
+    if not 0 <= value < n:
+        raise OutOfRange(f"{name} must be < {n}{what}, got {value}")
+
+
+class Session:
+    """A model, its queue and its traces. `model`: a LoadedModel, or a source for `lmpeek.load`.
+    `store`: a TraceStore (default: one in a temporary folder, removed with the Session)."""
+
+    def __init__(self, model: Any = "default", store: TraceStore | None = None, *,
+                 worker: ModelWorker | None = None) -> None:  # fmt: skip
+        if isinstance(model, str):
+            from lmpeek.api import load
+
+            model = load(model)
+        self.model = model
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if store is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="lmpeek-session-")
+            store = TraceStore(Path(self._tmp.name))
+        self.store = store
+        self.worker = worker if worker is not None else ModelWorker()
+        self._own_worker = worker is None
+
+    def close(self) -> None:
+        if self._own_worker:
+            self.worker.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_model(self, fn: Callable[[], T], kind: str = "job") -> T:
+        return self.worker.call(fn, kind)
+
+    # --- running the model --------------------------------------------------------------------------
+
+    def trace(self, text: str | Any, top_k: int = 10) -> StoredTrace:
+        """Run the model once on `text` (or token ids) and store the trace with its residual stream."""
+        from lmpeek.capture.trace import trace_with_resid
+
+        t, resid = self._on_model(lambda: trace_with_resid(self.model, text, top_k=top_k), "trace")
+        return StoredTrace(self.store.put(t, resid), t)
+
+    def generate(self, prompt: str, **sampling: Any):
+        """`lmpeek.generate` on this model: a Generation (iterate it for Steps; `.seed`). Runs on the
+        caller's thread: the server wraps it in a streaming job; see `store_generation` for the trace."""
+        from lmpeek.capture.generate import generate
+
+        return generate(self.model, prompt, **sampling)
+
+    def store_generation(self, prompt_ids: np.ndarray, generated: list[int]) -> str:
+        """Store the trace of a prompt and the tokens generated after it; returns its id."""
+        from lmpeek.capture.trace import trace_with_resid
+
+        ids = np.concatenate([np.asarray(prompt_ids, dtype=np.int64), np.asarray(generated, dtype=np.int64)])
+        t, resid = self._on_model(lambda: trace_with_resid(self.model, ids), "trace")
+        return self.store.put(t, resid)
+
+    # --- stored traces ------------------------------------------------------------------------------
+
+    def get(self, trace_id: str):
+        """A stored trace (TraceNotFound; TraceFromAnotherModel if another model made it)."""
+        try:
+            # a trace is read only by the model that made it: its numbers mean nothing to another
+            return self.store.get(trace_id, fingerprint=self.model.fingerprint)
+        except KeyError:
+            raise TraceNotFound(
+                f"no trace with id '{trace_id}' (old traces are evicted to stay within the store's disk "
+                "budget: lmpeek serve --store-budget)"
+            ) from None
+
+    def _need_stream(self, trace_id: str) -> None:
+        if not self.store.has_resid(trace_id):
+            raise NoStoredStream("this trace has no stored residual stream; run the text again")
+
+    def component(self, trace_id: str, hook: str, head: int | None = None) -> np.ndarray:
+        """A hook point's array for a stored trace ([T, ...], float32): one block recomputed from the
+        stored stream, cached. Per-head points need `head` and come back as [T, d]."""
+        from lmpeek.server import components as comp
+
+        self.get(trace_id)
+        model = self.model
+        comp.parse(model, hook)
+        self._need_stream(trace_id)
+
+        def calc() -> np.ndarray:
+            hooks = comp.together(model, hook)
+            try:
+                arrays = self._on_model(
+                    lambda: comp.compute_many(model, self.store, trace_id, hooks), "slice"
+                )
+            except KeyError:  # evicted meanwhile (e.g. by another server sharing the store)
+                raise TraceNotFound(f"trace '{trace_id}' was evicted; run the text again") from None
+            for other in hooks[1:]:  # computed anyway: cache them too
+                self.store.derived(trace_id, ("component", other), lambda other=other: arrays[other])
+            return arrays[hook]
+
+        array = self.store.derived(trace_id, ("component", hook), calc)
+        return comp.select_head(model, hook, array, head)
+
+    def vectors(self, trace_id: str, hook: str, head: int | None = None) -> np.ndarray:
+        """`component` flattened to one vector per token: [T, D]."""
+        x = self.component(trace_id, hook, head)
+        return x.reshape(x.shape[0], -1)
+
+    def vector(self, trace_id: str, hook: str, token: int, head: int | None = None) -> np.ndarray:
+        """One token's vector at a hook point (float32)."""
+        x = self.component(trace_id, hook, head)
+        _check_index("token", token, x.shape[0])
+        return np.ascontiguousarray(x[token], dtype=np.float32)
+
+    # --- attention ----------------------------------------------------------------------------------
+
+    def attention(self, trace_id: str, layer: int, head: int, *, query: int | None = None,
+                  key: int | None = None, rope: Rope = "full") -> np.ndarray:  # fmt: skip
+        """One head's attention pattern [T, T] (float16), or one row (`query`: attention from it) or
+        column (`key`: attention to it) as [1, T]. `rope`: recomputed from the full Q/K, from only
+        their rotary part ("applied") or only the rest ("not_applied")."""
+        from lmpeek.capture.slices import attention_pattern, head_pattern
+
+        t = self.get(trace_id)
+        model = self.model
+        T = len(t)
+        _check_index("layer", layer, model.n_layers)
+        _check_index("head", head, model.n_heads)
+        if query is not None and key is not None:
+            raise OutOfRange("give query or key, not both")
+        for name, value in (("query", query), ("key", key)):
+            if value is not None:
+                _check_index(name, value, T, f" (the trace has {T} tokens)")
+        if rope != "full":
+            pattern = self._rope_part(trace_id, layer, head, rope)
+        elif self.store.has_resid(trace_id):
+            # this head only, from its Q and K recomputed out of the stored residual stream
+            rotary = model.bound.rotary_dims is not None
+            q_hook, k_hook = (
+                ("attn.hook_rot_q", "attn.hook_rot_k") if rotary else ("attn.hook_q", "attn.hook_k")
+            )
+            q = self.component(trace_id, f"blocks.{layer}.{q_hook}", head)
+            k = self.component(trace_id, f"blocks.{layer}.{k_hook}", head)
+            pattern = self.store.derived(
+                trace_id,
+                ("head_pattern", layer, head),
+                lambda: head_pattern(model, layer, q, k).astype(np.float16),
+            )
+        else:  # no stored stream: run the model up to this layer
+
+            def compute() -> np.ndarray:
+                return self._on_model(lambda: attention_pattern(model, t.token_ids, layer).astype(np.float16))
+
+            pattern = self.store.derived(trace_id, ("pattern", layer), compute)[head]
+        if query is not None:
+            pattern = pattern[query : query + 1]
+        elif key is not None:
+            pattern = pattern[:, key][None]
+        return np.ascontiguousarray(pattern)
+
+    def _rope_part(self, trace_id: str, layer: int, head: int, part: str) -> np.ndarray:
+        """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
+        from lmpeek.analysis.attention import rope_parts_pattern
+
+        b = self.model.bound
+        if not b.rotary_dims:
+            raise OutOfRange("this model has no RoPE: only rope=full applies")
+        self._need_stream(trace_id)
+        # pre-RoPE q/k are what RoPE rotates: after q_norm/k_norm where the model has them
+        q_pre, k_pre = b.pre_rope_points()
+        points = {"q": q_pre, "k": k_pre, "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k"}
+        qk = {n: self.component(trace_id, f"blocks.{layer}.{p}", head)[:, None] for n, p in points.items()}
+        scale = b.attention_params(layer).scale
+
+        def calc() -> np.ndarray:
+            p = rope_parts_pattern(qk["q"], qk["k"], qk["rot_q"], qk["rot_k"], b.rotary_dims, part, scale, 1)
+            return p[0].astype(np.float16)
+
+        return self.store.derived(trace_id, ("rope", part, layer, head), calc)
+
+    # --- activations --------------------------------------------------------------------------------
+
+    def activations(self, trace_id: str, hook: str, head: int | None = None, stat: Stat = "norm",
+                    dim: int | None = None) -> np.ndarray:  # fmt: skip
+        """Per token [T]: the vector's L2 norm, the sum of |values|, or one dimension's (signed) value."""
+        from lmpeek.analysis import activations as act
+
+        x = self.vectors(trace_id, hook, head)
+        if stat == "value":
+            if dim is None or not 0 <= dim < x.shape[1]:
+                raise OutOfRange(f"stat=value needs dim in 0..{x.shape[1] - 1}")
+            return act.values(x, dim)
+        if stat == "norm":
+            with np.errstate(all="ignore"):  # inf/NaN the model produced stay inf/NaN
+                return np.linalg.norm(x, axis=1)
+        if stat == "abs_sum":
+            return act.abs_sum(x)
+        raise OutOfRange(f"unknown stat '{stat}': use norm, abs_sum or value")
+
+    def similarity(self, trace_id: str, hook: str, head: int | None = None, token: int = 0,
+                   kind: SimilarityKind = "tokens") -> np.ndarray:  # fmt: skip
+        """Cosine similarities [T]: `token`'s vector with every token's ("tokens"); each token's vector
+        with the same hook one layer earlier ("previous"); each token's component with the residual
+        stream it was added to ("residual")."""
+        from lmpeek.analysis import activations as act
+        from lmpeek.server.components import parse
+
+        x = self.vectors(trace_id, hook, head)
+        _check_index("token", token, x.shape[0])
+        if kind == "tokens":
+            return act.cosine_to_tokens(x, token)
+        layer, point = parse(self.model, hook)
+        if kind == "previous":
+            if layer is None or layer == 0:
+                raise OutOfRange("'previous' needs a block hook at layer >= 1")
+            return act.cosine_rows(x, self.vectors(trace_id, f"blocks.{layer - 1}.{point}", head))
+        if kind == "residual":
+            if point not in ADDED_TO:
+                raise OutOfRange(f"'residual' applies to {', '.join(ADDED_TO)}")
+            return act.cosine_rows(x, self.vectors(trace_id, f"blocks.{layer}.{ADDED_TO[point]}"))
+        raise OutOfRange(f"unknown kind '{kind}': use tokens, previous or residual")
+
+    def histogram(self, trace_id: str, hook: str, head: int | None = None, token: int = 0,
+                  bins: int = 64) -> HistogramResult:  # fmt: skip
+        """The token's histogram over its vector's dimensions, the median histogram of all tokens, and
+        the token's outlier dimensions (IQR, factor 3, negatives and positives separately)."""
+        from lmpeek.analysis import activations as act
+
+        x = self.vectors(trace_id, hook, head)
+        _check_index("token", token, x.shape[0])
+        h = act.histogram(x, token, bins=bins)
+        out = act.iqr_outliers(x[token])
+        return HistogramResult(
+            edges=h.edges, token=h.token, median=h.median, outliers=out,
+            outlier_values=x[token][np.asarray(out.dims, dtype=int)],
+            nonfinite=int(x[token].size - np.isfinite(x[token]).sum()),
+        )  # fmt: skip
+
+    def scatter_dims(self, trace_id: str, hook: str, x: int, y: int, head: int | None = None):
+        """Dimension x against dimension y over tokens: ([T], [T])."""
+        from lmpeek.analysis import activations as act
+
+        v = self.vectors(trace_id, hook, head)
+        _check_index("dimension", max(x, y), v.shape[1])
+        return act.values(v, x), act.values(v, y)
+
+    def scatter_tokens(self, trace_id: str, hook: str, a: int, b: int, head: int | None = None):
+        """Token a's vector against token b's: ([D], [D])."""
+        v = self.vectors(trace_id, hook, head)
+        _check_index("token", max(a, b), v.shape[0])
+        return v[a].copy(), v[b].copy()
+
+    # --- predictions inside the model --------------------------------------------------------------
+
+    def logit_lens(self, trace_id: str, token: int, k: int = 5) -> LensRows:
+        """What each layer's residual stream (resid_post) at position `token` would predict through the
+        final norm and the unembedding: top-k ids, probabilities and labels, a row per layer."""
+        import torch
+
+        from lmpeek.analysis.lens import logit_lens
+        from lmpeek.capture.trace import decode_topk
+
+        model = self.model
+        t = self.get(trace_id)
+        _check_index("token", token, len(t))
+        self._need_stream(trace_id)
+        resid = np.stack([self.store.resid(trace_id, layer + 1)[token] for layer in range(model.n_layers)])
+        b = model.bound
+        norm = b.module(b.adapter.final_norm)
+        unembed = b.module(b.adapter.unembed)
+
+        def final_norm(v: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return norm(torch.as_tensor(v, dtype=torch.float32)).numpy()
+
+        bias = getattr(unembed, "bias", None)
+
+        def run():
+            w = unembed.weight.detach().float().numpy()
+            return logit_lens(
+                resid, final_norm, w, None if bias is None else bias.detach().float().numpy(), k=k
+            )
+
+        result = self._on_model(run, "lens")
+        return LensRows(result.ids, result.probs, decode_topk(model.tokenizer, result.ids))
+
+    def neurons(self, trace_id: str, layer: int, token: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The MLP neurons (mlp.hook_post) most active (by |value|) at one token: (indices, values)."""
+        from lmpeek.analysis.neurons import top_neurons
+
+        x = self.component(trace_id, f"blocks.{layer}.mlp.hook_post")
+        _check_index("token", token, x.shape[0])
+        return top_neurons(x, token, k=k)
+
+    def neuron(self, trace_id: str, layer: int, index: int) -> np.ndarray:
+        """One MLP neuron's activation over the whole text [T]."""
+        from lmpeek.analysis.neurons import neuron_over_text
+
+        x = self.component(trace_id, f"blocks.{layer}.mlp.hook_post")
+        _check_index("index", index, x.shape[1])
+        return neuron_over_text(x, index)
+
+    def compare(self, a: str, b: str, component: ComponentName = "resid_post") -> Comparison:
+        """Per layer: the mean norm of one component over each text's tokens."""
+        ta, tb = self.get(a), self.get(b)
+        return Comparison(ta.norm_matrix(component).mean(1), tb.norm_matrix(component).mean(1))
+
+    def traces(self) -> Iterator[dict[str, Any]]:
+        """The stored traces, newest first (the store's catalogue)."""
+        yield from self.store.catalogue()
