@@ -301,7 +301,8 @@ def test_json_that_is_fine_passes():
     r = c.post("/api/echo", content=b'{"text": "a", "n": 1e300}', headers={"content-type": JSON})
     assert r.status_code == 422
     r = c.post("/api/echo", content=b'{"text": ', headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    assert r.status_code == 422 and r.json()["errors"][0]["type"] == "json_invalid"
+    assert r.json()["detail"].startswith("request body: not valid JSON at character")
 
 
 def test_validation_errors_never_echo_the_input():
@@ -309,7 +310,41 @@ def test_validation_errors_never_echo_the_input():
     big = "y" * 1_000_000
     r = c.post("/api/echo", json={"text": 5, "n": big})  # wrong types: FastAPI would echo `n` whole
     assert r.status_code == 422 and len(r.content) < 2000
-    assert all("input" not in e for e in r.json()["detail"])
-    assert {tuple(e["loc"]) for e in r.json()["detail"]} == {("body", "text"), ("body", "n")}
+    assert all("input" not in e for e in r.json()["errors"])
+    assert {tuple(e["loc"]) for e in r.json()["errors"]} == {("body", "text"), ("body", "n")}
+    assert r.json()["detail"] == "text: must be text (a JSON string); n: must be a whole number"
     r = c.post("/api/echo", content=("z" * 100_000).encode(), headers={"content-type": "text/plain"})
     assert r.status_code == 422 and len(r.content) < 2000
+
+
+def test_every_validation_error_is_listed_in_one_message():
+    # a form with several bad fields hears about all of them at once, each with its field name
+    c = TestClient(guarded(allowed_hosts=["testserver"]))
+    r = c.post("/api/echo", json={"n": "x"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "text: is required; n: must be a whole number"
+    assert [e["loc"] for e in r.json()["errors"]] == [["body", "text"], ["body", "n"]]
+
+
+@pytest.mark.parametrize(
+    "item, said",
+    [
+        ({"type": "less_than_equal", "loc": ["body", "top_k"], "msg": "x", "ctx": {"le": 100}},
+         "top_k: must be ≤ 100"),
+        ({"type": "greater_than", "loc": ["query", "p"], "msg": "x", "ctx": {"gt": 0}}, "p: must be > 0"),
+        ({"type": "string_too_long", "loc": ["body", "text"], "msg": "x", "ctx": {"max_length": 200000}},
+         "text: must be at most 200,000 characters"),
+        ({"type": "value_error", "loc": ["body", "text"], "msg": "Value error, must not be empty"},
+         "text: must not be empty"),
+        ({"type": "less_than_equal", "loc": ["body", "k"], "msg": "Input should be ≤ 5"},
+         "k: input should be ≤ 5"),  # no bound in ctx: pydantic's own words
+        ({"type": "something_new", "loc": ["body", "a", 0], "msg": "Odd value"}, "a.0: odd value"),
+    ],
+)  # fmt: skip
+def test_each_error_is_said_with_its_field(item, said):
+    assert guard.describe_errors([item]) == said
+
+
+def test_the_same_problem_is_said_once():
+    item = {"type": "missing", "loc": ["body", "text"], "msg": "Field required"}
+    assert guard.describe_errors([item, dict(item)]) == "text: is required"

@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from lmpeek.errors import LmpeekError
@@ -94,13 +94,25 @@ class ModelHolder:
         return await self.worker.run(fn, kind, request.is_disconnected if request is not None else None)
 
 
+def _not_blank(value: str) -> str:
+    # checked with the other fields, so that one answer lists every problem (text and numbers)
+    if value.strip() == "":
+        raise ValueError("must not be empty: give some text to run the model on")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
 class TraceRequest(BaseModel):
-    text: str = Field(description="Text to run; '<eot>' separates chat turns.", max_length=MAX_TEXT_CHARS)
+    text: NonBlank = Field(
+        description="Text to run; '<eot>' separates chat turns.", max_length=MAX_TEXT_CHARS
+    )
     top_k: int = Field(10, ge=1, le=100, strict=True, description="Alternatives kept per position.")
 
 
 class GenerateRequest(BaseModel):
-    prompt: str = Field(max_length=MAX_TEXT_CHARS)
+    prompt: NonBlank = Field(max_length=MAX_TEXT_CHARS)
     max_new_tokens: int = Field(32, ge=1, le=2048, strict=True)  # strict: `true` is not 1
     temperature: float = Field(0.0, ge=0.0, le=100.0, strict=True, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, strict=True)

@@ -8,7 +8,8 @@
 - Request bodies: refused past a size limit before they are read; JSON bodies must be strict JSON
   (no NaN/Infinity, no number that overflows a float, no lone surrogate in a string).
 - No CORS unless origins are named.
-- Validation errors are answered with 422 and a message, never with an echo of the input (the echo of
+- Validation errors are answered with 422 and one message naming every bad field (`detail`, a string
+  like every other error's), never with an echo of the input (the echo of
   a NaN or a lone surrogate cannot be rendered as JSON, and an echo of a big body is a big answer).
 
 `install(app, ...)` puts all of it on an app; `create_app` calls it once.
@@ -137,8 +138,10 @@ def _safe_value(value: Any) -> Any:
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, without the `input` it echoes (NaN and lone surrogates cannot be rendered, and
-    a big body would come back whole); `ctx` keeps only its plain values (the bounds)."""
+    """FastAPI's 422 as one readable message listing every problem at once ("top_k: must be ≤ 100;
+    text: must not be empty") in `detail`, the same shape as every other error; the items are kept in
+    `errors` for programs. Never the `input` FastAPI echoes (NaN and lone surrogates cannot be
+    rendered, and a big body would come back whole); `ctx` keeps only its plain values (the bounds)."""
     assert isinstance(exc, RequestValidationError)
     errors = []
     for e in list(exc.errors())[:20]:
@@ -151,7 +154,68 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
         if ctx:
             item["ctx"] = ctx
         errors.append(item)
-    return JSONResponse({"detail": errors}, status_code=422)
+    return JSONResponse({"detail": describe_errors(errors), "errors": errors}, status_code=422)
+
+
+_WHERE = ("body", "query", "path", "header", "cookie")
+# what each kind of validation error means, said the way a form would say it ({…} from its ctx)
+_SAID = {
+    "missing": "is required",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "string_too_long": "must be at most {max_length:,} characters",
+    "string_too_short": "must be at least {min_length:,} characters",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be text (a JSON string)",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "is not in the form this server takes",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a list",
+}
+
+
+def _field(loc: list[Any]) -> str:
+    parts = list(loc[1:] if loc and loc[0] in _WHERE else loc)
+    return ".".join(str(p) for p in parts)
+
+
+def _said(item: dict[str, Any]) -> str:
+    kind, ctx, msg = item.get("type", ""), item.get("ctx") or {}, str(item.get("msg", ""))
+    if kind == "json_invalid":  # loc is ("body", character position)
+        pos = item["loc"][-1] if len(item.get("loc", ())) > 1 else None
+        where = f" at character {pos}" if isinstance(pos, int) else ""
+        return f"request body: not valid JSON{where} ({ctx.get('error', msg)})"
+    template = _SAID.get(kind)
+    if template is not None:
+        try:
+            said = template.format(**ctx)
+        except (KeyError, ValueError, IndexError):  # a ctx without the bound: pydantic's own words
+            said = msg[:1].lower() + msg[1:]
+    else:
+        said = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        said = said[:1].lower() + said[1:]
+    field = _field(item.get("loc", []))
+    return f"{field}: {said}" if field else f"request body {said}"
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """Validation errors as one message, every problem once, in the order of the fields, each with its
+    field name: "top_k: must be ≤ 100; text: must not be empty"."""
+    said: list[str] = []
+    for item in errors:
+        s = _said(item)
+        if s not in said:
+            said.append(s)
+    return "; ".join(said) or "the request is not valid"
 
 
 def _plain(value: Any) -> bool:
