@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmpeek.analysis.attention import attention_entropy, rope_parts_pattern
+from lmpeek.analysis.attention import rope_parts_pattern
+from lmpeek.capture.attention_kernel import attention_entropy
 
 RNG = np.random.default_rng(3)
 

@@ -11,12 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-
-
-def norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each vector (torch, float32): x [..., D] -> [...]."""
-    return torch.linalg.vector_norm(x.float(), dim=-1)
 
 
 def _matrix(x, name: str = "x") -> np.ndarray:

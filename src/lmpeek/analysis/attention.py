@@ -1,19 +1,11 @@
-"""Attention patterns and their statistics: attention entropy, and patterns recomputed from the
-rotary (RoPE) and non-rotary parts of Q/K."""
+"""Attention patterns recomputed from the rotary (RoPE) and non-rotary parts of Q/K (numpy; the
+attention entropy computed inside hooks is a torch kernel in capture.attention_kernel)."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 ROPE_PARTS = ("full", "applied", "not_applied")
-
-
-def attention_entropy(pattern: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of each query's attention distribution: pattern [..., Tq, Tk] -> [..., Tq], float32.
-    Zero probabilities contribute 0 (x·log x -> 0), so masked keys are harmless."""
-    p = pattern.float()
-    return -torch.special.xlogy(p, p).sum(-1)
 
 
 def rope_parts_pattern(

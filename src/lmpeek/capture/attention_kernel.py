@@ -29,6 +29,13 @@ _BLOCK = 64
 _MASKED = torch.finfo(torch.float32).min / 2
 
 
+def attention_entropy(pattern: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each query's attention distribution: pattern [..., Tq, Tk] -> [..., Tq], float32.
+    Zero probabilities contribute 0 (x·log x -> 0), so masked keys are harmless."""
+    p = pattern.float()
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
 def _is_plain_causal(mask: torch.Tensor, offset: int) -> bool:
     """Whether an additive mask [B, 1, Tq, Tk] only hides future keys. Checked once per mask tensor
     (a forward passes the same mask object to every layer) and remembered on the tensor itself."""

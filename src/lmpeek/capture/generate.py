@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lmpeek import validate
-from lmpeek.analysis.predictions import next_token_stats
+from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.hooks import attach, capturing
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
 from lmpeek.capture.tokens import token_bytes_fn, tokenize

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from lmpeek.analysis.activations import norms
 from lmpeek.capture.hooks import Handler
 from lmpeek.models.adapters import Bound
 
 # residual-stream components whose per-token norm every Trace and generation step carries
 COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each vector (float32): x [..., D] -> [...]."""
+    return torch.linalg.vector_norm(x.float(), dim=-1)
 
 
 def norm_name(layer: int, component: str) -> str:

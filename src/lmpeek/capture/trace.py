@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lmpeek import validate
-from lmpeek.analysis.predictions import next_token_stats
+from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.hooks import attach
 from lmpeek.capture.summaries import Summaries, merge
 from lmpeek.capture.tokens import from_ids, is_partial, token_labels_fn, tokenize

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from lmpeek.analysis.activations import norms
-from lmpeek.analysis.attention import attention_entropy
-from lmpeek.analysis.predictions import next_token_stats
+from lmpeek.capture.summaries import norms
+from lmpeek.capture.attention_kernel import attention_entropy
+from lmpeek.capture.predictions import next_token_stats
 
 
 def _reference(logits, ids):
@@ -57,3 +57,4 @@ def test_attention_entropy():
 def test_norms():
     x = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     assert norms(x).tolist() == [5.0, 0.0]
+    assert norms(x.half()).dtype == torch.float32  # float16 activations are summed in float32
