@@ -76,3 +76,54 @@ describe("Loader", () => {
     t.stop();
   });
 });
+
+describe("Loader never shows an older selection's answer as the current one", () => {
+  function slow() {
+    // each fetch resolves when the test says so, in any order
+    const state = $state({ key: "a" as string | null });
+    const pending = new Map<string, (v: string) => void>();
+    let loader!: Loader<string>;
+    const stop = $effect.root(() => {
+      loader = new Loader<string>(
+        () => state.key,
+        () => {
+          const k = state.key!;
+          return new Promise<string>((res) => pending.set(k, res));
+        },
+        { delay: 5 },
+      );
+    });
+    flushSync();
+    return { state, pending, loader: () => loader, stop };
+  }
+  it("while the new key loads, current is null and the old answer is only `last` (stale)", async () => {
+    const t = slow();
+    await vi.advanceTimersByTimeAsync(10);
+    t.pending.get("a")!("data:a");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(t.loader().current?.data).toBe("data:a");
+    expect(t.loader().stale).toBe(false);
+    t.state.key = "b";
+    flushSync();
+    expect(t.loader().current).toBeNull();
+    expect(t.loader().last?.data).toBe("data:a");
+    expect(t.loader().stale).toBe(true);
+    expect(t.loader().loading).toBe(true);
+    t.stop();
+  });
+  it("an answer for an old key arriving late does not overwrite the newer one", async () => {
+    const t = slow();
+    await vi.advanceTimersByTimeAsync(10); // "a" in flight
+    t.state.key = "b";
+    flushSync();
+    await vi.advanceTimersByTimeAsync(10); // "b" in flight
+    t.pending.get("b")!("data:b");
+    await vi.advanceTimersByTimeAsync(0);
+    t.pending.get("a")!("data:a"); // the old one answers last
+    await vi.advanceTimersByTimeAsync(0);
+    expect(t.loader().current?.data).toBe("data:b");
+    expect(t.loader().last?.data).toBe("data:b");
+    expect(t.loader().loading).toBe(false);
+    t.stop();
+  });
+});

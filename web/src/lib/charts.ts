@@ -1,4 +1,5 @@
 /** Geometry for the small charts (pure: numbers in, rectangles and scales out). */
+import { fmt } from "./format";
 import type { Histogram } from "./types";
 
 export interface Bar {
@@ -17,15 +18,16 @@ export function linear(d0: number, d1: number, r0: number, r1: number): (v: numb
   return (v) => r0 + ((v - d0) / span) * (r1 - r0);
 }
 
-/** Bars for a histogram's token and median counts on a shared y scale; x maps values to pixels. */
-export function histogramBars(h: Histogram, width: number, height: number) {
+/** Bars for a histogram's token and median counts on a shared y scale, in the plot box whose top-left
+ * corner is (left, top); x maps values to pixels, y counts. */
+export function histogramBars(h: Histogram, width: number, height: number, left = 0, top = 0) {
   const n = Math.min(h.token.length, h.median.length, h.edges.length - 1);
   const lo = h.edges[0];
   const hi = h.edges[n];
-  const x = linear(lo, hi, 0, width);
-  let top = 0;
-  for (let i = 0; i < n; i++) top = Math.max(top, h.token[i] ?? 0, h.median[i] ?? 0);
-  const y = linear(0, top || 1, height, 0);
+  const x = linear(lo, hi, left, left + width);
+  let most = 0;
+  for (let i = 0; i < n; i++) most = Math.max(most, h.token[i] ?? 0, h.median[i] ?? 0);
+  const y = linear(0, most || 1, top + height, top);
   const bars = (counts: number[]): Bar[] => {
     const out: Bar[] = [];
     for (let i = 0; i < n; i++) {
@@ -33,11 +35,11 @@ export function histogramBars(h: Histogram, width: number, height: number) {
       if (!(c > 0)) continue;
       const x0 = x(h.edges[i]);
       const x1 = x(h.edges[i + 1]);
-      out.push({ x: x0, y: y(c), w: Math.max(0.5, x1 - x0 - 0.3), h: height - y(c), i });
+      out.push({ x: x0, y: y(c), w: Math.max(0.5, x1 - x0 - 0.3), h: top + height - y(c), i });
     }
     return out;
   };
-  return { token: bars(h.token), median: bars(h.median), x, zero: lo < 0 && hi > 0 ? x(0) : null };
+  return { token: bars(h.token), median: bars(h.median), x, y, lo, hi, most, zero: lo < 0 && hi > 0 ? x(0) : null };
 }
 
 /** Extent of the finite numbers (null when none), padded by `pad` of the span on each side. */
@@ -72,4 +74,38 @@ export function nearest(xs: ArrayLike<number>, ys: ArrayLike<number>, px: number
 export function probAlpha(p: number | null | undefined): number {
   if (p === null || p === undefined || !(p > 0)) return 0;
   return Math.min(1, Math.sqrt(p));
+}
+
+/** A value with thousands separators when large ("2,345", "-12,000"), else 4 significant digits. */
+export function fmtValue(v: number): string {
+  if (!Number.isFinite(v)) return Number.isNaN(v) ? "–" : v > 0 ? "∞" : "-∞";
+  if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString("en-US");
+  return fmt(v, 4);
+}
+
+/** Where a chosen value goes on an axis spanning [lo, hi] drawn over pixels [x0, x1]. */
+export interface ValueMarker {
+  /** pixel position: the value's, or the near edge when it lies outside [lo, hi] */
+  x: number;
+  /** "in": on the scale; "low" / "high": off it, drawn at that edge with an arrow */
+  side: "in" | "low" | "high";
+  /** for an off-scale value: "◀ -2,345 (off scale)" / "▶ 2,345 (off scale)"; null when on the scale */
+  label: string | null;
+}
+
+/** The marker for `value` on an axis [lo, hi] → [x0, x1]: an off-range value sits at the edge, labelled,
+ * so the dimension one picks for being an outlier is never drawn off the chart (invisible). */
+export function valueMarker(value: number, lo: number, hi: number, x0: number, x1: number): ValueMarker {
+  if (value < lo) return { x: x0, side: "low", label: `◀ ${fmtValue(value)} (off scale)` };
+  if (value > hi) return { x: x1, side: "high", label: `▶ ${fmtValue(value)} (off scale)` };
+  return { x: linear(lo, hi, x0, x1)(value), side: "in", label: null };
+}
+
+/** Round tick values for [0, top] counts: 0, a round middle, and top itself. */
+export function countTicks(top: number): number[] {
+  if (!(top > 0)) return [0];
+  const mid = top / 2;
+  const p = 10 ** Math.floor(Math.log10(mid));
+  const round = Math.max(1, Math.round(mid / p) * p);
+  return round < top ? [0, round, top] : [0, top];
 }
