@@ -27,16 +27,7 @@ def _percentile(a, q):
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-def _position(v, lo, mid, hi):
-    """The colour position of one value: min -> 0, divider -> 0.5, max -> 1, clipped."""
-    if v == mid:
-        return 0.5
-    if v < mid:
-        return 0.0 if mid == lo else min(max(0.5 * (v - lo) / (mid - lo), 0.0), 0.5)
-    return 1.0 if hi == mid else min(max(0.5 + 0.5 * (v - mid) / (hi - mid), 0.5), 1.0)
-
-
-# --- norms, sums, values, signed scale ---------------------------------------------------------------
+# --- norms, sums, values ---------------------------------------------------------------
 
 
 def test_abs_sum():
@@ -57,18 +48,6 @@ def test_values():
     out = act.values(X, 0)
     out[0] = 123.0
     assert X[0, 0] != 123.0  # a copy, not a view
-
-
-def test_signed_scale():
-    v = np.array([-4.0, -1.0, 0.0, 2.0, 8.0])
-    assert act.signed_scale(v).tolist() == [-1.0, -0.25, 0.0, 0.25, 1.0]
-    assert act.signed_scale(np.array([1.0, 3.0])).tolist() == [1 / 3, 1.0]  # all positive
-    assert act.signed_scale(np.array([-2.0, -8.0])).tolist() == [-0.25, -1.0]  # all negative
-    assert act.signed_scale(np.zeros(3)).tolist() == [0, 0, 0]
-    r = RNG.normal(size=50) * 10
-    pmax, nmax = max(r), max(-x for x in r)
-    want = [x / pmax if x > 0 else x / nmax for x in r]
-    assert act.signed_scale(r) == pytest.approx(want)
 
 
 # --- cosines ------------------------------------------------------------------------------------------
@@ -236,68 +215,3 @@ def test_iqr_outliers_edge_cases():
     assert act.iqr_outliers(np.array([])).range_ == (0.0, 0.0)
     with pytest.raises(ValueError, match="one vector"):
         act.iqr_outliers(X)
-
-
-# --- normalisation and limits -------------------------------------------------------------------------
-
-
-def test_normalise_modes_and_limits():
-    v = np.array([-2.0, 0.0, 1.0, 6.0])
-    s, lim = act.normalise(v, "raw")
-    assert (lim.min, lim.divider, lim.max) == (-2.0, 0.0, 6.0)
-    assert s.tolist() == [0.0, 0.5, 0.5 + 1 / 12, 1.0]
-    s, lim = act.normalise(v, "minmax")
-    assert lim.divider == 2.0 and s.tolist() == pytest.approx([0.0, 2 / 8, 3 / 8, 1.0])
-    w = np.arange(101.0)
-    w[-1] = 1e6
-    s, lim = act.normalise(w, "minmax_clip")
-    assert lim.min == pytest.approx(_percentile(w, 1)) and lim.max == pytest.approx(_percentile(w, 99))
-    assert s[-1] == 1.0 and s[0] == 0.0
-    assert s[50] == pytest.approx((50 - lim.min) / (lim.max - lim.min), abs=1e-9)
-    with pytest.raises(ValueError, match="unknown normalisation"):
-        act.normalise(v, "zscore")
-
-
-@pytest.mark.parametrize("mode", ["raw", "minmax", "minmax_clip"])
-@pytest.mark.parametrize("kind", ["mixed", "positive", "negative"])
-def test_normalise_against_a_loop(mode, kind):
-    v = RNG.normal(size=300) * 3
-    v = {"mixed": v, "positive": np.abs(v) + 0.1, "negative": -np.abs(v) - 0.1}[kind]
-    if mode == "minmax_clip":
-        lo, hi = _percentile(v, 1), _percentile(v, 99)
-    else:
-        lo, hi = min(v), max(v)
-    mid = 0.0 if mode == "raw" and kind == "mixed" else (lo + hi) / 2
-    s, lim = act.normalise(v, mode)
-    assert (lim.min, lim.divider, lim.max) == pytest.approx((lo, mid, hi))
-    assert s.tolist() == pytest.approx([_position(x, lo, mid, hi) for x in v])
-    assert s.min() >= 0 and s.max() <= 1 and np.isfinite(s).all()
-
-
-def test_normalise_edge_cases():
-    s, lim = act.normalise(np.full(4, 3.0), "minmax")  # constant: the middle colour
-    assert s.tolist() == [0.5] * 4 and lim == act.Limits(3.0, 3.0, 3.0)
-    s, lim = act.normalise(np.zeros(3), "raw")
-    assert s.tolist() == [0.5] * 3
-    s, lim = act.normalise(np.array([]), "minmax_clip")
-    assert s.size == 0 and lim == act.Limits(0.0, 0.0, 0.0)
-    s, lim = act.normalise(np.array([1.0, np.nan, 3.0, np.inf, -np.inf]), "minmax")  # limits: finite only
-    assert lim == act.Limits(1.0, 2.0, 3.0)
-    assert s[[0, 2, 3, 4]].tolist() == [0.0, 1.0, 1.0, 0.0] and np.isnan(s[1])
-
-
-def test_apply_limits_user_edited():
-    v = np.array([-2.0, 0.0, 1.0, 6.0])
-    assert act.apply_limits(v, act.Limits(0.0, 1.0, 2.0)).tolist() == [0.0, 0.0, 0.5, 1.0]
-    r = RNG.normal(size=100) * 4
-    for lo, mid, hi in [
-        (-1.0, 0.0, 5.0),
-        (-3.0, 2.5, 3.0),
-        (0.0, 0.0, 2.0),
-        (-2.0, 1.0, 1.0),
-        (1.0, 1.0, 1.0),
-    ]:
-        got = act.apply_limits(r, act.Limits(lo, mid, hi))
-        assert got.tolist() == pytest.approx([_position(x, lo, mid, hi) for x in r])
-    # a side without span: past the divider goes straight to the end of the scale, as in the front end
-    assert act.apply_limits(np.array([-1.0, 0.0, 1.0]), act.Limits(0.0, 0.0, 0.0)).tolist() == [0, 0.5, 1]

@@ -36,12 +36,16 @@ def test_activation_stats(client, full, tid):
     x = full["blocks.1.hook_resid_post"]
     r = get(client, tid, "activations", hook="blocks.1.hook_resid_post", stat="norm")
     close(r["values"], np.linalg.norm(x, axis=1))
+    assert r["scale"]["kind"] == "sequential" and r["scale"]["min"] == 0.0  # raw: a norm's floor
+    assert r["scale"]["max"] == pytest.approx(max(r["values"]))
     r = get(client, tid, "activations", hook="blocks.1.hook_resid_post", stat="abs_sum", scale="minmax")
     close(r["values"], np.abs(x).sum(1))
-    assert min(r["scaled"]) == pytest.approx(0) and max(r["scaled"]) == pytest.approx(1)
+    assert (r["scale"]["min"], r["scale"]["max"]) == pytest.approx((min(r["values"]), max(r["values"])))
     r = get(client, tid, "activations", hook="blocks.0.attn.hook_q", head=1, stat="value", dim=3)
     close(r["values"], full["blocks.0.attn.hook_q"][:, 1, 3])
-    assert r["signed"] and all(-1 <= v <= 1 for v in r["scaled"])
+    m = max(abs(v) for v in r["values"])
+    want = {"kind": "diverging", "min": -m, "divider": 0.0, "max": m, "mode": "raw"}
+    assert r["scale"] == {**want, "left_out": [], "clipped": []}
 
 
 def test_similarities(client, full, tid):

@@ -1,9 +1,11 @@
-"""Activation statistics: per-token summaries, similarities, histograms, IQR outliers, normalisation.
+"""Activation statistics: per-token summaries, similarities, histograms, IQR outliers.
+
+Colour limits for any of these live in analysis.scales (one implementation, used by the server).
 
 x [T, D] is one component's vector per token (a per-head component already sliced to one head by the
 caller). Everything here is numpy and computed in float64 unless it says otherwise; a torch tensor on
 the CPU is accepted wherever an array is (it goes through np.asarray). Outputs are NaN-free for finite
-inputs: zero vectors give cosine 0, constant arrays give a histogram and limits that still work.
+inputs: zero vectors give cosine 0, constant arrays give a histogram that still works.
 """
 
 from __future__ import annotations
@@ -37,20 +39,6 @@ def values(x: np.ndarray, dim: int) -> np.ndarray:
     if not 0 <= dim < x.shape[1]:
         raise ValueError(f"dimension {dim} is out of range 0..{x.shape[1] - 1}")
     return x[:, dim].copy()
-
-
-def signed_scale(v: np.ndarray) -> np.ndarray:
-    """[T] -> [T] in [-1, 1]: positives divided by the largest positive, negatives by the largest
-    |negative|, separately (activations are skewed; one shared scale would wash out the smaller side).
-    Zeros stay 0; an all-positive input reaches 1 and never goes below 0 (and vice versa)."""
-    v = np.asarray(v, dtype=np.float64)
-    out = np.zeros_like(v)
-    pos, neg = v > 0, v < 0
-    if pos.any():
-        out[pos] = v[pos] / v[pos].max()
-    if neg.any():
-        out[neg] = v[neg] / -v[neg].min()
-    return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -150,53 +138,3 @@ def iqr_outliers(v: np.ndarray, factor: float = 3.0) -> Outliers:
     dims = found[np.lexsort((found, -np.abs(v[found])))].tolist()
     kept = v[~out]
     return Outliers(low, high, dims, (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0))
-
-
-@dataclass(frozen=True)
-class Limits:
-    min: float  # mapped to 0 (the colour scale's start)
-    divider: float  # mapped to 0.5 (the colour scale's middle)
-    max: float  # mapped to 1 (the colour scale's end)
-
-
-def apply_limits(v: np.ndarray, limits: Limits) -> np.ndarray:
-    """Scale values [T] into [0, 1] by (possibly user-edited) limits: min -> 0, divider -> 0.5, max -> 1,
-    linearly on each side of the divider; values beyond min or max clip to 0 or 1. A side with no span
-    (divider == min, or divider == max) sends values past the divider straight to 0 or 1. NaN stays NaN.
-    Same rule as the front end's `position` in web/src/lib/scale.ts."""
-    v = np.asarray(v, dtype=np.float64)
-    lo, mid, hi = float(limits.min), float(limits.divider), float(limits.max)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        below = (v - lo) / (mid - lo) * 0.5 if mid > lo else np.zeros_like(v)
-        above = 0.5 + (v - mid) / (hi - mid) * 0.5 if hi > mid else np.ones_like(v)
-    out = np.where(v < mid, below, np.where(v > mid, above, 0.5))
-    out = np.where(np.isnan(v), np.nan, out)
-    return np.clip(out, 0.0, 1.0)
-
-
-def normalise(v: np.ndarray, mode: str = "raw") -> tuple[np.ndarray, Limits]:
-    """Values [T] -> (scaled [T] in [0, 1], the Limits used); scaled = apply_limits(v, limits).
-
-    The output is always in [0, 1], for signed data too: the sign shows as the side of 0.5 (use
-    `signed_scale` for a [-1, 1] view). Modes:
-      "raw": limits are the data's min and max; the divider is 0 when the data has both signs (so the
-        sign stays visible), the midpoint otherwise;
-      "minmax": min..max with the divider at the midpoint;
-      "minmax_clip": the 1st..99th percentiles (numpy.percentile, linear) instead of min..max, divider
-        at their midpoint; values outside clip to 0 or 1, so a few outliers do not flatten the rest.
-    Limits are computed from the finite values only; with none, they are (0, 0, 0). Constant data maps
-    to 0.5."""
-    v = np.asarray(v, dtype=np.float64)
-    if mode not in ("raw", "minmax", "minmax_clip"):
-        raise ValueError(f"unknown normalisation '{mode}': use raw, minmax or minmax_clip")
-    finite = v[np.isfinite(v)]
-    if finite.size == 0:
-        limits = Limits(0.0, 0.0, 0.0)
-        return apply_limits(v, limits), limits
-    if mode == "minmax_clip":
-        lo, hi = (float(p) for p in np.percentile(finite, [1, 99]))
-    else:
-        lo, hi = float(finite.min()), float(finite.max())
-    mid = 0.0 if mode == "raw" and lo < 0 < hi else (lo + hi) / 2
-    limits = Limits(lo, mid, hi)
-    return apply_limits(v, limits), limits

@@ -15,6 +15,7 @@ from fastapi import FastAPI, HTTPException, Query
 from lmpeek.analysis import activations as act
 from lmpeek.analysis.lens import logit_lens
 from lmpeek.analysis.neurons import neuron_over_text, top_neurons
+from lmpeek.analysis.scales import colour_scale
 from lmpeek.server import guard
 from lmpeek.server.components import parse
 from lmpeek.server.finite import floats as _floats
@@ -43,6 +44,46 @@ def _lost_values_ok(fn: Callable) -> Callable:
     return run
 
 
+def activation_values(x: np.ndarray, stat: str, dim: int | None) -> np.ndarray:
+    """x [T, D] -> [T]: each token's L2 norm ("norm"), Σ|x| ("abs_sum") or one dimension ("value")."""
+    if stat == "value":
+        if dim is None or dim >= x.shape[1]:
+            raise HTTPException(422, detail=f"stat=value needs dim in 0..{x.shape[1] - 1}")
+        return act.values(x, dim)
+    return np.linalg.norm(x, axis=1) if stat == "norm" else act.abs_sum(x)
+
+
+def check_token(x: np.ndarray, token: int) -> None:
+    if token >= x.shape[0]:
+        raise HTTPException(422, detail=f"token must be < {x.shape[0]}")
+
+
+def similarity_values(
+    model, vectors: Callable[[str, int | None], np.ndarray], hook: str, head: int | None, token: int,
+    kind: str,
+) -> np.ndarray:  # fmt: skip
+    """Cosines [T] for one trace: `vectors(hook, head)` gives that trace's [T, D] at a hook point."""
+    x = vectors(hook, head)
+    check_token(x, token)
+    if kind == "tokens":
+        return act.cosine_to_tokens(x, token)
+    layer, point = parse(model, hook)
+    if kind == "previous":
+        if layer is None or layer == 0:
+            raise HTTPException(422, detail="'previous' needs a block hook at layer >= 1")
+        return act.cosine_rows(x, vectors(f"blocks.{layer - 1}.{point}", head))
+    if point not in _ADDED_TO:
+        raise HTTPException(422, detail=f"'residual' applies to {', '.join(_ADDED_TO)}")
+    return act.cosine_rows(x, vectors(f"blocks.{layer}.{_ADDED_TO[point]}", None))
+
+
+def neuron_values(x: np.ndarray, index: int) -> np.ndarray:
+    """One MLP neuron over the text: x is mlp.hook_post [T, d_mlp]."""
+    if index >= x.shape[1]:
+        raise HTTPException(422, detail=f"index must be < {x.shape[1]}")
+    return neuron_over_text(x, index)
+
+
 # module level: FastAPI resolves these annotations by name (this module uses postponed annotations)
 Hook = Annotated[
     str, Query(description="hook name, e.g. blocks.3.hook_resid_post", pattern=guard.HOOK_PATTERN)
@@ -57,10 +98,6 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         x = component(trace_id, hook, head)
         return x.reshape(x.shape[0], -1)  # [T, D]
 
-    def check_token(x: np.ndarray, token: int) -> None:
-        if token >= x.shape[0]:
-            raise HTTPException(422, detail=f"token must be < {x.shape[0]}")
-
     @app.get("/api/traces/{trace_id}/activations")
     @_lost_values_ok
     def activations(
@@ -69,24 +106,15 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         head: Head = None,
         stat: Literal["norm", "abs_sum", "value"] = "norm",
         dim: Annotated[int | None, Query(ge=0)] = None,
-        scale: Literal["raw", "minmax", "minmax_clip"] = "raw",
+        scale: Literal["raw", "minmax", "outliers"] = "raw",
+        skip_first: bool = False,
     ) -> dict[str, Any]:
-        """Per token: the vector's L2 norm, sum of |values|, or one dimension's value (signed)."""
-        x = vectors(trace_id, hook, head)
-        if stat == "value":
-            if dim is None or dim >= x.shape[1]:
-                raise HTTPException(422, detail=f"stat=value needs dim in 0..{x.shape[1] - 1}")
-            values = act.values(x, dim)
-        else:
-            values = np.linalg.norm(x, axis=1) if stat == "norm" else act.abs_sum(x)
-        scaled, limits = act.normalise(values, scale)
-        signed = stat == "value"
-        if signed:
-            scaled = act.signed_scale(values)
-        scaled = np.where(np.isfinite(values), scaled, np.nan)  # no colour for a value the model lost
-        return {"values": _floats(values), "scaled": _floats(scaled), "signed": signed,
-                "limits": {"min": number(limits.min), "divider": number(limits.divider),
-                           "max": number(limits.max)}}  # fmt: skip
+        """Per token: the vector's L2 norm, sum of |values|, or one dimension's value (signed), with its
+        colour scale (analysis.scales; /metric serves every Explore metric this way)."""
+        values = activation_values(vectors(trace_id, hook, head), stat, dim)
+        quantity = "signed" if stat == "value" else "magnitude"
+        return {"values": _floats(values),
+                "scale": colour_scale(values, quantity, scale, skip_first=skip_first).to_json()}  # fmt: skip
 
     @app.get("/api/traces/{trace_id}/similarity")
     @_lost_values_ok
@@ -100,21 +128,8 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         """Cosine similarities: the token's vector with every token's; each token's vector with the same
         hook one layer earlier; each token's component with the residual stream it was added to."""
         model = holder.ready()
-        x = vectors(trace_id, hook, head)
-        check_token(x, token)
-        if kind == "tokens":
-            return {"values": _floats(act.cosine_to_tokens(x, token))}
-        layer, point = parse(model, hook)
-        if kind == "previous":
-            if layer is None or layer == 0:
-                raise HTTPException(422, detail="'previous' needs a block hook at layer >= 1")
-            return {
-                "values": _floats(act.cosine_rows(x, vectors(trace_id, f"blocks.{layer - 1}.{point}", head)))
-            }
-        if point not in _ADDED_TO:
-            raise HTTPException(422, detail=f"'residual' applies to {', '.join(_ADDED_TO)}")
-        base = vectors(trace_id, f"blocks.{layer}.{_ADDED_TO[point]}", None)
-        return {"values": _floats(act.cosine_rows(x, base))}
+        return {"values": _floats(similarity_values(model, lambda h, hd: vectors(trace_id, h, hd), hook, head,
+                                                    token, kind))}  # fmt: skip
 
     @app.get("/api/traces/{trace_id}/histogram")
     @_lost_values_ok
@@ -168,9 +183,16 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
 
     @app.get("/api/traces/{trace_id}/logit_lens")
     @_lost_values_ok
-    def lens(trace_id: TraceId, token: Token, k: Annotated[int, Query(ge=1, le=50)] = 5) -> dict[str, Any]:
-        """What each layer's residual stream (resid_post) would predict through the final norm and the
-        unembedding: top-k tokens and probabilities, a row per layer."""
+    def lens(
+        trace_id: TraceId,
+        token: Token,
+        k: Annotated[int, Query(ge=1, le=50)] = 5,
+        target: Annotated[int | None, Query(ge=0, description="a token id to follow through the layers")] = None,
+    ) -> dict[str, Any]:
+        """What each layer's residual stream (resid_post) at position `token` would predict through the
+        final norm and the unembedding: top-k tokens and probabilities, a row per layer. With `target`
+        (the page sends the token that actually came next, at token + 1): that token's rank and
+        probability at every layer, in `target`, also when it is outside the top-k."""
         import torch
 
         model = holder.ready()
@@ -183,6 +205,8 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         b = model.bound
         norm = b.module(b.adapter.final_norm)
         unembed = b.module(b.adapter.unembed)
+        if target is not None and target >= unembed.weight.shape[0]:
+            raise HTTPException(422, detail=f"target: must be a token id < {unembed.weight.shape[0]}")
 
         def final_norm(v: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -196,16 +220,25 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
                 unembed.weight.detach().float().numpy(),
                 None if bias is None else bias.detach().float().numpy(),
                 k=k,
+                target=target,
             ),
             "lens",
         )
         from lmpeek.capture.trace import decode_topk
 
-        return {
+        out: dict[str, Any] = {
             "ids": result.ids.tolist(),
             "probs": [_floats(row) for row in result.probs],
             "tokens": decode_topk(model.tokenizer, result.ids),  # byte pieces as <0xC3>, as everywhere
         }
+        if target is not None:
+            out["target"] = {
+                "id": target,
+                "token": decode_topk(model.tokenizer, np.array([[target]]))[0][0],
+                "ranks": result.target_rank.tolist(),
+                "probs": _floats(result.target_prob),
+            }
+        return out
 
     @app.get("/api/traces/{trace_id}/neurons")
     @_lost_values_ok
@@ -228,9 +261,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
     ) -> dict[str, Any]:
         """One MLP neuron's activation over the whole text."""
         x = component(trace_id, f"blocks.{layer}.mlp.hook_post", None)
-        if index >= x.shape[1]:
-            raise HTTPException(422, detail=f"index must be < {x.shape[1]}")
-        return {"values": _floats(neuron_over_text(x, index))}
+        return {"values": _floats(neuron_values(x, index))}
 
     @app.get("/api/compare")
     @_lost_values_ok
