@@ -132,3 +132,28 @@ def test_errors():
         logit_lens(resid, _rms(w), W_U, k=0)
     with pytest.raises(ValueError, match="final_norm returned"):
         logit_lens(resid, lambda x: x[:, :2], W_U)
+
+
+@pytest.mark.parametrize("target", [0, 7, V - 1])
+def test_target_rank_and_probability_at_every_layer(target):
+    # the token that actually came next, followed through the layers wherever it ranks (k=1 here, so
+    # mostly outside the top-k): its rank in the full sorted list, and its probability
+    resid, w, W_U, b = _tiny_model(seed=target)
+    lens = logit_lens(resid, _rms(w), W_U, b, k=1, target=target)
+    for layer in range(L):
+        order, probs = _lens_loop(resid[layer], w, W_U, b, V)
+        assert lens.target_rank[layer] == order.index(target) + 1
+        assert lens.target_prob[layer] == pytest.approx(probs[order.index(target)], rel=1e-5)
+    assert logit_lens(resid, _rms(w), W_U, b, k=1).target_rank is None
+
+
+def test_target_ties_rank_like_the_top_k():
+    resid = np.zeros((1, D), dtype=np.float32)  # every logit equal: the order is by id
+    lens = logit_lens(resid, lambda x: x, np.ones((V, D), np.float32), None, k=V, target=5)
+    assert lens.ids[0].tolist() == list(range(V)) and lens.target_rank[0] == 6
+
+
+def test_target_outside_the_vocabulary():
+    resid, w, W_U, b = _tiny_model()
+    with pytest.raises(ValueError, match="below the vocabulary size"):
+        logit_lens(resid, _rms(w), W_U, b, target=V)

@@ -85,6 +85,22 @@ def test_logit_lens_last_layer_is_the_prediction(client, full, tid):
     assert r["ids"][-1][0] == int(full.topk_ids[5, 0])
     np.testing.assert_allclose(r["probs"][-1], full.topk_probs[5, :5], atol=BOUND)
     assert r["tokens"][-1] == full.topk_tokens[5][:5]  # the same labels as the predictions panel
+    assert "target" not in r
+
+
+def test_logit_lens_follows_the_actual_next_token(client, full, tid):
+    # the page asks at position t-1 for token t: its rank and probability at every layer; the last
+    # layer's are the model's own prediction of it
+    nxt = int(full.token_ids[6])
+    r = get(client, tid, "logit_lens", token=5, k=1, target=nxt)
+    assert r["target"]["id"] == nxt and r["target"]["token"] == full.tokens[6]
+    assert len(r["target"]["ranks"]) == len(r["target"]["probs"]) == 2
+    np.testing.assert_allclose(r["target"]["probs"][-1], full.true_prob[5], atol=BOUND)
+    top = full.topk_ids[5].tolist()  # the trace's top-10 at position 5
+    rank = r["target"]["ranks"][-1]
+    assert rank == top.index(nxt) + 1 if nxt in top else rank > len(top)
+    bad = client.get(f"/api/traces/{tid}/logit_lens", params={"token": 5, "target": 10**6})
+    assert bad.status_code == 422 and "target" in bad.json()["detail"]
 
 
 def test_neurons(client, full, tid):

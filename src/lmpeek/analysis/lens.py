@@ -12,6 +12,10 @@ import numpy as np
 class Lens:
     ids: np.ndarray  # [L, k] int64 token ids, most likely first (ties: lower id first)
     probs: np.ndarray  # [L, k] float64 probabilities of those ids
+    # when a target token is given (the token that actually came next): its rank (1 = most likely, ties
+    # ranked as in `ids`) and probability at every layer, wherever it falls, inside the top-k or not
+    target_rank: np.ndarray | None = None  # [L] int64
+    target_prob: np.ndarray | None = None  # [L] float64
 
 
 def logit_lens(
@@ -20,6 +24,7 @@ def logit_lens(
     unembed: np.ndarray,
     bias: np.ndarray | None = None,
     k: int = 5,
+    target: int | None = None,
 ) -> Lens:
     """Logit lens for ONE token: top-k of softmax(unembed @ final_norm(resid_l) + bias) for every layer l.
 
@@ -27,7 +32,8 @@ def logit_lens(
     final_norm: the model's final norm as a callable, numpy [L, D] float32 in, numpy [L, D] out (the
     caller wraps the module, so this function stays pure). unembed [V, D]: the unembedding W_U;
     bias [V] or None. The norm and the matmul run in float32 (numpy), the softmax in float64,
-    shifted by each row's max (stable). k is capped at V. Returns Lens(ids [L, k], probs [L, k]).
+    shifted by each row's max (stable). k is capped at V. Returns Lens(ids [L, k], probs [L, k]), and
+    with `target` (a token id) that token's rank and probability per layer.
     The last row, resid_post of the last block, reproduces the model's own next-token prediction.
     """
     resid = np.asarray(resid, dtype=np.float32)
@@ -53,4 +59,14 @@ def logit_lens(
     probs /= probs.sum(axis=1, keepdims=True)
     k = min(k, probs.shape[1])
     ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return Lens(ids=ids.astype(np.int64), probs=np.take_along_axis(probs, ids, axis=1))
+    top = np.take_along_axis(probs, ids, axis=1)
+    if target is None:
+        return Lens(ids=ids.astype(np.int64), probs=top)
+    if not 0 <= target < probs.shape[1]:
+        raise ValueError(
+            f"target must be a token id below the vocabulary size {probs.shape[1]}, got {target}"
+        )
+    p = probs[:, target]
+    # the same order as `ids`: higher probability first, then lower id first
+    rank = (probs > p[:, None]).sum(axis=1) + (probs[:, :target] == p[:, None]).sum(axis=1) + 1
+    return Lens(ids=ids.astype(np.int64), probs=top, target_rank=rank.astype(np.int64), target_prob=p)

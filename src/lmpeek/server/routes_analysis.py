@@ -187,7 +187,7 @@ def add_analysis_routes(app: FastAPI, holder, traces, component: Component, get_
         trace_id: TraceId,
         token: Token,
         k: Annotated[int, Query(ge=1, le=50)] = 5,
-        target: Annotated[int | None, Query(ge=0, description="a token id to follow through the layers")] = None,
+        target: Annotated[int | None, Query(ge=0, description="a token id to follow")] = None,
     ) -> dict[str, Any]:
         """What each layer's residual stream (resid_post) at position `token` would predict through the
         final norm and the unembedding: top-k tokens and probabilities, a row per layer. With `target`
