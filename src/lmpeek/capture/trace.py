@@ -135,6 +135,25 @@ class Trace:
             "nonfinite": list(self.nonfinite),
         }
 
+    # --- the envelope: one binary format for HTTP, the notebook widget and exports (lmpeek.schema) ----
+
+    def to_bytes(self, precision: str = "exact") -> bytes:
+        """The trace as one envelope (see lmpeek.schema): a JSON header and little-endian buffers.
+        "exact" (default) keeps every array's dtype, so `Trace.from_bytes` gives this trace back
+        unchanged (NaN and inf included); "compact" sends attention entropy as float16 (what the
+        server sends the page)."""
+        from lmpeek.schema import encode_trace
+
+        return encode_trace(self, precision=precision)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Trace:
+        """A Trace from `to_bytes()`'s envelope (or GET /api/traces/{id} with Accept:
+        application/vnd.lmpeek.trace); refuses one written in a newer major format version."""
+        from lmpeek.schema import decode_trace
+
+        return cls(**decode_trace(data))
+
     # --- storage: <dir>/trace.safetensors (arrays) + <dir>/trace.json (strings, model info) ----------
 
     def save(self, path: str | Path, heavy_dtype: str = "auto", allow_nonfinite: bool = False) -> Path:
