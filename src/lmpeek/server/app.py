@@ -294,6 +294,33 @@ def create_app(
 
         float16 little-endian bytes with `Accept: application/octet-stream` (shape in `X-Shape`),
         JSON `{"shape", "data"}` otherwise."""
+        pattern = attention_slice(trace_id, layer, head, query, key, rope)
+        shape = ",".join(map(str, pattern.shape))
+        if "application/octet-stream" in request.headers.get("accept", ""):
+            # NaN where the model produced inf/NaN; X-Nonfinite counts them so no client misses it
+            bad = int(pattern.size - np.isfinite(pattern).sum())
+            return Response(
+                pattern.astype("<f2").tobytes(),
+                media_type="application/octet-stream",
+                headers={"X-Shape": shape, "X-Nonfinite": str(bad),
+                         "Access-Control-Expose-Headers": "X-Shape, X-Nonfinite"},
+            )  # fmt: skip
+        if pattern.size > MAX_JSON_VALUES:
+            # as JSON a 4k-token pattern is ~200 MB and takes the server seconds to write
+            raise HTTPException(
+                422,
+                detail=f"a {shape.replace(',', '×')} pattern is too large for JSON ({pattern.size:,} values, "
+                f"limit {MAX_JSON_VALUES:,}): send 'Accept: application/octet-stream' for float16 bytes, "
+                "or ask for one row (query=) or column (key=)",
+            )
+        from lmpeek.server.finite import floats
+
+        return {"shape": list(pattern.shape), "data": floats(pattern.astype(np.float32))}
+
+    def attention_slice(
+        trace_id: str, layer: int, head: int, query: int | None, key: int | None, rope: str
+    ) -> np.ndarray:
+        """One head's pattern [T, T] (float16), or its row `query` [1, T] or column `key` [1, T]."""
         from lmpeek.capture.slices import attention_pattern, head_pattern
 
         t = _get(trace_id)
@@ -333,27 +360,7 @@ def create_app(
         elif key is not None:
             pattern = pattern[:, key][None]
         pattern = np.ascontiguousarray(pattern)
-        shape = ",".join(map(str, pattern.shape))
-        if "application/octet-stream" in request.headers.get("accept", ""):
-            # NaN where the model produced inf/NaN; X-Nonfinite counts them so no client misses it
-            bad = int(pattern.size - np.isfinite(pattern).sum())
-            return Response(
-                pattern.astype("<f2").tobytes(),
-                media_type="application/octet-stream",
-                headers={"X-Shape": shape, "X-Nonfinite": str(bad),
-                         "Access-Control-Expose-Headers": "X-Shape, X-Nonfinite"},
-            )  # fmt: skip
-        if pattern.size > MAX_JSON_VALUES:
-            # as JSON a 4k-token pattern is ~200 MB and takes the server seconds to write
-            raise HTTPException(
-                422,
-                detail=f"a {shape.replace(',', '×')} pattern is too large for JSON ({pattern.size:,} values, "
-                f"limit {MAX_JSON_VALUES:,}): send 'Accept: application/octet-stream' for float16 bytes, "
-                "or ask for one row (query=) or column (key=)",
-            )
-        from lmpeek.server.finite import floats
-
-        return {"shape": list(pattern.shape), "data": floats(pattern.astype(np.float32))}
+        return pattern
 
     def _rope_part(trace_id: str, model, layer: int, head: int, part: str) -> np.ndarray:
         """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
@@ -497,6 +504,9 @@ def create_app(
     from lmpeek.server.routes_analysis import add_analysis_routes
 
     add_analysis_routes(app, holder, traces, component, lambda trace_id: _get(trace_id))
+    from lmpeek.server.routes_metric import add_metric_routes  # every Explore metric with its colour scale
+
+    add_metric_routes(app, holder, traces, component, lambda trace_id: _get(trace_id), attention_slice)
     from lmpeek.server.routes_store import add_store_routes
 
     add_store_routes(app, holder, traces)  # GET /api/traces: the stored traces, to reopen one
