@@ -46,9 +46,8 @@ def main() -> None:
     model = lmpeek.load(args.model, progress=False)
     ids = model.tokenizer(corpus())["input_ids"]
     info = model.info()
-    print(
-        f"model {info['name']}: {info['n_layers']} layers x {info['n_heads']} heads, vocab {info['vocab_size']}"
-    )
+    shape = f"{info['n_layers']} layers x {info['n_heads']} heads, vocab {info['vocab_size']}"
+    print(f"model {info['name']}: {shape}")
     print(f"{'tokens':>6} {'form':<17} {'bytes':>12} {'gzip -6':>12} {'encode':>8} {'decode':>8}")
     for n in args.tokens:
         if n > len(ids):
