@@ -10,11 +10,13 @@ export interface RenderData {
   api?: string;
   /** the tab to open first */
   view?: "generate" | "explore";
+  /** keep the view state (tabs, selection, controls) in the URL's hash, so a reload restores it */
+  urlState?: boolean;
 }
 
 /** Mount the app into `el`; returns a function that unmounts it. */
 export function render(el: HTMLElement, data: RenderData = {}): () => void {
-  const app = mount(App, { target: el, props: { api: data.api ?? "", initialView: data.view ?? "generate" } });
+  const app = mount(App, { target: el, props: { api: data.api ?? "", initialView: data.view ?? "generate", urlState: data.urlState ?? false } });
   return () => {
     void unmount(app);
   };

@@ -1,7 +1,7 @@
 /** The HTTP client: one instance per mounted app, bound to a base URL ("" = same origin). */
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
-import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, Pattern, Rope, Sample, Trace, VectorData } from "./types";
+import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, Pattern, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
 
 /** Query parameters: undefined and null are left out. */
 export function query(params: Record<string, string | number | null | undefined>): string {
@@ -39,15 +39,25 @@ export function errorMessage(status: number, body: string): string {
   return body.trim() ? `HTTP ${status}: ${body.trim().slice(0, 300)}` : `HTTP ${status}`;
 }
 
+/** What the app's header hears of each model request: one started, or an answer's status (a 503's
+ * Retry-After in seconds: the model's queue is full). */
+export type ApiActivity = { started: string } | { status: number; retryAfter: number | null };
+
 export class Api {
+  /** Set by the app to follow requests (the header polls health faster while the model works). */
+  onactivity: ((a: ApiActivity) => void) | null = null;
+
   constructor(readonly base: string = "") {
     this.base = base.replace(/\/$/, "");
   }
 
   private async request(path: string, init?: RequestInit): Promise<Response> {
     let resp: Response;
+    this.onactivity?.({ started: path });
     try {
       resp = await fetch(this.base + path, init);
+      const retry = resp.headers.get("retry-after");
+      this.onactivity?.({ status: resp.status, retryAfter: retry !== null && Number.isFinite(Number(retry)) ? Number(retry) : null });
     } catch (err) {
       if ((err as Error).name === "AbortError") throw err;
       throw new ApiError(`cannot reach the lmpeek server (${(err as Error).message})`, 0);
@@ -76,6 +86,11 @@ export class Api {
       body: JSON.stringify({ text, top_k: topK }),
       signal,
     });
+  }
+
+  /** The stored traces, newest first (to reopen one). */
+  storedTraces(signal?: AbortSignal): Promise<StoredTrace[]> {
+    return this.json("/api/traces?limit=200", { signal });
   }
 
   getTrace(id: string, signal?: AbortSignal): Promise<Trace> {

@@ -18,6 +18,22 @@ export interface Health {
   status: "loading" | "ready" | "error";
   message: string;
   model: ModelInfo | null;
+  /** model jobs queued or running, and how many are taken before new ones get 503 */
+  queue?: { pending: number; limit: number };
+}
+
+/** GET /api/traces: one stored trace, newest first. */
+export interface StoredTrace {
+  id: string;
+  model: string;
+  /** Unix seconds */
+  created: number;
+  n_tokens: number;
+  /** the text's first 80 characters */
+  preview: string;
+  truncated: boolean;
+  /** made by another model: this server cannot open it */
+  other_model: boolean;
 }
 
 export const COMPONENTS = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"] as const;
