@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+from envelope_fixture import awkward_trace
 from trace_fakes import make_trace
 
 import lmpeek
@@ -40,34 +41,6 @@ def _same_array(name: str, x: np.ndarray, y: np.ndarray) -> None:
     assert x.dtype == y.dtype and x.shape == y.shape, (name, x.dtype, y.dtype, x.shape, y.shape)
     assert x.tobytes() == y.tobytes(), name
     assert y.flags.writeable, name  # a fresh array, not a view into the received bytes
-
-
-def awkward_trace() -> Trace:
-    """NaN and ±inf in every float summary, byte-piece tokens, non-ASCII and control text, kept tensors
-    in float16 and float32, a chat trace, a token without bytes."""
-    t = make_trace(6, k=3)
-    t.text = "Zürich 東京 🙂\t\x00"
-    t.tokens = ["Z", "ürich", " 東京", " <0xF0>", "<0x9F>", "\x00"]
-    t.token_bytes = [b"Z", "ürich".encode(), " 東京".encode(), b" \xf0", b"\x9f", b""]
-    t.topk_tokens = [["<0xC3>", " the", "\ud800"], ["é", "", " the"]] * 3  # a lone surrogate too
-    t.chat = True
-    t.topk_probs[1, 2] = np.nan
-    t.topk_probs[2, 0] = 1e-30  # far below float16's range: must come back as it was
-    t.entropy[0] = np.inf
-    t.loss[-1] = np.nan
-    t.loss[2] = -0.0
-    t.true_prob[3] = -np.inf
-    t.attn_entropy[0, 1, 2] = np.nan
-    nan_payload = np.array([0x7FC00123], dtype=np.uint32).view(np.float32)[0]
-    t.norms["blocks.0.hook_resid_post"][4] = nan_payload
-    t.norms["blocks.1.hook_resid_pre"] = t.norms["blocks.0.hook_resid_post"].copy()  # shares a buffer
-    t.tensors = {
-        "blocks.0.hook_resid_post": np.arange(24, dtype=np.float32).reshape(6, 4) * 1e5,
-        "blocks.1.attn.hook_pattern": np.full((2, 6, 6), 0.25, dtype=np.float16),
-    }
-    t.nonfinite = ["blocks.0.hook_resid_post", "logits"]
-    t.model["fingerprint"] = {"name": "tiny:llama", "id": "a" * 16}
-    return t
 
 
 def test_exact_round_trip_of_every_field():
@@ -229,3 +202,13 @@ def test_importing_the_schema_and_reading_a_trace_leaves_torch_out(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_front_end_fixtures_are_what_the_writer_writes_today():
+    from envelope_fixture import FIXTURES, fixtures
+
+    for name, data in fixtures().items():
+        path = FIXTURES / name
+        assert path.is_file() and path.read_bytes() == data, (
+            f"web/test/fixtures/{name} is stale: run .venv/bin/python tests/store/envelope_fixture.py"
+        )

@@ -47,23 +47,29 @@ export interface Trace {
   token_bytes?: string[];
   /** [T] true when the token is not valid UTF-8 alone (part of a character) */
   partial?: boolean[];
-  token_ids: number[];
+  /** Numeric arrays are ArrayLike: plain arrays from JSON, typed-array views from the binary envelope
+   * (lib/envelope); both carry null where the model produced NaN or ±inf. */
+  token_ids: ArrayLike<number>;
   offsets: [number, number][];
   /** [T][k]: the prediction made AT t for token t+1 */
-  topk_ids: number[][];
-  topk_probs: number[][];
+  topk_ids: ArrayLike<number>[];
+  topk_probs: ArrayLike<number>[];
   topk_tokens: string[][];
-  entropy: number[];
+  entropy: ArrayLike<number | null>;
   /** loss of the actual token t+1; null at the last token */
-  loss: (number | null)[];
-  true_prob: (number | null)[];
+  loss: ArrayLike<number | null>;
+  true_prob: ArrayLike<number | null>;
   /** "blocks.{l}.hook_{component}" -> [T] */
-  norms: Record<string, number[]>;
+  norms: Record<string, ArrayLike<number | null>>;
   /** [layer][head][T] */
-  attn_entropy: number[][][];
+  attn_entropy: ArrayLike<number | null>[][];
   model: ModelInfo;
   text: string;
   chat: boolean;
+  /** hook points whose whole arrays the trace kept */
+  kept?: string[];
+  /** hook points where the model produced inf or NaN ("logits" when the predictions did) */
+  nonfinite?: string[];
 }
 
 export type StepNorms = Record<Component, number[]>;
