@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { errorMessage } from "../src/lib/api";
-import { clampIndex, isTextField, mean2d, metricLimits, metricRange, metricValues, predictionRows, remoteKey } from "../src/lib/metrics";
+import { clampIndex, isTextField, mean2d, metricLimits, metricRange, metricValues, predictionRows, predictionStats, remoteKey } from "../src/lib/metrics";
 import type { Trace } from "../src/lib/types";
 
 const trace = {
@@ -40,9 +40,10 @@ const base = { layer: 0, component: "resid_post" as const, selected: 2 };
 
 describe("metricValues", () => {
   it.each([
-    ["loss", base, [0.69, 4.2, 0.1, undefined]],
-    ["entropy", base, [1, 2, 0.5, 3]],
-    ["prob", base, [0.5, 0.015, 0.9, undefined]],
+    // token t shows the prediction that produced it: position t-1's; the first token has none
+    ["loss", base, [undefined, 0.69, 4.2, 0.1]],
+    ["entropy", base, [undefined, 1, 2, 0.5]],
+    ["prob", base, [undefined, 0.5, 0.015, 0.9]],
     ["norm", base, [10, 20, 30, 40]],
     ["norm", { ...base, layer: 1, component: "attn_out" as const }, [1, 2, 3, 4]],
     ["norm", { ...base, layer: 5 }, [undefined, undefined, undefined, undefined]],
@@ -64,21 +65,26 @@ describe("metricRange", () => {
   });
 });
 
-describe("predictionRows", () => {
-  it("marks the actual next token in the top 5", () => {
-    const rows = predictionRows(trace, 0);
+describe("predictionRows: the prediction that produced token t (made at t-1)", () => {
+  it("marks the token itself in the previous position's top 5", () => {
+    const rows = predictionRows(trace, 1);
     expect(rows).toHaveLength(5);
+    expect(rows.map((r) => r.prob)).toEqual([0.5, 0.2, 0.1, 0.05, 0.04]); // position 0's list
     expect(rows.filter((r) => r.actual).map((r) => r.token)).toEqual([" b"]);
   });
-  it("appends the actual token when it is outside the top 5", () => {
-    const rows = predictionRows(trace, 1);
+  it("appends the token when it is outside the top 5", () => {
+    const rows = predictionRows(trace, 2);
     expect(rows).toHaveLength(6);
     expect(rows[5]).toEqual({ token: "\n", id: 3, prob: 0.015, actual: true, extra: true });
   });
-  it("has no actual token at the end", () => {
-    const rows = predictionRows(trace, 3);
-    expect(rows).toHaveLength(5);
-    expect(rows.some((r) => r.actual)).toBe(false);
+  it("the last token has one too; the first token has none", () => {
+    expect(predictionRows(trace, 3).filter((r) => r.actual).map((r) => r.token)).toEqual([" c"]);
+    expect(predictionRows(trace, 0)).toEqual([]);
+    expect(predictionRows(trace, 4)).toEqual([]);
+  });
+  it("stats of the same prediction", () => {
+    expect(predictionStats(trace, 2)).toEqual({ loss: 4.2, prob: 0.015, entropy: 2 });
+    expect(predictionStats(trace, 0)).toBeNull();
   });
 });
 

@@ -20,24 +20,28 @@ export class ApiError extends Error {
   }
 }
 
-/** A readable message from an error body: FastAPI's {"detail": str | [{loc, msg}]} or plain text. */
+/** One readable message from an error body, never raw JSON: the server's `detail` (one string listing
+ * every problem, e.g. "top_k: must be ≤ 100; text: must not be empty"); from an older server, FastAPI's
+ * list of {loc, msg} joined the same way; plain text (a proxy's page) shortened, with the status. */
 export function errorMessage(status: number, body: string): string {
+  let j: unknown;
   try {
-    const j = JSON.parse(body) as { detail?: unknown };
-    const d = j.detail;
-    if (typeof d === "string") return d;
-    if (Array.isArray(d)) {
-      return d
-        .map((e: { loc?: unknown[]; msg?: string }) => {
-          const loc = Array.isArray(e.loc) ? e.loc.filter((p) => p !== "body").join(".") : "";
-          return loc ? `${loc}: ${e.msg ?? ""}` : String(e.msg ?? JSON.stringify(e));
-        })
-        .join("; ");
-    }
+    j = JSON.parse(body);
   } catch {
-    /* not JSON */
+    const plain = body.replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+    return plain ? `HTTP ${status}: ${plain.slice(0, 300)}` : `HTTP ${status}`;
   }
-  return body.trim() ? `HTTP ${status}: ${body.trim().slice(0, 300)}` : `HTTP ${status}`;
+  const d = j !== null && typeof j === "object" ? (j as { detail?: unknown }).detail : undefined;
+  if (typeof d === "string" && d.trim()) return d;
+  if (Array.isArray(d) && d.length) {
+    const said = d.map((e: { loc?: unknown[]; msg?: unknown }) => {
+      const loc = Array.isArray(e?.loc) ? e.loc.filter((p, i) => !(i === 0 && ["body", "query", "path"].includes(String(p)))).join(".") : "";
+      const msg = typeof e?.msg === "string" ? e.msg : "invalid";
+      return loc ? `${loc}: ${msg}` : msg;
+    });
+    return [...new Set(said)].join("; ");
+  }
+  return `HTTP ${status}: the server gave no reason`;
 }
 
 /** What the app's header hears of each model request: one started, or an answer's status (a 503's
@@ -186,8 +190,9 @@ export class Api {
     return this.traceGet(id, "scatter", p, signal);
   }
 
-  logitLens(id: string, token: number, k = 5, signal?: AbortSignal): Promise<LogitLens> {
-    return this.traceGet(id, "logit_lens", { token, k }, signal);
+  /** The logit lens at position `token`; with `target` (a token id), that token's rank and probability per layer. */
+  logitLens(id: string, token: number, k = 5, target?: number, signal?: AbortSignal): Promise<LogitLens> {
+    return this.traceGet(id, "logit_lens", { token, k, target }, signal);
   }
 
   neurons(id: string, layer: number, token: number, k = 10, signal?: AbortSignal): Promise<{ indices: number[]; values: number[] }> {

@@ -43,9 +43,10 @@ export interface MetricInfo {
 }
 
 export const METRICS: MetricInfo[] = [
-  { value: "loss", label: "loss (next token)", map: "reds", help: "loss of the next token" },
-  { value: "entropy", label: "entropy", map: "purples", help: "entropy of the prediction" },
-  { value: "prob", label: "prob. of next token", map: "greens", help: "probability of the next token" },
+  // each token shows the prediction that produced it (made at the previous position), as in Generate
+  { value: "loss", label: "loss of this token", map: "reds", help: "loss of this token (−log p, predicted at the previous position)" },
+  { value: "entropy", label: "entropy of its prediction", map: "purples", help: "entropy of the prediction of this token" },
+  { value: "prob", label: "prob. of this token", map: "greens", help: "probability the previous position gave this token" },
   { value: "norm", label: "norm", map: "oranges", help: "norm" },
   { value: "attn-from", label: "attention from selected", map: "blues", help: "attention from selected", attention: "query" },
   { value: "attn-to", label: "opposite attention (to selected)", map: "blues", help: "attention to selected", attention: "key" },
@@ -80,8 +81,9 @@ export interface MetricArgs {
 }
 
 /**
- * The metric's value for every token (undefined where it has none: the last token's loss, keys after
- * the selected query, queries before the selected key, attention not fetched yet).
+ * The metric's value for every token (undefined where it has none: the first token's loss, entropy and
+ * probability (nothing predicts it), keys after the selected query, queries before the selected key,
+ * attention not fetched yet).
  */
 export function metricValues(trace: Trace, metric: Metric, args: MetricArgs): Value[] {
   const T = trace.tokens.length;
@@ -90,15 +92,19 @@ export function metricValues(trace: Trace, metric: Metric, args: MetricArgs): Va
     if (!a) return;
     for (let t = 0; t < T && t < a.length; t++) out[t] = a[t] ?? undefined;
   };
+  // the summary arrays are indexed by the position that predicts: token t shows position t-1's
+  const ofPrediction = (a: ArrayLike<number | null>) => {
+    for (let t = 1; t < T && t - 1 < a.length; t++) out[t] = a[t - 1] ?? undefined;
+  };
   switch (metric) {
     case "loss":
-      fromArray(trace.loss);
+      ofPrediction(trace.loss);
       break;
     case "entropy":
-      fromArray(trace.entropy);
+      ofPrediction(trace.entropy);
       break;
     case "prob":
-      fromArray(trace.true_prob);
+      ofPrediction(trace.true_prob);
       break;
     case "norm":
       if (args.component) fromArray(trace.norms[normKey(args.layer, args.component)]);
@@ -177,27 +183,38 @@ export interface PredRow {
   token: string;
   id: number;
   prob: number;
-  /** the token that actually came next */
+  /** the token that actually came (the selected token itself) */
   actual: boolean;
   /** not among the top n: appended so the actual token is always shown */
   extra: boolean;
 }
 
-/** The top-n predictions at t, the actual next token marked (appended with its probability if absent). */
+/**
+ * The prediction that produced token t: the top-n made at position t-1, token t itself marked (appended
+ * with its probability if it is not among them). The first token has none: []. Metrics of the same
+ * prediction (loss, probability, entropy) are those of predictionStats.
+ */
 export function predictionRows(trace: Trace, t: number, n = 5): PredRow[] {
-  const ids = trace.topk_ids[t] ?? [];
-  const probs = trace.topk_probs[t] ?? [];
-  const toks = trace.topk_tokens[t] ?? [];
-  const nextId = t + 1 < trace.token_ids.length ? trace.token_ids[t + 1] : undefined;
+  if (t < 1 || t >= trace.token_ids.length) return [];
+  const at = t - 1;
+  const ids = trace.topk_ids[at] ?? [];
+  const probs = trace.topk_probs[at] ?? [];
+  const toks = trace.topk_tokens[at] ?? [];
+  const id = trace.token_ids[t];
   const rows: PredRow[] = [];
   for (let i = 0; i < Math.min(n, ids.length); i++) {
-    rows.push({ token: toks[i], id: ids[i], prob: probs[i], actual: ids[i] === nextId, extra: false });
+    rows.push({ token: toks[i], id: ids[i], prob: probs[i], actual: ids[i] === id, extra: false });
   }
-  if (nextId !== undefined && !rows.some((r) => r.actual)) {
-    const p = trace.true_prob[t];
-    rows.push({ token: trace.tokens[t + 1], id: nextId, prob: p ?? NaN, actual: true, extra: true });
+  if (!rows.some((r) => r.actual)) {
+    rows.push({ token: trace.tokens[t], id, prob: trace.true_prob[at] ?? NaN, actual: true, extra: true });
   }
   return rows;
+}
+
+/** Loss, probability and entropy of the prediction that produced token t (null for the first token). */
+export function predictionStats(trace: Trace, t: number): { loss: number | null; prob: number | null; entropy: number | null } | null {
+  if (t < 1 || t >= trace.token_ids.length) return null;
+  return { loss: trace.loss[t - 1] ?? null, prob: trace.true_prob[t - 1] ?? null, entropy: trace.entropy[t - 1] ?? null };
 }
 
 /** Clamp an integer input to [0, n-1]; NaN -> 0. */

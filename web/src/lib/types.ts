@@ -51,7 +51,8 @@ export interface Trace {
    * (lib/envelope); both carry null where the model produced NaN or ±inf. */
   token_ids: ArrayLike<number>;
   offsets: [number, number][];
-  /** [T][k]: the prediction made AT t for token t+1 */
+  /** [T][k]: the prediction made AT position t for token t+1 (the page shows it at token t+1: each token
+   * shows the prediction that produced it) */
   topk_ids: ArrayLike<number>[];
   topk_probs: ArrayLike<number>[];
   topk_tokens: string[][];
@@ -154,6 +155,8 @@ export interface LogitLens {
   tokens: string[][];
   probs: number[][];
   ids: number[][];
+  /** with ?target=: that token's rank (1 = most likely) and probability after each layer */
+  target?: { id: number; token: string; ranks: number[]; probs: (number | null)[] };
 }
 
 export interface Sample {
