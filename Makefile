@@ -24,7 +24,7 @@ PORT        ?= 8000
 # The front end (web/, TypeScript + Svelte + Vite) builds into the Python package.
 APP         := src/lmpeek/static/app/index.html
 NODE_DEPS   := web/node_modules/.package-lock.json
-WEB_SRC     := $(shell find web/src web/index.html web/package.json web/vite.config.ts web/tsconfig.json -type f 2>/dev/null)
+WEB_SRC     := $(shell find web/src web/index.html web/package.json web/vite.config.ts web/vite.embed.config.ts web/svelte.config.js web/tsconfig.json -type f 2>/dev/null)
 
 .PHONY: help run test test-real lint clean venv app chromium lock lock-check upgrade-check compat-lowest $(VENV)
 

@@ -1,9 +1,14 @@
 /**
  * The one entry point: `render(el, data)` mounts the whole app into `el`. The web page, a notebook
  * widget and an exported HTML file all call it; every piece of state lives inside the mounted app.
+ * The default export is the anywidget module (`render({model, el})`, see lmpeek/views/widget.py).
  */
 import { mount, unmount } from "svelte";
 import App from "./App.svelte";
+import { Api } from "./lib/api";
+import { decodePack, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
+
+export type Host = "app" | "widget" | "static";
 
 export interface RenderData {
   /** base URL of the lmpeek API; "" = same origin */
@@ -12,14 +17,69 @@ export interface RenderData {
   view?: "generate" | "explore";
   /** keep the view state (tabs, selection, controls) in the URL's hash, so a reload restores it */
   urlState?: boolean;
+  /** an export's recorded responses (lmpeek/views/export.py): no server, only what was recorded */
+  pack?: Uint8Array;
+  /** a client to use instead of HTTP to `api` (the notebook widget's) */
+  client?: Api;
+  /** a stored trace to open in Explore */
+  trace?: string;
+  /** a prompt to put in the Generate view */
+  prompt?: string;
+  host?: Host;
 }
 
 /** Mount the app into `el`; returns a function that unmounts it. */
 export function render(el: HTMLElement, data: RenderData = {}): () => void {
-  const app = mount(App, { target: el, props: { api: data.api ?? "", initialView: data.view ?? "generate", urlState: data.urlState ?? false } });
+  let client = data.client ?? new Api(data.api ?? "");
+  let host: Host = data.host ?? "app";
+  let trace = data.trace;
+  if (data.pack) {
+    const pack = decodePack(data.pack);
+    client = new Api("", staticFetcher(pack));
+    host = "static";
+    trace = pack.header.trace_id;
+  }
+  const props = {
+    api: data.api ?? "",
+    client,
+    host,
+    openTrace: trace,
+    prompt: data.prompt,
+    initialView: host === "static" ? "explore" : (data.view ?? (trace ? "explore" : "generate")),
+    urlState: data.urlState ?? false,
+  } as const;
+  const app = mount(App, { target: el, props });
   return () => {
     void unmount(app);
   };
 }
 
-export default render;
+function bytes(v: unknown): Uint8Array | undefined {
+  if (v instanceof DataView) return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  if (v instanceof Uint8Array) return v;
+  return undefined;
+}
+
+/** anywidget: the widget's model says whether a kernel Session answers (live) or a pack does. */
+function renderWidget({ model, el }: { model: WidgetModel; el: HTMLElement }): () => void {
+  const live = model.get("live") === true;
+  const pack = bytes(model.get("pack"));
+  el.style.height = `${Number(model.get("height")) || 640}px`;
+  el.style.position = "relative";
+  if (!live && pack && pack.length) return render(el, { pack, host: "static" });
+  const kernel = widgetFetcher(model);
+  const stop = render(el, {
+    client: new Api("", kernel.fetch),
+    host: "widget",
+    trace: String(model.get("trace_id") ?? "") || undefined,
+    view: model.get("view") === "generate" ? "generate" : "explore",
+    prompt: String(model.get("prompt") ?? "") || undefined,
+  });
+  return () => {
+    stop();
+    kernel.close();
+  };
+}
+
+export default { render: renderWidget };

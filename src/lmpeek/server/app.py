@@ -41,12 +41,13 @@ MAX_JSON_VALUES = 1_000_000  # arrays larger than this go out as binary only (ab
 class ModelHolder:
     """Loads the model in the background and serialises every use of it."""
 
-    def __init__(self, source: str, loader=None, max_pending: int = 16):
+    def __init__(self, source: str, loader=None, max_pending: int = 16, worker: ModelWorker | None = None):
         self.source = source
         self.status: Literal["loading", "ready", "error"] = "loading"
         self.message = f"loading {source}…"
         self.model: Any = None
-        self.worker = ModelWorker(max_pending=max_pending)
+        # one worker per model: a Session's (notebook) and its app's requests share one queue
+        self.worker = worker if worker is not None else ModelWorker(max_pending=max_pending)
         self._loader = loader
 
     def load(self) -> None:
@@ -202,6 +203,7 @@ def create_app(
     store_dir: str | Path | None = None,
     store_budget: str | int | None = None,
     max_pending: int = 16,
+    session: Any = None,
     **edge: Any,
 ):
     """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
@@ -209,7 +211,8 @@ def create_app(
     bytes or e.g. '4G' (default: $LMPEEK_STORE_BUDGET, else 4 GiB). `edge`: allowed_hosts,
     token, cors_origins, max_body_bytes (see server.guard.install; by default only loopback Host names
     are served, e.g. tests add allowed_hosts=["testserver"]). `max_pending`: model jobs queued or
-    running before new ones are refused with 503."""
+    running before new ones are refused with 503. `session`: serve this `lmpeek.Session`'s model, queue
+    and store (the notebook widget asks the app in-process) instead of loading `source`."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
@@ -219,7 +222,10 @@ def create_app(
         lifespan=_lifespan,
     )
     guard.install(app, **edge)
-    holder = ModelHolder(source, loader, max_pending)
+    if session is not None:
+        source, background, store = session.model.name, False, session.store
+        loader = lambda _source: session.model  # noqa: E731
+    holder = ModelHolder(source, loader, max_pending, worker=None if session is None else session.worker)
     if store is None:
         from lmpeek.models.sources import cache_dir
 

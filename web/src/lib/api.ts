@@ -2,6 +2,7 @@
 import { TRACE_MEDIA_TYPE, traceFromEnvelope } from "./envelope";
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
+import type { Fetcher } from "./transport";
 import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, Pattern, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
 
 /** Query parameters: undefined and null are left out. */
@@ -52,7 +53,12 @@ export class Api {
   /** Set by the app to follow requests (the header polls health faster while the model works). */
   onactivity: ((a: ApiActivity) => void) | null = null;
 
-  constructor(readonly base: string = "") {
+  /** `fetcher`: where requests go (lib/transport.ts: the kernel for a notebook widget, recorded
+   * responses for an exported file); the browser's fetch by default. */
+  constructor(
+    readonly base: string = "",
+    private readonly fetcher: Fetcher = (url, init) => fetch(url, init),
+  ) {
     this.base = base.replace(/\/$/, "");
   }
 
@@ -60,7 +66,7 @@ export class Api {
     let resp: Response;
     this.onactivity?.({ started: path });
     try {
-      resp = await fetch(this.base + path, init);
+      resp = await this.fetcher(this.base + path, init);
       const retry = resp.headers.get("retry-after");
       this.onactivity?.({ status: resp.status, retryAfter: retry !== null && Number.isFinite(Number(retry)) ? Number(retry) : null });
     } catch (err) {

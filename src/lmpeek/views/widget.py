@@ -1,0 +1,146 @@
+"""The notebook widget: the web app's own bundle in a notebook output, asking a Session in the kernel.
+
+`lmpeek.show(x, model=None, view="explore")` returns a `Widget` (anywidget). With a model, the page's
+requests (the same HTTP API the web app uses) travel as widget messages and are answered in-process by
+the FastAPI app over that model's Session (views.asgi), so slices, logit lens, histograms… are computed
+on demand exactly as in the app. With a Trace alone, the widget shows what the Trace holds (packed
+as an export is, views.export.static_pack) and a panel needing more says so.
+
+Messages (JSON content + binary buffers), page -> kernel: {"kind": "fetch", "id", "method", "url",
+"headers"} with the body as buffer 0; {"kind": "abort", "id"}. Kernel -> page: {"kind": "head", "id",
+"status", "headers"}; {"kind": "chunk", "id"} with the bytes as buffer 0; {"kind": "end", "id"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+import anywidget
+import traitlets
+
+from lmpeek.views import asgi
+from lmpeek.views.bundle import bundle_js
+
+# by id(): a LoadedModel is an unhashable dataclass; the entry goes when the model does
+_SESSIONS: dict[int, Any] = {}
+_APPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def session_for(model: Any):
+    """One Session per model object (a LoadedModel, a Session, or a source for lmpeek.load), so every
+    widget of a model shares its queue and its stored traces."""
+    from lmpeek.session import Session
+
+    if isinstance(model, Session):
+        return model
+    if isinstance(model, str):
+        from lmpeek.api import load
+
+        model = load(model)
+    key = id(model)
+    session = _SESSIONS.get(key)
+    if session is None or session.model is not model:
+        session = _SESSIONS[key] = Session(model)
+        weakref.finalize(model, _SESSIONS.pop, key, None)
+    return session
+
+
+def app_for(session: Any):
+    """The FastAPI app over a Session (created once per Session)."""
+    app = _APPS.get(session)
+    if app is None:
+        from lmpeek.server.app import create_app
+
+        app = _APPS[session] = create_app(session=session)
+    return app
+
+
+class Widget(anywidget.AnyWidget):
+    """lmpeek in a notebook output. Traits are synced to the page; see the module docstring."""
+
+    view = traitlets.Unicode("explore").tag(sync=True)
+    trace_id = traitlets.Unicode("").tag(sync=True)
+    # what an export holds (views.export), when there is no model to ask
+    pack = traitlets.Bytes(b"").tag(sync=True)
+    live = traitlets.Bool(False).tag(sync=True)
+    prompt = traitlets.Unicode("").tag(sync=True)
+    height = traitlets.Int(640).tag(sync=True)
+
+    def __init__(self, session: Any = None, **kwargs: Any) -> None:
+        type(self)._esm = bundle_js()  # read when the widget is made: a rebuilt bundle is picked up
+        super().__init__(live=session is not None, **kwargs)
+        self._session = session
+        self._inflight: dict[str, asyncio.Event] = {}
+        self.on_msg(self._on_msg)
+
+    def _on_msg(self, _widget: Any, content: dict[str, Any], buffers: list[bytes]) -> None:
+        kind = content.get("kind")
+        if kind == "abort":
+            gone = self._inflight.get(str(content.get("id")))
+            if gone is not None:
+                gone.set()
+        elif kind == "fetch" and self._session is not None:
+            # the kernel runs an asyncio loop: answer without blocking it (a generation streams for long)
+            asyncio.ensure_future(self._fetch(content, bytes(buffers[0]) if buffers else b""))
+
+    async def _fetch(self, msg: dict[str, Any], body: bytes) -> None:
+        rid = str(msg.get("id"))
+        gone = self._inflight[rid] = asyncio.Event()
+        try:
+            app = app_for(self._session)
+            method, url = str(msg.get("method", "GET")), str(msg.get("url", "/"))
+            async for item in asgi.request(app, method, url, msg.get("headers") or {}, body, gone):
+                if isinstance(item, asgi.Head):
+                    self.send({"kind": "head", "id": rid, "status": item.status, "headers": item.headers})
+                else:
+                    self.send({"kind": "chunk", "id": rid}, [item])
+        except Exception as err:  # noqa: BLE001 - the page gets a 500 with the message, never silence
+            detail = f"{type(err).__name__}: {err}".encode()
+            self.send({"kind": "head", "id": rid, "status": 500, "headers": {"content-type": "text/plain"}})
+            self.send({"kind": "chunk", "id": rid}, [detail])
+        finally:
+            self._inflight.pop(rid, None)
+            self.send({"kind": "end", "id": rid})
+
+
+def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640) -> Widget:
+    """Show a text, a Trace or a stored trace id in a notebook.
+
+    `x`: a text (needs `model`), a `Trace` (with `model`, it is run again on that model so any layer
+    can be recomputed; without, the widget shows what the Trace holds), or a trace id of `model`'s
+    Session. `model`: a LoadedModel, a Session, or a source for `lmpeek.load`. `view="generate"` opens
+    the Generate view with `x` as the prompt, streaming from the model."""
+    from lmpeek.capture.trace import Trace
+
+    if view not in ("explore", "generate"):
+        raise ValueError(f"view must be 'explore' or 'generate', got {view!r}")
+    if model is None:
+        if not isinstance(x, Trace):
+            raise ValueError(
+                "lmpeek.show needs model=… to run a text (or pass a Trace to show what it holds)"
+            )
+        from lmpeek.views.export import static_pack
+
+        return Widget(None, view="explore", pack=static_pack(x), height=height)
+    session = session_for(model)
+    if view == "generate":
+        return Widget(session, view="generate", prompt=str(x), height=height)
+    if isinstance(x, Trace):
+        trace_id = session.trace(x.token_ids).id
+    elif isinstance(x, str) and _is_stored(session, x):
+        trace_id = x
+    else:
+        trace_id = session.trace(x).id
+    return Widget(session, view="explore", trace_id=trace_id, height=height)
+
+
+def _is_stored(session: Any, x: str) -> bool:
+    from lmpeek.session import TraceNotFound
+
+    try:
+        session.get(x)
+    except (TraceNotFound, ValueError):
+        return False
+    return True

@@ -1,0 +1,115 @@
+"""The HTML export: a pack of the app's own answers, inlined so the file needs no server and no network."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+import warnings
+
+import numpy as np
+import pytest
+
+import lmpeek
+from lmpeek.capture.trace import Trace
+from lmpeek.errors import InvalidInput
+from lmpeek.session import Session
+from lmpeek.views.export import Include, export_html, record_pack, request_key, static_pack
+from lmpeek.views.widget import app_for
+
+TEXT = "The capital of France is Paris. Über 😀"
+
+
+@pytest.fixture(scope="module")
+def session():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = lmpeek.load("tiny:llama")
+    with Session(model) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stored(session):
+    return session.trace(TEXT)
+
+
+def unpack(pack: bytes) -> tuple[dict, bytes]:
+    assert pack[:4] == b"LMPX"
+    (n,) = struct.unpack("<I", pack[4:8])
+    return json.loads(pack[8 : 8 + n]), pack[8 + n :]
+
+
+def body(header: dict, data: bytes, key: str) -> bytes:
+    r = header["responses"][key]
+    return data[r["offset"] : r["offset"] + r["length"]]
+
+
+def test_request_key_matches_the_page():
+    # web/test/transport.test.ts checks requestKey("GET", "/x?b=a+b&a=1") gives the same
+    assert request_key("GET", "/x", {"b": "a b", "a": 1, "c": None}) == "GET /x?a=1&b=a+b"
+    assert request_key("get", "/api/health") == "GET /api/health"
+
+
+def test_include_parses_and_refuses_unknown_items():
+    inc = Include.parse("attention=0:1, attention=3:2,lens")
+    assert inc.attention == [(0, 1), (3, 2)] and inc.lens
+    with pytest.raises(InvalidInput, match="unknown --include item 'heads'"):
+        Include.parse("heads")
+
+
+def test_pack_holds_the_apps_own_answers(session, stored):
+    header, data = unpack(record_pack(session, stored.id, Include.parse("attention=1:2")))
+    assert header["format"] == "lmpeek.export" and header["trace_id"] == stored.id
+    # the trace, as the envelope the server sends
+    env = body(header, data, f"GET /api/traces/{stored.id}")
+    assert header["responses"][f"GET /api/traces/{stored.id}"]["headers"]["content-type"].startswith(
+        "application/vnd.lmpeek.trace"
+    )
+    t = Trace.from_bytes(env)
+    assert t.tokens == stored.trace.tokens
+    np.testing.assert_array_equal(t.topk_ids, stored.trace.topk_ids)
+    # every recorded metric equals what the route answers now
+    from lmpeek.views.asgi import fetch_sync
+
+    app = app_for(session)
+    keys = [k for k in header["responses"] if "/metric?" in k]
+    assert len(keys) == 18  # loss, entropy, prob × 3 modes × with/without the first token
+    for key in keys:
+        head, want = fetch_sync(app, "GET", key.split(" ", 1)[1])
+        assert head.status == 200 and body(header, data, key) == want
+    # the attention head: the causal triangle of the pattern the Session computes
+    T = len(stored.trace)
+    emb = header["attention"]["1,2"]
+    tri = np.frombuffer(data[emb["offset"] : emb["offset"] + T * (T + 1)], dtype="<f2")
+    full = session.attention(stored.id, 1, 2)
+    np.testing.assert_array_equal(tri, full[np.tril_indices(T)])
+    # its colour scale is the route's, the same for every token in the raw mode
+    for token in (0, 3, T - 1):
+        key = request_key("GET", f"/api/traces/{stored.id}/metric", {"name": "attn-from", "layer": 1, "head": 2,
+                          "token": token, "rope": "full", "mode": "raw", "skip_first": "true"})  # fmt: skip
+        _, got = fetch_sync(app, "GET", key.split(" ", 1)[1])
+        assert json.loads(got)["scale"] == emb["scales"]["attn-from,true"]
+
+
+def test_html_is_self_contained_and_cannot_break_out_of_its_scripts(session, stored):
+    page = export_html(session, stored.id)
+    assert "<script src" not in page and "http://" not in page.split("<script", 1)[0]
+    blocks = re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.S)
+    assert len(blocks) == 3  # data, bundle, loader: every '</script' inside the bundle was escaped
+    pack = base64.b64decode(blocks[0])
+    header, _ = unpack(pack)
+    assert header["trace_id"] == stored.id
+    assert "export default" in blocks[1] or "export{" in blocks[1].replace(" ", "")
+
+
+def test_a_trace_alone_packs_what_it_holds():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = lmpeek.load("tiny:gpt2")
+    t = lmpeek.trace(model, "Hello there")
+    header, data = unpack(static_pack(t))
+    assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
+    health = json.loads(body(header, data, "GET /api/health"))
+    assert health["model"]["name"] == "tiny:gpt2" and header["attention"] == {}

@@ -1,0 +1,214 @@
+/**
+ * Where the page's requests go. The app, the notebook widget and an exported file all use the same
+ * HTTP client (api.ts) with a different `fetch`:
+ * - the web app: the browser's fetch to the lmpeek server;
+ * - the widget: messages to the kernel, answered in-process by the same FastAPI routes
+ *   (lmpeek/views/widget.py), so responses are byte for byte what the server sends;
+ * - an export: responses recorded by the exporter and inlined in the file (lmpeek/views/export.py);
+ *   a request the export did not record is answered 404 with a message saying what to include.
+ */
+
+import { decodeFloat16 } from "./float16";
+
+export type Fetcher = (url: string, init?: RequestInit) => Promise<Response>;
+
+/** What anywidget gives `render`: the widget model (see lmpeek/views/widget.py for the messages). */
+export interface WidgetModel {
+  get(name: string): unknown;
+  send(content: unknown, callbacks?: unknown, buffers?: ArrayBuffer[] | ArrayBufferView[]): void;
+  on(event: string, handler: (...args: never[]) => void): void;
+  off(event?: string, handler?: (...args: never[]) => void): void;
+}
+
+interface Pending {
+  resolve: (r: Response) => void;
+  reject: (e: unknown) => void;
+  controller?: ReadableStreamDefaultController<Uint8Array>;
+}
+
+function bytesOf(b: ArrayBuffer | ArrayBufferView | DataView): Uint8Array {
+  if (b instanceof ArrayBuffer) return new Uint8Array(b);
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** A fetch that asks the kernel. Returns the fetcher and a function that detaches it. */
+export function widgetFetcher(model: WidgetModel): { fetch: Fetcher; close: () => void } {
+  let next = 0;
+  const pending = new Map<string, Pending>();
+  const onMsg = (content: { kind?: string; id?: string; status?: number; headers?: Record<string, string> }, buffers: (ArrayBuffer | DataView)[]) => {
+    const p = content?.id !== undefined ? pending.get(String(content.id)) : undefined;
+    if (!p) return;
+    if (content.kind === "head") {
+      const body = new ReadableStream<Uint8Array>({ start: (c) => void (p.controller = c) });
+      p.resolve(new Response(body, { status: content.status ?? 500, headers: content.headers ?? {} }));
+    } else if (content.kind === "chunk" && buffers?.length) {
+      p.controller?.enqueue(bytesOf(buffers[0]).slice());
+    } else if (content.kind === "end") {
+      pending.delete(String(content.id));
+      try {
+        p.controller?.close();
+      } catch {
+        /* already closed by an abort */
+      }
+      p.reject(new TypeError("the kernel sent no response"));
+    }
+  };
+  model.on("msg:custom", onMsg as never);
+  const fetchImpl: Fetcher = (url, init) =>
+    new Promise<Response>((resolve, reject) => {
+      const id = String(next++);
+      const signal = init?.signal;
+      if (signal?.aborted) return reject(new DOMException("aborted", "AbortError"));
+      const entry: Pending = { resolve, reject };
+      pending.set(id, entry);
+      signal?.addEventListener("abort", () => {
+        model.send({ kind: "abort", id });
+        pending.delete(id);
+        const err = new DOMException("aborted", "AbortError");
+        reject(err);
+        try {
+          entry.controller?.error(err);
+        } catch {
+          /* closed */
+        }
+      });
+      const headers: Record<string, string> = {};
+      new Headers(init?.headers).forEach((v, k) => (headers[k] = v));
+      const body = typeof init?.body === "string" ? new TextEncoder().encode(init.body) : null;
+      model.send({ kind: "fetch", id, method: init?.method ?? "GET", url, headers }, undefined, body ? [body] : []);
+    });
+  return { fetch: fetchImpl, close: () => model.off("msg:custom", onMsg as never) };
+}
+
+// ---- exports ------------------------------------------------------------------------------------
+
+interface Recorded {
+  status: number;
+  headers: Record<string, string>;
+  offset: number;
+  length: number;
+}
+
+interface PackHeader {
+  format: "lmpeek.export";
+  version: string;
+  trace_id: string;
+  responses: Record<string, Recorded>;
+  /** "layer,head" -> the causal (lower-triangle) pattern, row by row, float16 bits; and the colour
+   * scale the metric route gives attention from / to a token in the raw mode ("attn-from,true": the
+   * name and skip_first), the same for every token */
+  attention: Record<string, { T: number; offset: number; scales?: Record<string, unknown> }>;
+  /** what to tell a user who asks for something not recorded */
+  hint: string;
+}
+
+export interface Pack {
+  header: PackHeader;
+  data: Uint8Array;
+}
+
+const MAGIC = "LMPX";
+
+/** Read an export's data block: "LMPX", uint32 little-endian header length, JSON header, data. */
+export function decodePack(bytes: Uint8Array): Pack {
+  const magic = String.fromCharCode(...bytes.subarray(0, 4));
+  if (magic !== MAGIC) throw new Error("not an lmpeek export (the data block is damaged)");
+  const n = new DataView(bytes.buffer, bytes.byteOffset + 4, 4).getUint32(0, true);
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n))) as PackHeader;
+  const major = Number(String(header.version).split(".")[0]);
+  if (header.format !== "lmpeek.export" || major > 1) throw new Error(`this export needs a newer lmpeek (format ${header.version})`);
+  return { header, data: bytes.subarray(8 + n) };
+}
+
+/** The key a response is recorded under: method, path and the query sorted by name. */
+export function requestKey(method: string, url: string): string {
+  const u = new URL(url, "http://lmpeek.invalid");
+  const q = [...u.searchParams.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const qs = new URLSearchParams(q).toString();
+  return `${method.toUpperCase()} ${u.pathname}${qs ? `?${qs}` : ""}`;
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+}
+
+const ATTENTION = /^\/api\/traces\/([^/]+)\/attention$/;
+const METRIC = /^\/api\/traces\/([^/]+)\/metric$/;
+
+/** One head's pattern from the causal triangle: the full [T, T], one row (query) or one column (key). */
+export function attentionSlice(tri: Uint16Array, T: number, which: { query?: number; key?: number }): { shape: number[]; data: Uint16Array } {
+  const rowStart = (q: number) => (q * (q + 1)) / 2;
+  if (which.query !== undefined) {
+    const q = which.query;
+    const out = new Uint16Array(T);
+    out.set(tri.subarray(rowStart(q), rowStart(q) + q + 1));
+    return { shape: [1, T], data: out };
+  }
+  if (which.key !== undefined) {
+    const k = which.key;
+    const out = new Uint16Array(T);
+    for (let q = k; q < T; q++) out[q] = tri[rowStart(q) + k];
+    return { shape: [1, T], data: out };
+  }
+  const out = new Uint16Array(T * T);
+  for (let q = 0; q < T; q++) out.set(tri.subarray(rowStart(q), rowStart(q) + q + 1), q * T);
+  return { shape: [T, T], data: out };
+}
+
+/** A fetch answered from an export's recorded responses. */
+export function staticFetcher(pack: Pack): Fetcher {
+  const { header, data } = pack;
+  const missing = (what: string) =>
+    json(404, { detail: `not in this export: ${what}. ${header.hint}` });
+  return async (url, init) => {
+    const method = (init?.method ?? "GET").toUpperCase();
+    if (method !== "GET") {
+      return json(405, { detail: "this is an exported file: there is no model here to run new text. Open the text in lmpeek (lmpeek serve) to run it." });
+    }
+    const hit = header.responses[requestKey(method, url)];
+    if (hit) {
+      const body = data.slice(hit.offset, hit.offset + hit.length);
+      return new Response(body, { status: hit.status, headers: hit.headers });
+    }
+    const u = new URL(url, "http://lmpeek.invalid");
+    const name = u.searchParams.get("name");
+    if (METRIC.test(u.pathname) && (name === "attn-from" || name === "attn-to")) {
+      // the values are the embedded pattern's row or column (as the route slices them); the colour
+      // scale is the route's own, recorded once: in the raw mode it does not depend on the token
+      const p = u.searchParams;
+      const layer = Number(p.get("layer"));
+      const head = Number(p.get("head"));
+      const token = Number(p.get("token"));
+      const mode = p.get("mode") ?? "raw";
+      const emb = header.attention[`${layer},${head}`];
+      const scale = emb?.scales?.[`${name},${p.get("skip_first") ?? "false"}`];
+      if (!emb || !scale || (p.get("rope") ?? "full") !== "full" || mode !== "raw" || p.has("with")) {
+        const why = !emb ? "" : mode !== "raw" ? ` in the ${mode} scale (exports hold the raw one)` : " with these options";
+        return missing(`attention of layer ${layer} head ${head}${why}`);
+      }
+      const tri = new Uint16Array(data.slice(emb.offset, emb.offset + emb.T * (emb.T + 1)).buffer);
+      const s = attentionSlice(tri, emb.T, name === "attn-from" ? { query: token } : { key: token });
+      const f = decodeFloat16(s.data.buffer as ArrayBuffer);
+      const values = Array.from(f, (v, i) => ((name === "attn-from" ? i > token : i < token) ? null : v));
+      return json(200, { name, values, scale });
+    }
+    const m = ATTENTION.exec(u.pathname);
+    if (m) {
+      const p = u.searchParams;
+      const layer = Number(p.get("layer"));
+      const head = Number(p.get("head"));
+      const rope = p.get("rope") ?? "full";
+      const emb = header.attention[`${layer},${head}`];
+      if (!emb || rope !== "full") return missing(`attention of layer ${layer} head ${head}${rope !== "full" ? ` (rope=${rope})` : ""}`);
+      const n = (emb.T * (emb.T + 1)) / 2;
+      const tri = new Uint16Array(data.slice(emb.offset, emb.offset + 2 * n).buffer);
+      const which = { query: p.has("query") ? Number(p.get("query")) : undefined, key: p.has("key") ? Number(p.get("key")) : undefined };
+      const s = attentionSlice(tri, emb.T, which);
+      return new Response(s.data.buffer as ArrayBuffer, {
+        status: 200,
+        headers: { "content-type": "application/octet-stream", "x-shape": s.shape.join(","), "x-nonfinite": "0" },
+      });
+    }
+    return missing(u.pathname.replace(/^\/api\/traces\/[^/]+\//, "").replace(/^\/api\//, "") || u.pathname);
+  };
+}
