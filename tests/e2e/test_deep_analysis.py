@@ -119,8 +119,15 @@ def test_logit_lens_panel(page, server_url):
     lens.scroll_into_view_if_needed()
     rows = lens.get_by_test_id("lens-row")
     rows.first.wait_for()
-    want = _api(page, server_url, f"/api/traces/{data['id']}/logit_lens", token=3, k=5)
+    # token 3's prediction formed at position 2: the lens there, following token 3
+    want = _api(
+        page, server_url, f"/api/traces/{data['id']}/logit_lens", token=2, k=5, target=data["token_ids"][3]
+    )
     assert rows.count() == len(want["tokens"]) == 2
+    shown = [c.get_attribute("data-token") for c in rows.first.locator("td[data-token]").all()]
+    assert shown == want["tokens"][0]
+    ranks = [int(c.get_attribute("data-rank")) for c in lens.get_by_test_id("lens-target").all()]
+    assert ranks == want["target"]["ranks"]
 
 
 def test_samples_tabs_and_side_by_side(page, server_url):

@@ -87,26 +87,34 @@ def test_explore_metrics_tooltip_and_predictions(page, server_url):
     tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
     assert tokens.count() == T
 
-    page.get_by_test_id("metric-select").select_option("entropy")
-    assert [float(v) for v in _values(page)] == pytest.approx(data["entropy"], rel=1e-6)
-    page.get_by_test_id("metric-select").select_option("loss")
-    values = _values(page)
-    assert [float(v) for v in values[:-1]] == pytest.approx(data["loss"][:-1], rel=1e-6) and values[-1] == ""
+    # each token shows the prediction that produced it: token t the summary's position t-1, none at 0
+    for metric, key in (("entropy", "entropy"), ("loss", "loss")):
+        page.get_by_test_id("metric-select").select_option(metric)
+        want = data[key][0]  # token 1 shows position 0's value (the values arrive from the server)
+        page.wait_for_function(
+            "w => Math.abs(Number(document.querySelectorAll("
+            "'[data-testid=explore-tokens] [data-testid=token]')[1].getAttribute('data-value')) - w)"
+            " < 1e-6 * Math.max(1, Math.abs(w))",
+            arg=want,
+        )
+        values = _values(page)
+        assert [float(v) for v in values[1:]] == pytest.approx(data[key][:-1], rel=1e-6) and values[0] == ""
 
     tokens.nth(3).hover()
     tooltip = page.get_by_test_id("tooltip")
     tooltip.wait_for(state="visible")
-    assert "#3" in tooltip.inner_text() and f"{data['loss'][3]:.3f}"[:4] in tooltip.inner_text()
+    assert "#3" in tooltip.inner_text() and f"{data['loss'][2]:.3f}"[:4] in tooltip.inner_text()
 
-    tokens.nth(2).click()
+    tokens.nth(3).click()
     rows = page.get_by_test_id("panel-predictions").get_by_test_id("pred-row")
-    top5 = list(zip(data["topk_tokens"][2][:5], data["topk_probs"][2][:5], strict=True))
+    top5 = list(zip(data["topk_tokens"][2][:5], data["topk_probs"][2][:5], strict=True))  # made at #2
     shown = [(rows.nth(i).get_attribute("data-token"), float(rows.nth(i).get_attribute("data-prob")))
              for i in range(5)]  # fmt: skip
     assert shown == top5
     actual = page.get_by_test_id("panel-predictions").locator("[data-testid=pred-row].actual")
     assert actual.count() == 1 and actual.get_attribute("data-token") == data["tokens"][3]
     assert f"{data['loss'][2]:.2f}" in page.get_by_test_id("explore-loss").inner_text()
+    tokens.nth(2).click()
 
     # attention from the selected token: the row the API serves for that layer/head/query
     page.get_by_test_id("layer-input").fill("1")
