@@ -19,9 +19,30 @@ def run(*args):
 def test_trace_table():
     r = run("trace", "The capital of France is Paris.", "-m", "tiny:llama")
     assert r.exit_code == 0, r.output
-    for col in ("token", "p(next)", "loss", "entropy", "top-3 predictions"):
+    for col in ("token", "p(token)", "loss", "entropy", "top-3 predictions"):
         assert col in r.output
-    assert "' capital'" in r.output and "mean loss" in r.output
+    assert "' capital'" in r.output and "mean loss" in r.output and "first token: no prediction" in r.output
+
+
+def test_trace_table_reads_the_prediction_that_produced_each_token():
+    # the app's convention: row t shows p(token t) from position t - 1 (tests/e2e/test_conventions_errors.py)
+    import warnings
+
+    import lmpeek
+
+    text = "The capital of France is Paris."
+    r = runner.invoke(app, ["trace", text, "-m", "tiny:llama"], catch_exceptions=False, terminal_width=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t = lmpeek.trace(lmpeek.load("tiny:llama"), text)
+    rows = [line for line in r.output.splitlines() if line.strip().startswith("│ 2 ")]
+    assert rows, r.output
+    cells = [c.strip() for c in rows[0].split("│")[1:-1]]
+    assert (
+        cells[1] == repr(t.tokens[2])
+        and cells[2] == f"{t.true_prob[1]:.3f}"
+        and cells[3] == f"{t.loss[1]:.3f}"
+    )
 
 
 def test_trace_json_and_save(tmp_path):

@@ -183,7 +183,8 @@ def trace_cmd(
     ] = False,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
-    """Run the model on TEXT once and show, per token, what it predicted next."""
+    """Run the model on TEXT once and show, per token, the prediction that produced it (made at the
+    previous position, as in the app): its probability, loss, the entropy and top-3 of that prediction."""
     from lmpeek.api import trace
     from lmpeek.capture.trace import NonFiniteWarning
 
@@ -202,30 +203,33 @@ def trace_cmd(
     if as_json:
         sys.stdout.write(json.dumps(t.summary(), ensure_ascii=False) + "\n")
         return
+    # one convention with the app: each token shows the prediction that produced it, made at the
+    # previous position (the trace's arrays are indexed by the predicting position: row i reads i - 1)
     table = Table(title=f"{m.name} · {len(t)} tokens", title_justify="left", expand=False)
+    table.caption = "each token: the prediction that produced it, made at the previous position"
     for col, just in [
         ("#", "right"),
         ("token", "left"),
-        ("next", "left"),
-        ("p(next)", "right"),
+        ("p(token)", "right"),
         ("loss", "right"),
         ("entropy", "right"),
         ("top-3 predictions", "left"),
     ]:
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for i, tok in enumerate(t.tokens):
-        nxt = t.tokens[i + 1] if i + 1 < len(t) else ""
-        p = float(t.true_prob[i])
+        if i == 0:  # nothing comes before the first token: no prediction produced it
+            table.add_row("0", repr(tok), "–", "–", "–", Text("(first token: no prediction)", style="dim"))
+            continue
+        p = float(t.true_prob[i - 1])
         style = "" if math.isnan(p) else ("green" if p >= 0.5 else "yellow" if p >= 0.1 else "red")
-        top3 = zip(t.topk_tokens[i][:3], t.topk_probs[i][:3], strict=True)
+        top3 = zip(t.topk_tokens[i - 1][:3], t.topk_probs[i - 1][:3], strict=True)
         alts = "  ".join(f"{s!r} {pr:.2f}" for s, pr in top3)
         table.add_row(
             str(i),
             repr(tok),
-            repr(nxt) if nxt else "",
             Text(_fmt(p), style=style),
-            _fmt(float(t.loss[i])),
-            _fmt(float(t.entropy[i])),
+            _fmt(float(t.loss[i - 1])),
+            _fmt(float(t.entropy[i - 1])),
             alts,
         )
     out.print(table)
@@ -359,6 +363,48 @@ def _fmt_prob(p: float) -> str:
     if p == 0 or p >= 0.01:
         return f"{p:.2f}"
     return f"{p:.1e}"
+
+
+@app.command("export")
+@friendly
+@quiet
+def export_cmd(
+    text: Annotated[str, typer.Argument(help="Text to run; '<eot>' separates chat turns.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The HTML file to write.")],
+    model: ModelOpt = "default",
+    include: Annotated[
+        str,
+        typer.Option(
+            "--include",
+            help="Also embed, comma-separated: attention=LAYER:HEAD (repeatable), lens (the logit lens of "
+            "every token).",
+        ),
+    ] = "",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Run the model on TEXT and write one self-contained HTML file of the Explore view: it opens from
+    disk, offline, and shows the numbers the app shows."""
+    from pathlib import Path
+
+    from lmpeek.session import Session
+    from lmpeek.views.export import Include, export_html
+
+    inc = Include.parse(include)  # a bad --include fails before the model loads
+    m = _load(model, trust_remote_code)
+    for layer, head in inc.attention:
+        if layer >= m.n_layers or head >= m.n_heads:
+            _fail(f"--include attention={layer}:{head}: {m.name} has layers 0..{m.n_layers - 1}, "
+                  f"heads 0..{m.n_heads - 1}")  # fmt: skip
+    with Session(m) as session:
+        stored = session.trace(text, top_k=top_k)
+        page = export_html(session, stored.id, inc)
+    path = Path(output)
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        _fail(f"cannot write {path}: {e.strerror or e}")
+    err.print(f"wrote {path} ({len(page.encode()) / 1e6:.2f} MB, {len(stored.trace)} tokens)")
 
 
 @app.command("check")

@@ -7,8 +7,7 @@ import torch
 from transformers.masking_utils import eager_mask, sliding_window_causal_mask_function
 from transformers.models.gemma3.modeling_gemma3 import eager_attention_forward
 
-from lmpeek.capture.attention_kernel import attention_entropy
-from lmpeek.capture.attention_kernel import causal_attention
+from lmpeek.capture.attention_kernel import attention_entropy, causal_attention
 
 
 class _Module(torch.nn.Module):

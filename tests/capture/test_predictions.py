@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from lmpeek.capture.summaries import norms
 from lmpeek.capture.attention_kernel import attention_entropy
 from lmpeek.capture.predictions import next_token_stats
+from lmpeek.capture.summaries import norms
 
 
 def _reference(logits, ids):

@@ -87,8 +87,9 @@ def test_pack_holds_the_apps_own_answers(session, stored):
     np.testing.assert_array_equal(tri, full[np.tril_indices(T)])
     # its colour scale is the route's, the same for every token in the raw mode
     for token in (0, 3, T - 1):
-        key = request_key("GET", f"/api/traces/{stored.id}/metric", {"name": "attn-from", "layer": 1, "head": 2,
-                          "token": token, "rope": "full", "mode": "raw", "skip_first": "true"})  # fmt: skip
+        params = {"name": "attn-from", "layer": 1, "head": 2, "token": token, "rope": "full", "mode": "raw",
+                  "skip_first": "true"}  # fmt: skip
+        key = request_key("GET", f"/api/traces/{stored.id}/metric", params)
         _, got = fetch_sync(app, "GET", key.split(" ", 1)[1])
         assert json.loads(got)["scale"] == emb["scales"]["attn-from,true"]
 
@@ -113,3 +114,35 @@ def test_a_trace_alone_packs_what_it_holds():
     assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
     health = json.loads(body(header, data, "GET /api/health"))
     assert health["model"]["name"] == "tiny:gpt2" and header["attention"] == {}
+
+
+def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmpeek.cli import app
+
+    out = tmp_path / "report.html"
+    r = CliRunner().invoke(app, ["export", TEXT, "-m", "tiny:llama", "-o", str(out), "--include",
+                                 "attention=1:0,lens"], catch_exceptions=False)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and "MB" in r.output
+    page = out.read_text()
+    header, _ = unpack(base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', page, re.S).group(1)))
+    assert list(header["attention"]) == ["1,0"]
+    assert any("/logit_lens?" in k for k in header["responses"])
+    for bad, msg in (("heads=1", "unknown --include item"), ("attention=9:0", "has layers 0..1")):
+        r = CliRunner().invoke(app, ["export", TEXT, "-m", "tiny:llama", "-o", str(out), "--include", bad])
+        assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output
+
+
+def test_a_trace_renders_itself_inline_and_to_a_file(session, tmp_path):
+    t = lmpeek.trace(session.model, "Hello again")
+    frame = t._repr_html_()
+    assert frame.startswith("<iframe srcdoc=") and " src=" not in frame.split(">", 1)[0] and "&lt;script" in frame
+    page = t.to_html(tmp_path / "t.html")
+    assert (tmp_path / "t.html").read_text() == page
+    with pytest.raises(InvalidInput, match="needs model="):
+        t.to_html(include="lens")
+    page = t.to_html(model=session, include="attention=0:0")
+    header, _ = unpack(base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', page, re.S).group(1)))
+    assert list(header["attention"]) == ["0,0"]

@@ -27,7 +27,9 @@ def session(model):
     return session_for(model)
 
 
-def ask(widget: Widget, msg: dict, body: bytes = b"", abort_after: int | None = None) -> tuple[dict, bytes, list]:
+def ask(
+    widget: Widget, msg: dict, body: bytes = b"", abort_after: int | None = None
+) -> tuple[dict, bytes, list]:
     """Send one fetch message; returns the head, the body and every message the kernel sent."""
     sent: list[tuple[dict, list]] = []
 
@@ -54,7 +56,9 @@ def test_requests_are_answered_by_the_apps_routes(session):
     got = json.loads(data)
     stored = session.get(got["id"])
     assert got["tokens"] == stored.tokens and len(got["topk_ids"][0]) == 5
-    head, data, _ = ask(w, {"kind": "fetch", "id": "3", "method": "GET", "url": "/api/traces/0123456789abcdef"})
+    head, data, _ = ask(
+        w, {"kind": "fetch", "id": "3", "method": "GET", "url": "/api/traces/0123456789abcdef"}
+    )
     assert head["status"] == 404 and "no trace with id" in json.loads(data)["detail"]
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from lmpeek import validate
-from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.hooks import attach, capturing
+from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
 from lmpeek.capture.tokens import token_bytes_fn, tokenize
 from lmpeek.capture.trace import decode_topk, require_model, vocab_size

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmpeek.capture.attention_kernel import attention_entropy
-from lmpeek.capture.attention_kernel import causal_attention
+from lmpeek.capture.attention_kernel import attention_entropy, causal_attention
 from lmpeek.errors import UnsupportedArchitecture
 from lmpeek.models import hf_compat
 from lmpeek.models.adapters import Bound, Tap, normalized

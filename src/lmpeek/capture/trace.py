@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from lmpeek import validate
-from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.hooks import attach
+from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.summaries import Summaries, merge
 from lmpeek.capture.tokens import from_ids, is_partial, token_labels_fn, tokenize
 from lmpeek.errors import InvalidInput
@@ -153,6 +153,24 @@ class Trace:
         from lmpeek.schema import decode_trace
 
         return cls(**decode_trace(data))
+
+    # --- views: the same page as the app, self-contained (lmpeek.views.export) ---------------------------
+
+    def to_html(self, path: str | Path | None = None, include: str | None = None, model: Any = None) -> str:
+        """This trace as one self-contained HTML file (the app's Explore view, offline); written to
+        `path` if given. With `model`, the text is run again on it so `include` ("attention=L:H,…",
+        "lens") can be embedded; without, the file shows what the trace holds."""
+        from lmpeek.views.export import trace_html
+
+        page = trace_html(self, model=model, include=include)
+        if path is not None:
+            Path(path).write_text(page, encoding="utf-8")
+        return page
+
+    def _repr_html_(self) -> str:
+        from lmpeek.views.export import iframe_html, trace_html
+
+        return iframe_html(trace_html(self))
 
     # --- storage: <dir>/trace.safetensors (arrays) + <dir>/trace.json (strings, model info) ----------
 

@@ -183,9 +183,11 @@ def default_requests(session: Any, trace_id: str) -> list[dict[str, Any]]:
 
 
 def lens_requests(session: Any, trace_id: str) -> list[dict[str, Any]]:
-    """The logit lens for every token, as the page asks for it."""
-    T = len(session.get(trace_id))
-    return [{"__path__": f"/api/traces/{trace_id}/logit_lens", "token": t, "k": 5} for t in range(T)]
+    """The logit lens of every token as the page asks for it: how the prediction of token t formed,
+    read at position t - 1 and following token t's id (web/src/components/LogitLensPanel.svelte)."""
+    ids = session.get(trace_id).token_ids
+    path = f"/api/traces/{trace_id}/logit_lens"
+    return [{"__path__": path, "token": t - 1, "k": 5, "target": int(ids[t])} for t in range(1, len(ids))]
 
 
 _PAGE = """<!doctype html>
@@ -226,19 +228,44 @@ def export_html(
     session: Any, trace_id: str, include: Include | str | None = None, title: str | None = None
 ) -> str:
     """The whole HTML file for one stored trace of `session`."""
+    inc = include if isinstance(include, Include) else Include.parse(include)
+    trace = session.get(trace_id)
+    return page_html(
+        record_pack(session, trace_id, inc), title or f"lmpeek · {session.model.name} · {trace.text[:60]}"
+    )
+
+
+def trace_html(trace: Any, model: Any = None, include: Include | str | None = None) -> str:
+    """A Trace as an HTML file: with `model` (a LoadedModel or Session) it is run again so that
+    `include` (attention heads, the lens) can be recomputed; without, what the Trace holds."""
+    if model is None:
+        if include:
+            raise InvalidInput("include= needs model=…: a Trace alone holds no attention patterns or lens")
+        name = trace.model.get("name", "a model") if isinstance(trace.model, dict) else "a model"
+        return page_html(static_pack(trace), f"lmpeek · {name} · {trace.text[:60]}")
+    from lmpeek.views.widget import session_for
+
+    session = session_for(model)
+    return export_html(session, session.trace(trace.token_ids).id, include)
+
+
+def page_html(pack: bytes, title: str) -> str:
     from lmpeek import __version__
     from lmpeek.views.bundle import bundle_js
 
-    inc = include if isinstance(include, Include) else Include.parse(include)
-    pack = record_pack(session, trace_id, inc)
-    trace = session.get(trace_id)
-    name = title or f"lmpeek · {session.model.name} · {trace.text[:60]}"
     return _PAGE.format(
         version=__version__,
-        title=html.escape(name),
+        title=html.escape(title),
         data=base64.b64encode(pack).decode("ascii"),
         bundle=_script_text(bundle_js()),
     )
+
+
+def iframe_html(page: str, height: int = 640) -> str:
+    """The page inline in a notebook output (`_repr_html_`): an iframe whose srcdoc is the page, never a
+    link to a local file, so VS Code, Colab and nbconvert's HTML show it without a kernel extension."""
+    return (f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: {int(height)}px; '
+            'border: 1px solid #e3e5e8; border-radius: 4px" sandbox="allow-scripts"></iframe>')  # fmt: skip
 
 
 def static_pack(trace: Any) -> bytes:
