@@ -89,3 +89,17 @@ describe("finiteOrNull", () => {
     expect(finiteOrNull(new Float32Array([1, NaN, -Infinity]))).toEqual([1, null, null]);
   });
 });
+
+describe("lazy fields", () => {
+  it("decodes norms and attention entropy on first read only, then keeps them", () => {
+    const t = traceFromEnvelope(fixture("trace-compact.lmpeek"));
+    expect(Object.getOwnPropertyDescriptor(t, "attn_entropy")?.get).toBeTypeOf("function");
+    const key = Object.keys(t.norms)[0];
+    expect(Object.getOwnPropertyDescriptor(t.norms, key)?.get).toBeTypeOf("function");
+    const first = t.attn_entropy;
+    expect(t.attn_entropy).toBe(first);
+    expect(Object.getOwnPropertyDescriptor(t, "attn_entropy")?.value).toBe(first);
+    expect(t.norms[key]).toBe(t.norms[key]);
+    expect(Object.getOwnPropertyDescriptor(t.norms, key)?.get).toBeUndefined();
+  });
+});

@@ -7,8 +7,9 @@
  *   int32 (float64 only in an "exact" envelope).
  *
  * The Trace it gives has the JSON summary's shape, with typed-array views instead of nested lists
- * where the page only indexes (no copy: 4,096 tokens decode in a few milliseconds). Where a summary
- * holds NaN or ±inf it becomes a plain array with null there, as JSON carries it.
+ * where the page only indexes (no copy), norms and attention entropy read on first access: 4,096
+ * tokens of the default model decode in about 10 ms in Chromium (benchmarks/envelope_decode.py). Where
+ * a summary holds NaN or ±inf it becomes a plain array with null there, as JSON carries it.
  */
 import { decodeFloat16 } from "./float16";
 import type { ModelInfo, Trace } from "./types";
@@ -140,6 +141,19 @@ function rows(a: NumArray, nRows: number, nCols: number): ArrayLike<number | nul
   return out;
 }
 
+/** `obj[key]` computed by `make` on first read, then kept (an ordinary enumerable property after). */
+function lazy<T extends object, K extends PropertyKey>(obj: T, key: K, make: () => unknown): void {
+  Object.defineProperty(obj, key, {
+    enumerable: true,
+    configurable: true,
+    get() {
+      const value = make();
+      Object.defineProperty(obj, key, { value, enumerable: true, configurable: true, writable: true });
+      return value;
+    },
+  });
+}
+
 /** The Trace an envelope holds, in the shape the page reads (see lib/types Trace). */
 export function traceFromEnvelope(data: ArrayBuffer | Uint8Array): Trace {
   const start = typeof performance !== "undefined" ? performance.now() : 0;
@@ -175,12 +189,17 @@ export function traceFromEnvelope(data: ArrayBuffer | Uint8Array): Trace {
     }
     topkTokens[t] = row;
   }
+  // norms and attention entropy (two thirds of the bytes; the page reads one norm row at a time and
+  // Explore no attention entropy) are read on first access
   const norms: Record<string, ArrayLike<number | null>> = {};
-  for (const name of h.norms) norms[name] = finiteOrNull(env.array(`norms/${name}`));
+  for (const name of h.norms) lazy(norms, name, () => finiteOrNull(env.array(`norms/${name}`)));
   const [L, H] = env.shape("attn_entropy");
-  const ent = env.array("attn_entropy");
-  const attnEntropy = new Array<ArrayLike<number | null>[]>(L);
-  for (let l = 0; l < L; l++) attnEntropy[l] = rows(ent.subarray(l * H * T, (l + 1) * H * T), H, T);
+  const attnEntropy = () => {
+    const ent = env.array("attn_entropy");
+    const out = new Array<ArrayLike<number | null>[]>(L);
+    for (let l = 0; l < L; l++) out[l] = rows(ent.subarray(l * H * T, (l + 1) * H * T), H, T);
+    return out;
+  };
   const trace: Trace = {
     id: h.id ?? "",
     text: h.text,
@@ -198,10 +217,11 @@ export function traceFromEnvelope(data: ArrayBuffer | Uint8Array): Trace {
     loss: finiteOrNull(env.array("loss")),
     true_prob: finiteOrNull(env.array("true_prob")),
     norms,
-    attn_entropy: attnEntropy,
+    attn_entropy: [],
     kept: h.tensors ?? [],
     nonfinite: h.nonfinite ?? [],
   };
+  lazy(trace, "attn_entropy", attnEntropy);
   if (typeof performance !== "undefined" && typeof performance.measure === "function") {
     performance.measure("lmpeek:decode-trace", { start, end: performance.now(), detail: { tokens: T } });
   }
