@@ -154,14 +154,14 @@ def test_samples_tabs_and_side_by_side(page, server_url):
     page.screenshot(path=str(ARTIFACTS / "explore-side-by-side.png"), full_page=True)
 
 
-def test_the_neuron_box_stays_within_the_mlp(page):
+def test_the_neuron_box_stays_within_the_mlp(page, server_url):
     """An out-of-range neuron index is clamped to the MLP's width before anything is asked for."""
     run_explore(page, TEXT)
-    width = page.request.get(page.url.split("?")[0].rstrip("/") + "/api/health").json()["model"]["d_mlp"]
+    width = page.request.get(f"{server_url}/api/health").json()["model"]["d_mlp"]  # page.url holds view state
     page.get_by_test_id("metric-select").select_option("neuron")
     box = page.get_by_test_id("neuron-input")
     assert box.get_attribute("max") == str(width - 1)
-    with page.expect_response(lambda r: "/neuron?" in r.url and f"index={width - 1}" in r.url) as info:
+    with page.expect_response(lambda r: "name=neuron" in r.url and f"neuron={width - 1}" in r.url) as info:
         box.fill("99999")
     assert info.value.status == 200
     box.dispatch_event("change")

@@ -121,7 +121,7 @@ def test_explore_metrics_tooltip_and_predictions(page, server_url):
     page.get_by_test_id("layer-input").press("Enter")
     page.get_by_test_id("head-input").fill("2")
     page.get_by_test_id("head-input").press("Enter")
-    with page.expect_response("**/attention?*") as info:
+    with page.expect_response("**/metric?*") as info:
         page.get_by_test_id("metric-select").select_option("attn-from")
     row = page.request.get(f"{server_url}/api/traces/{data['id']}/attention?layer=1&head=2&query=2").json()
     page.wait_for_function("() => document.querySelector('[data-testid=explore-tokens] [data-testid=token]')"
@@ -131,7 +131,7 @@ def test_explore_metrics_tooltip_and_predictions(page, server_url):
     assert info.value.ok
 
     # opposite attention: how much later tokens attend to the selected one
-    with page.expect_response("**/attention?*"):
+    with page.expect_response("**/metric?*"):
         page.get_by_test_id("metric-select").select_option("attn-to")
     col = page.request.get(f"{server_url}/api/traces/{data['id']}/attention?layer=1&head=2&key=2").json()
     page.wait_for_timeout(200)

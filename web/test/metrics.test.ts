@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { errorMessage } from "../src/lib/api";
-import { clampIndex, isTextField, mean2d, metricLimits, metricRange, metricValues, predictionRows, predictionStats, remoteKey } from "../src/lib/metrics";
+import { clampIndex, drawnMap, isTextField, mean2d, METRICS, metricInfo, paneValues, predictionRows, predictionStats, remoteKey } from "../src/lib/metrics";
 import type { Trace } from "../src/lib/types";
 
 const trace = {
@@ -35,35 +35,6 @@ const trace = {
   text: "A b\n c",
   chat: false,
 } as unknown as Trace;
-
-const base = { layer: 0, component: "resid_post" as const, selected: 2 };
-
-describe("metricValues", () => {
-  it.each([
-    // token t shows the prediction that produced it: position t-1's; the first token has none
-    ["loss", base, [undefined, 0.69, 4.2, 0.1]],
-    ["entropy", base, [undefined, 1, 2, 0.5]],
-    ["prob", base, [undefined, 0.5, 0.015, 0.9]],
-    ["norm", base, [10, 20, 30, 40]],
-    ["norm", { ...base, layer: 1, component: "attn_out" as const }, [1, 2, 3, 4]],
-    ["norm", { ...base, layer: 5 }, [undefined, undefined, undefined, undefined]],
-    ["attn-from", base, [undefined, undefined, undefined, undefined]],
-    ["attn-from", { ...base, pattern: [0.5, 0.25, 0.25, 0] }, [0.5, 0.25, 0.25, undefined]],
-    ["attn-to", { ...base, pattern: [0, 0, 0.4, 0.1] }, [undefined, undefined, 0.4, 0.1]],
-  ] as const)("%s %j", (metric, args, want) => {
-    expect(metricValues(trace, metric, args)).toEqual(want);
-  });
-});
-
-describe("metricRange", () => {
-  it("attention ranges start at 0", () => {
-    expect(metricRange("attn-from", [undefined, 0.2, 0.6])).toEqual({ min: 0, max: 0.6 });
-  });
-  it("other metrics span the values", () => {
-    expect(metricRange("loss", [1, 3, undefined])).toEqual({ min: 1, max: 3 });
-    expect(metricRange("loss", [undefined])).toBeNull();
-  });
-});
 
 describe("predictionRows: the prediction that produced token t (made at t-1)", () => {
   it("marks the token itself in the previous position's top 5", () => {
@@ -121,33 +92,31 @@ describe("helpers", () => {
   });
 });
 
-describe("remote metrics", () => {
-  const a = { hook: "blocks.1.hook_resid_post", head: null, layer: 1, selected: 2, dim: 7, neuron: 3, scale: "minmax" as const, rope: "full", normRemote: false };
-  it.each([
-    ["loss", a, null],
-    ["norm", a, null],
-    ["norm", { ...a, normRemote: true }, "t1|act|act-norm|blocks.1.hook_resid_post||"],
-    ["act-value", a, "t1|act|act-value|blocks.1.hook_resid_post||7"],
-    ["act-norm", { ...a, dim: 9 }, "t1|act|act-norm|blocks.1.hook_resid_post||"],
-    ["cos-tokens", a, "t1|sim|cos-tokens|blocks.1.hook_resid_post||2"],
-    ["cos-previous", a, "t1|sim|cos-previous|blocks.1.hook_resid_post||"],
-    ["neuron", a, "t1|neuron|1|3"],
-    ["attn-from", { ...a, head: 2, rope: "applied" }, "t1|attn|1|2|query|2|applied"],
-  ] as const)("%s -> %s", (m, args, key) => {
-    expect(remoteKey("t1", m, args)).toBe(key);
+describe("one request per metric (values and scale come from the server)", () => {
+  const a = { hook: "blocks.1.hook_resid_post", head: null, layer: 1, selected: 2, dim: 7, neuron: 3, scale: "minmax" as const, skipFirst: true, rope: "full" };
+  it("the key holds only what the metric reads", () => {
+    // the selection moves: metrics that ignore it keep their key (no refetch, no recolouring)
+    expect(remoteKey("t1", "act-norm", { ...a, selected: 5, dim: 9 })).toBe(remoteKey("t1", "act-norm", a));
+    expect(remoteKey("t1", "loss", { ...a, hook: "x" })).toBe(remoteKey("t1", "loss", a));
+    expect(remoteKey("t1", "cos-tokens", { ...a, selected: 5 })).not.toBe(remoteKey("t1", "cos-tokens", a));
+    expect(remoteKey("t1", "act-value", { ...a, dim: 9 })).not.toBe(remoteKey("t1", "act-value", a));
+    expect(remoteKey("t1", "neuron", { ...a, neuron: 4 })).not.toBe(remoteKey("t1", "neuron", a));
+    expect(remoteKey("t1", "attn-from", { ...a, rope: "applied" })).not.toBe(remoteKey("t1", "attn-from", a));
   });
-  it("remote values fill the fetched metrics; the norm falls back to them off the summary", () => {
-    const remote = [1, null, -3, 4];
-    expect(metricValues(trace, "act-value", { ...base, remote })).toEqual([1, undefined, -3, 4]);
-    expect(metricValues(trace, "norm", { ...base, component: null, remote })).toEqual([1, undefined, -3, 4]);
-    expect(metricValues(trace, "neuron", { ...base, remote: null })).toEqual([undefined, undefined, undefined, undefined]);
+  it("the scale mode, leaving out the first token and the compared trace are in the key", () => {
+    expect(remoteKey("t1", "norm", { ...a, scale: "raw" })).not.toBe(remoteKey("t1", "norm", a));
+    expect(remoteKey("t1", "norm", { ...a, skipFirst: false })).not.toBe(remoteKey("t1", "norm", a));
+    expect(remoteKey("t1", "norm", a, "t2")).not.toBe(remoteKey("t1", "norm", a));
+    expect(remoteKey("t1", "norm", a)).toBe("t1||head=|hook=blocks.1.hook_resid_post|mode=minmax|name=norm|skip_first=true");
   });
-  it.each([
-    ["attn-from", [0.2, 0.5], "minmax_clip", { min: 0, divider: 0.25, max: 0.5 }],
-    ["loss", [1, 3], "raw", { min: 1, divider: 2, max: 3 }],
-    ["act-norm", [1, 3], "raw", { min: 1, divider: 2, max: 3 }],
-    ["act-value", [-1, 3], "minmax", { min: -1, divider: 0, max: 3 }],
-  ] as const)("metricLimits %s %j %s", (m, v, scale, want) => {
-    expect(metricLimits(m, [...v], scale)).toEqual(want);
+  it("paneValues: null -> no colour, one value per token", () => {
+    expect(paneValues([1, null, -3], 4)).toEqual([1, undefined, -3, undefined]);
+    expect(paneValues(undefined, 2)).toEqual([undefined, undefined]);
+  });
+  it("drawnMap follows the server's scale kind", () => {
+    const norm = METRICS.find((m) => m.value === "norm")!;
+    expect(drawnMap(norm, { kind: "sequential" })).toBe("oranges");
+    expect(drawnMap(metricInfo("act-value"), { kind: "diverging" })).toBe("diverging");
+    expect(drawnMap(metricInfo("prob"), null)).toBe("greens");
   });
 });

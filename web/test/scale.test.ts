@@ -1,37 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { computeLimits, parseLimit, position, quantile, withOverrides } from "../src/lib/scale";
-
-describe("quantile", () => {
-  it.each([
-    [[1, 2, 3, 4, 5], 0.5, 3],
-    [[1, 2, 3, 4], 0.5, 2.5],
-    [[1, 2, 3, 4, 5], 0.25, 2],
-    [[7], 0.75, 7],
-    [[], 0.5, NaN],
-  ])("%j at %d -> %d", (xs, q, want) => {
-    expect(quantile(xs, q)).toEqual(want);
-  });
-});
-
-describe("computeLimits", () => {
-  const xs = Array.from({ length: 101 }, (_, i) => i); // 0..100: percentiles are the values
-  it.each([
-    ["minmax", false, [1, 2, 3], { min: 1, divider: 2, max: 3 }],
-    ["raw", false, [1, 2, 3], { min: 1, divider: 2, max: 3 }],
-    ["raw", false, [-1, 2, 3], { min: -1, divider: 0, max: 3 }],
-    ["minmax", false, [-1, 2, 3], { min: -1, divider: 1, max: 3 }],
-    ["minmax", true, [-1, 2, 3], { min: -1, divider: 0, max: 3 }],
-    ["minmax", true, [1, 2, 3], { min: 1, divider: 2, max: 3 }],
-    ["minmax_clip", false, xs, { min: 1, divider: 50, max: 99 }],
-    ["minmax_clip", true, xs.map((v) => v - 50), { min: -49, divider: 0, max: 49 }],
-    ["minmax", false, [5, 5], { min: 5, divider: 5, max: 5 }],
-  ] as const)("%s signed=%s %j", (scale, signed, values, want) => {
-    expect(computeLimits(values as number[], scale, signed)).toEqual(want);
-  });
-  it("is null without values", () => {
-    expect(computeLimits([null, undefined], "minmax", false)).toBeNull();
-  });
-});
+import { outside, parseLimit, position, SCALES, withOverrides } from "../src/lib/scale";
 
 describe("position", () => {
   const lim = { min: -2, divider: 0, max: 4 };
@@ -58,18 +26,47 @@ describe("position", () => {
   });
 });
 
-describe("withOverrides", () => {
-  const lim = { min: 0, divider: 5, max: 10 };
+describe("outside", () => {
+  const lim = { min: -2, divider: 0, max: 4 };
   it.each([
-    [{}, false, lim],
-    [{ max: 20 }, false, { min: 0, divider: 10, max: 20 }],
-    [{ max: 20, divider: 1 }, false, { min: 0, divider: 1, max: 20 }],
-    [{ min: -4 }, true, { min: -4, divider: 5, max: 10 }],
-  ] as const)("%j signed=%s", (over, signed, want) => {
-    expect(withOverrides(lim, over, signed)).toEqual(want);
+    [5, "high"],
+    [4, null],
+    [-2, null],
+    [-2.5, "low"],
+    [null, null],
+    [NaN, null],
+  ])("%s -> %s", (v, want) => {
+    expect(outside(v, lim)).toBe(want);
   });
-  it("null stays null", () => {
+  it("nothing is outside without limits", () => {
+    expect(outside(100, null)).toBeNull();
+  });
+});
+
+describe("withOverrides: the user's typed limits over the server's scale", () => {
+  const seq = { kind: "sequential" as const, min: 0, divider: 5, max: 10 };
+  const div = { kind: "diverging" as const, min: -10, divider: 0, max: 10 };
+  it.each([
+    [seq, {}, { min: 0, divider: 5, max: 10 }],
+    [seq, { max: 20 }, { min: 0, divider: 10, max: 20 }], // sequential: stays linear
+    [seq, { max: 20, divider: 1 }, { min: 0, divider: 1, max: 20 }],
+    [div, { min: -4 }, { min: -4, divider: 0, max: 10 }], // diverging: white stays at 0
+    [div, { divider: 2 }, { min: -10, divider: 2, max: 10 }],
+  ] as const)("%j %j", (scale, over, want) => {
+    expect(withOverrides(scale, over)).toEqual(want);
+  });
+  it("no scale yet: nothing to draw", () => {
     expect(withOverrides(null, { min: 1 })).toBeNull();
+  });
+});
+
+describe("SCALES", () => {
+  it("are the server's modes, labelled for people", () => {
+    expect(SCALES.map((s) => [s.value, s.label])).toEqual([
+      ["raw", "raw"],
+      ["minmax", "min-max"],
+      ["outliers", "clip outliers"],
+    ]);
   });
 });
 

@@ -3,7 +3,7 @@ import { TRACE_MEDIA_TYPE, traceFromEnvelope } from "./envelope";
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
 import type { Fetcher } from "./transport";
-import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, Pattern, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
+import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, MetricData, Pattern, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
 
 /** Query parameters: undefined and null are left out. */
 export function query(params: Record<string, string | number | null | undefined>): string {
@@ -174,6 +174,12 @@ export class Api {
     signal?: AbortSignal,
   ): Promise<Activations> {
     return this.traceGet(id, "activations", p, signal);
+  }
+
+  /** One Explore metric's values with the colour scale the server computed: `q` holds name, mode,
+   * skip_first and what the metric reads (metrics.metricQuery); `with`: a second trace, joint limits. */
+  metric(id: string, q: Record<string, string | number | null | undefined>, signal?: AbortSignal): Promise<MetricData> {
+    return this.traceGet(id, "metric", q, signal);
   }
 
   similarity(

@@ -1,8 +1,8 @@
-/** What the Explore view colours tokens by, as pure functions of a trace. */
-import type { ColorMap, Range, Value } from "./color";
-import { valueRange } from "./color";
-import { computeLimits, type Scale } from "./scale";
-import type { Component, Limits, Trace } from "./types";
+/** What the Explore view colours tokens by. Values and colour scales come from the server's one route
+ * (GET /api/traces/{id}/metric); this module only names the metrics and what each request reads. */
+import type { ColorMap, Value } from "./color";
+import type { Scale } from "./scale";
+import type { ColourScale, Trace } from "./types";
 
 export type Metric =
   | "loss"
@@ -19,25 +19,17 @@ export type Metric =
   | "cos-residual"
   | "neuron";
 
-/** What a metric fetches from the server (per trace), besides the trace summaries. */
-export type Remote = "attention" | "activations" | "similarity" | "neuron";
-
 export interface MetricInfo {
   value: Metric;
   label: string;
-  map: ColorMap | "diverging";
+  /** the sequential map for one-signed values; signed ones (the server's scale says diverging) use the diverging map */
+  map: ColorMap;
   /** what the value at token t means (tooltip) */
   help: string;
   /** needs an attention row/column from the server */
   attention?: "query" | "key";
-  /** fetched from the server */
-  remote?: Remote;
   /** reads the selected hook point (and its head, for per-head points) */
   hook?: boolean;
-  /** negative and positive values: diverging colours, divider at 0 */
-  signed?: boolean;
-  /** the scale select applies */
-  scaled?: boolean;
   /** depends on the selected token */
   bySelected?: boolean;
 }
@@ -50,102 +42,18 @@ export const METRICS: MetricInfo[] = [
   { value: "norm", label: "norm", map: "oranges", help: "norm" },
   { value: "attn-from", label: "attention from selected", map: "blues", help: "attention from selected", attention: "query" },
   { value: "attn-to", label: "opposite attention (to selected)", map: "blues", help: "attention to selected", attention: "key" },
-  { value: "act-norm", label: "activation: norm", map: "oranges", help: "‖x‖", remote: "activations", hook: true, scaled: true },
-  { value: "act-abssum", label: "activation: sum |x|", map: "oranges", help: "Σ|x|", remote: "activations", hook: true, scaled: true },
-  { value: "act-value", label: "activation: value of dim", map: "diverging", help: "x[dim]", remote: "activations", hook: true, scaled: true, signed: true },
-  { value: "cos-tokens", label: "similarity: to selected token", map: "diverging", help: "cos(x_t, x_selected)", remote: "similarity", hook: true, scaled: true, signed: true, bySelected: true },
-  { value: "cos-previous", label: "similarity: to previous layer", map: "diverging", help: "cos(x_t, same hook one layer earlier)", remote: "similarity", hook: true, scaled: true, signed: true },
-  { value: "cos-residual", label: "similarity: to residual it adds to", map: "diverging", help: "cos(x_t, residual stream)", remote: "similarity", hook: true, scaled: true, signed: true },
-  { value: "neuron", label: "MLP neuron", map: "diverging", help: "neuron activation", remote: "neuron", scaled: true, signed: true },
+  { value: "act-norm", label: "activation: norm", map: "oranges", help: "‖x‖", hook: true },
+  { value: "act-abssum", label: "activation: sum |x|", map: "oranges", help: "Σ|x|", hook: true },
+  { value: "act-value", label: "activation: value of dim", map: "oranges", help: "x[dim]", hook: true },
+  { value: "cos-tokens", label: "similarity: to selected token", map: "oranges", help: "cos(x_t, x_selected)", hook: true, bySelected: true },
+  { value: "cos-previous", label: "similarity: to previous layer", map: "oranges", help: "cos(x_t, same hook one layer earlier)", hook: true },
+  { value: "cos-residual", label: "similarity: to residual it adds to", map: "oranges", help: "cos(x_t, residual stream)", hook: true },
+  { value: "neuron", label: "MLP neuron", map: "oranges", help: "neuron activation" },
 ];
-METRICS.find((m) => m.value === "norm")!.scaled = true;
-for (const m of METRICS) if (m.attention) (m.remote = "attention"), (m.bySelected = true);
+for (const m of METRICS) if (m.attention) m.bySelected = true;
 
 export function metricInfo(m: Metric): MetricInfo {
   return METRICS.find((x) => x.value === m)!;
-}
-
-export function normKey(layer: number, component: Component): string {
-  return `blocks.${layer}.hook_${component}`;
-}
-
-export interface MetricArgs {
-  layer: number;
-  /** the summary component holding the norm at the selected hook point (null: fetched as act-norm) */
-  component: Component | null;
-  selected: number;
-  /** the attention row (attn-from) or column (attn-to) for `selected`, length T */
-  pattern?: ArrayLike<number> | null;
-  /** values fetched from the server for remote metrics (length T) */
-  remote?: ArrayLike<number | null> | null;
-}
-
-/**
- * The metric's value for every token (undefined where it has none: the first token's loss, entropy and
- * probability (nothing predicts it), keys after the selected query, queries before the selected key,
- * attention not fetched yet).
- */
-export function metricValues(trace: Trace, metric: Metric, args: MetricArgs): Value[] {
-  const T = trace.tokens.length;
-  const out: Value[] = new Array(T).fill(undefined);
-  const fromArray = (a: ArrayLike<number | null> | undefined) => {
-    if (!a) return;
-    for (let t = 0; t < T && t < a.length; t++) out[t] = a[t] ?? undefined;
-  };
-  // the summary arrays are indexed by the position that predicts: token t shows position t-1's
-  const ofPrediction = (a: ArrayLike<number | null>) => {
-    for (let t = 1; t < T && t - 1 < a.length; t++) out[t] = a[t - 1] ?? undefined;
-  };
-  switch (metric) {
-    case "loss":
-      ofPrediction(trace.loss);
-      break;
-    case "entropy":
-      ofPrediction(trace.entropy);
-      break;
-    case "prob":
-      ofPrediction(trace.true_prob);
-      break;
-    case "norm":
-      if (args.component) fromArray(trace.norms[normKey(args.layer, args.component)]);
-      else fromArray(args.remote ?? undefined);
-      break;
-    case "attn-from": {
-      const p = args.pattern;
-      if (!p) break;
-      for (let k = 0; k <= args.selected && k < T; k++) out[k] = p[k];
-      break;
-    }
-    case "attn-to": {
-      const p = args.pattern;
-      if (!p) break;
-      for (let q = args.selected; q < T; q++) out[q] = p[q];
-      break;
-    }
-    default:
-      fromArray(args.remote ?? undefined);
-  }
-  return out;
-}
-
-/** The colour range: attention starts at 0 (it is a share), everything else spans what is shown. */
-export function metricRange(metric: Metric, values: Value[]): Range | null {
-  const r = valueRange(values);
-  if (r === null) return null;
-  if (metric === "attn-from" || metric === "attn-to") return { min: 0, max: Math.max(r.max, 1e-9) };
-  return r;
-}
-
-/** Colour limits for a metric: attention from 0; the scale select for activation-like metrics; else min-max. */
-export function metricLimits(metric: Metric, values: Value[], scale: Scale): Limits | null {
-  const info = metricInfo(metric);
-  if (info.attention) {
-    const r = valueRange(values);
-    if (!r) return null;
-    const max = Math.max(r.max, 1e-9);
-    return { min: 0, divider: max / 2, max };
-  }
-  return computeLimits(values, info.scaled ? scale : "minmax", !!info.signed);
 }
 
 export interface FetchArgs {
@@ -156,27 +64,38 @@ export interface FetchArgs {
   dim: number;
   neuron: number;
   scale: Scale;
+  skipFirst: boolean;
   rope: string;
-  /** the norm metric at a point the trace summary lacks */
-  normRemote: boolean;
 }
 
-/** A cache key for what a metric fetches (null: nothing to fetch). Includes only what the fetch reads. */
-export function remoteKey(traceId: string, metric: Metric, a: FetchArgs): string | null {
+/** The query of GET /api/traces/{id}/metric for a metric: only what that metric reads. */
+export function metricQuery(metric: Metric, a: FetchArgs): Record<string, string | number | null> {
   const info = metricInfo(metric);
-  const h = `${a.hook}|${a.head ?? ""}`;
-  switch (info.remote) {
-    case "attention":
-      return `${traceId}|attn|${a.layer}|${a.head ?? 0}|${info.attention}|${a.selected}|${a.rope}`;
-    case "activations":
-      return `${traceId}|act|${metric}|${h}|${metric === "act-value" ? a.dim : ""}`;
-    case "similarity":
-      return `${traceId}|sim|${metric}|${h}|${metric === "cos-tokens" ? a.selected : ""}`;
-    case "neuron":
-      return `${traceId}|neuron|${a.layer}|${a.neuron}`;
-  }
-  if (metric === "norm" && a.normRemote) return `${traceId}|act|act-norm|${h}|`;
-  return null;
+  const q: Record<string, string | number | null> = { name: metric, mode: a.scale, skip_first: String(a.skipFirst) };
+  if (info.attention) Object.assign(q, { layer: a.layer, head: a.head ?? 0, token: a.selected, rope: a.rope });
+  if (info.hook || metric === "norm") Object.assign(q, { hook: a.hook, head: a.head });
+  if (metric === "act-value") q.dim = a.dim;
+  if (metric === "cos-tokens") q.token = a.selected;
+  if (metric === "neuron") Object.assign(q, { layer: a.layer, neuron: a.neuron });
+  return q;
+}
+
+/** A cache key for a metric's request: the trace, the compared trace (joint limits) and the query. */
+export function remoteKey(traceId: string, metric: Metric, a: FetchArgs, withId: string | null = null): string {
+  const q = metricQuery(metric, a);
+  return [traceId, withId ?? "", ...Object.keys(q).sort().map((k) => `${k}=${q[k] ?? ""}`)].join("|");
+}
+
+/** One pane's values as the token view reads them (null -> undefined: no colour). */
+export function paneValues(values: ArrayLike<number | null> | undefined, T: number): Value[] {
+  const out: Value[] = new Array(T).fill(undefined);
+  if (values) for (let t = 0; t < T && t < values.length; t++) out[t] = values[t] ?? undefined;
+  return out;
+}
+
+/** The colour map a scale is drawn with: diverging for signed values, the metric's sequential map otherwise. */
+export function drawnMap(info: MetricInfo, scale: Pick<ColourScale, "kind"> | null): ColorMap | "diverging" {
+  return scale?.kind === "diverging" ? "diverging" : info.map;
 }
 
 export interface PredRow {

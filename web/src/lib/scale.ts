@@ -1,52 +1,21 @@
 /**
- * Colour limits: min, divider and max. A value maps to [0, 1] piecewise linearly, min -> 0,
- * divider -> 0.5, max -> 1, so one editable triple drives both sequential maps (divider in the
- * middle by default) and diverging ones (divider at 0 by default: negative below, positive above).
+ * Drawing with a colour scale the server computed (lmpeek.analysis.scales, the one implementation of
+ * colour limits): a value maps to [0, 1] piecewise linearly, min -> 0, divider -> 0.5, max -> 1. The
+ * page never finds limits itself; it only lays the user's typed edits over the server's.
  */
 import type { Value } from "./color";
-import type { Limits } from "./types";
+import type { ColourScale, Limits } from "./types";
 
-export type Scale = "raw" | "minmax" | "minmax_clip";
+/** How the server finds the limits (query `mode`). */
+export type Scale = "raw" | "minmax" | "outliers";
 
-export const SCALES: { value: Scale; label: string }[] = [
-  { value: "raw", label: "raw" },
-  { value: "minmax", label: "min-max" },
-  { value: "minmax_clip", label: "min-max excl. outliers (1–99%)" },
+export const SCALES: { value: Scale; label: string; help: string }[] = [
+  { value: "raw", label: "raw", help: "the natural range (probability 0–1, cosine −1–1), else from 0 to the largest value (±largest |value| for signed values)" },
+  { value: "minmax", label: "min-max", help: "the data's smallest to largest value (signed values: ±largest |value|)" },
+  { value: "outliers", label: "clip outliers", help: "min-max of the values inside Tukey's fences (Q1 − 1.5·IQR … Q3 + 1.5·IQR); the rest are marked ▲/▼" },
 ];
 
-function finite(values: ArrayLike<Value>): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (v !== null && v !== undefined && Number.isFinite(v)) out.push(v);
-  }
-  return out;
-}
-
-/** The q-quantile (0..1) of sorted numbers, linear interpolation. */
-export function quantile(sorted: number[], q: number): number {
-  if (!sorted.length) return NaN;
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
-
-/**
- * Limits for values, the server's rules (lmpeek.analysis.activations.normalise): raw and minmax span
- * the smallest to the largest value, minmax_clip the 1st to 99th percentile (outliers clip). The
- * divider is the midpoint, except at 0 when the values have both signs and the scale is raw, or the
- * metric is signed (a diverging map is white at 0).
- */
-export function computeLimits(values: ArrayLike<Value>, scale: Scale, signed: boolean): Limits | null {
-  const xs = finite(values).sort((a, b) => a - b);
-  if (!xs.length) return null;
-  const [min, max] = scale === "minmax_clip" ? [quantile(xs, 0.01), quantile(xs, 0.99)] : [xs[0], xs[xs.length - 1]];
-  const mixed = min < 0 && max > 0;
-  return { min, divider: mixed && (signed || scale === "raw") ? 0 : (min + max) / 2, max };
-}
-
-/** A value in [0, 1] through the limits (clamped); null when missing. */
+/** A value in [0, 1] through the limits (clamped); null when missing. Same rule as analysis.scales.apply_limits. */
 export function position(v: Value, lim: Limits | null): number | null {
   if (v === null || v === undefined || !Number.isFinite(v) || lim === null) return null;
   const { min, divider, max } = lim;
@@ -61,15 +30,22 @@ export function position(v: Value, lim: Limits | null): number | null {
   return t < 0 ? 0 : t > 1 ? 1 : t;
 }
 
+/** Where a value lies against the limits: "high" above max, "low" below min, null inside or missing. */
+export function outside(v: Value, lim: Limits | null): "high" | "low" | null {
+  if (v === null || v === undefined || !Number.isFinite(v) || lim === null) return null;
+  return v > lim.max ? "high" : v < lim.min ? "low" : null;
+}
+
 /**
- * Limits with the user's edits laid over them (undefined keeps the computed one). An unsigned scale's
- * divider follows the edited min/max to stay in the middle unless it was edited itself.
+ * The server's limits with the user's edits laid over them (undefined keeps the server's). A diverging
+ * scale keeps its divider (0) unless it was edited; a sequential one's divider follows the edited
+ * min/max to stay in the middle (the map stays linear) unless it was edited itself.
  */
-export function withOverrides(lim: Limits | null, over: Partial<Limits>, signed = false): Limits | null {
-  if (!lim) return null;
-  const min = over.min ?? lim.min;
-  const max = over.max ?? lim.max;
-  const divider = over.divider ?? (signed ? lim.divider : (min + max) / 2);
+export function withOverrides(scale: Pick<ColourScale, "kind" | "min" | "divider" | "max"> | null, over: Partial<Limits>): Limits | null {
+  if (!scale) return null;
+  const min = over.min ?? scale.min;
+  const max = over.max ?? scale.max;
+  const divider = over.divider ?? (scale.kind === "diverging" ? scale.divider : (min + max) / 2);
   return { min, divider, max };
 }
 

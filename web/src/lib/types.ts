@@ -129,11 +129,32 @@ export interface Limits {
   max: number;
 }
 
+/** A metric's colour scale, computed by the server (lmpeek.analysis.scales): the page only draws it. */
+export interface ColourScale {
+  /** sequential: one-signed values from their floor; diverging: signed values, divider exactly 0 */
+  kind: "sequential" | "diverging";
+  min: number;
+  divider: number;
+  max: number;
+  mode: string;
+  /** token indices the limits were computed without (the first token with skip_first; the selected one for cos-tokens) */
+  left_out: number[];
+  /** token indices whose value lies outside [min, max] */
+  clipped: number[];
+}
+
+/** GET /api/traces/{id}/metric: one Explore metric's values with its scale (and a second trace's, `with=`). */
+export interface MetricData {
+  name: string;
+  values: (number | null)[];
+  scale: ColourScale;
+  values_with?: (number | null)[];
+  scale_with?: ColourScale;
+}
+
 export interface Activations {
   values: (number | null)[];
-  scaled: (number | null)[];
-  signed: boolean;
-  limits: Limits;
+  scale: ColourScale;
 }
 
 export interface Histogram {
