@@ -171,6 +171,7 @@ def test_one_convention_in_both_views(page):
     assert topk.get_by_test_id("prediction-token").inner_text() == step["token"]
     chosen = topk.locator("[data-testid=topk-row].chosen")
     assert chosen.count() == 1 and chosen.get_attribute("data-token") == step["token"]
+    assert chosen.locator(".note").inner_text() == "this token"  # named as in Explore
     gen_rows = [(r.get_attribute("data-token"), float(r.get_attribute("data-prob")))
                 for r in topk.get_by_test_id("topk-row").all()[:5]]  # fmt: skip
     assert "Inside this position" in page.locator(".gen").get_by_test_id("inside-heading").text_content()
@@ -195,6 +196,7 @@ def test_one_convention_in_both_views(page):
     assert [b for _, b in explore_rows] == pytest.approx([b for _, b in gen_rows], abs=1e-4)
     actual = panel.locator("[data-testid=pred-row].actual")
     assert actual.count() == 1 and actual.get_attribute("data-token") == step["token"]
+    assert actual.locator(".note").inner_text() == "this token"
     inside = page.get_by_test_id("explore-body").get_by_test_id("inside-heading")
     assert "Inside this position" in inside.text_content() and f"#{t}" in inside.text_content()
 
