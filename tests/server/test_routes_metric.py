@@ -173,3 +173,26 @@ def test_bad_requests_say_what_to_fix(client, tid, params, message):
 def test_bad_mode_is_422(client, tid):
     r = client.get(f"/api/traces/{tid}/metric", params={"name": "loss", "mode": "zscore"})
     assert r.status_code == 422
+
+
+def test_generate_heatmap_scale_covers_every_step_so_far(client):
+    """Generate's attention-entropy heatmap is drawn with the server's scale: sequential from 0 to the
+    largest entropy of all steps so far, sent with each step."""
+    import json
+
+    r = client.post(
+        "/api/generate", json={"prompt": "Hello there", "max_new_tokens": 6, "temperature": 1.0, "seed": 3}
+    )
+    steps = []
+    for frame in r.text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in frame.splitlines())
+        if lines["event"] == "token":
+            steps.append(json.loads(lines["data"]))
+    assert len(steps) == 6
+    running = 0.0
+    for s in steps:
+        running = max(running, max(v for row in s["attn_entropy"] for v in row if v is not None))
+        scale = s["attn_entropy_scale"]
+        assert scale["kind"] == "sequential" and scale["min"] == 0.0 and scale["mode"] == "raw"
+        assert scale["max"] == pytest.approx(running)
+        assert scale["divider"] == pytest.approx(running / 2)

@@ -424,10 +424,19 @@ def create_app(
         prompt, steps = await holder.run(start, request, "generate")
 
         def run() -> Iterator[str]:  # a generator job: one step per turn on the model's thread
+            from lmpeek.analysis.scales import colour_scale
+
             generated: list[int] = []
+            maxima: list[float] = []  # each step's largest finite attention entropy
             for step in steps:
                 generated.append(step.token_id)
-                yield _sse("token", _step_json(step))
+                a = np.asarray(step.attn_entropy, dtype=np.float64)
+                finite = a[np.isfinite(a)]
+                maxima.append(float(finite.max()) if finite.size else float("nan"))
+                # one colour scale for every step so far (heatmaps of different tokens compare): "raw"
+                # for a magnitude is 0..max, so the steps' maxima give the same limits as all values
+                scale = colour_scale(np.asarray(maxima), "magnitude", "raw").to_json()
+                yield _sse("token", {**_step_json(step), "attn_entropy_scale": scale})
             ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
             t, resid = trace_with_resid(model, ids)
             return _sse("done", {"trace_id": traces.put(t, resid)})

@@ -99,6 +99,8 @@ export interface GenStep {
   norms: StepNorms;
   /** [layer][head] */
   attn_entropy: number[][];
+  /** the heatmap's colour scale over every step so far (analysis.scales: sequential from 0) */
+  attn_entropy_scale?: ColourScale;
 }
 
 export interface GenParams {
