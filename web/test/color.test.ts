@@ -1,20 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { luminance, normalize, parseRgb, rgbAt, tokenColor, valueRange } from "../src/lib/color";
-
-describe("valueRange", () => {
-  it.each([
-    [[1, 3, 2], { min: 1, max: 3 }],
-    [[null, 5, undefined, NaN, -1], { min: -1, max: 5 }],
-    [[Infinity, 2], { min: 2, max: 2 }],
-    [[], null],
-    [[null, undefined], null],
-  ])("valueRange(%j)", (vals, want) => {
-    expect(valueRange(vals as number[])).toEqual(want);
-  });
-  it("accepts typed arrays", () => {
-    expect(valueRange(new Float32Array([0.5, 0.25]))).toEqual({ min: 0.25, max: 0.5 });
-  });
-});
+import { colorAt, luminance, normalize, parseRgb, rgbAt } from "../src/lib/color";
 
 describe("normalize", () => {
   const r = { min: 2, max: 4 };
@@ -59,8 +44,8 @@ describe("colours", () => {
     [null, "", ""],
     [0, "rgb(", ""],
     [1, "rgb(", "#fff"],
-  ])("tokenColor(%s)", (v, bgPrefix, fg) => {
-    const c = tokenColor(v, { min: 0, max: 1 }, "purples", 1);
+  ])("colorAt(%s)", (t, bgPrefix, fg) => {
+    const c = colorAt(t, "purples", 1);
     expect(c.background.startsWith(bgPrefix)).toBe(true);
     expect(c.color).toBe(fg);
   });

@@ -1,4 +1,4 @@
-/** Value -> colour: range finding, normalisation and sequential colour maps with opacity. */
+/** Value -> colour: colour maps with opacity. Colour limits come from the server (analysis.scales). */
 import { interpolateBlues, interpolateGreens, interpolateOranges, interpolatePurples, interpolateRdBu, interpolateReds } from "d3-scale-chromatic";
 
 export type Value = number | null | undefined;
@@ -6,19 +6,6 @@ export type Value = number | null | undefined;
 export interface Range {
   min: number;
   max: number;
-}
-
-/** Min and max of the finite values, or null when there are none. */
-export function valueRange(values: ArrayLike<Value>): Range | null {
-  let min = Infinity;
-  let max = -Infinity;
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (v === null || v === undefined || !Number.isFinite(v)) continue;
-    if (v < min) min = v;
-    if (v > max) max = v;
-  }
-  return min === Infinity ? null : { min, max };
 }
 
 /** Map v into [0, 1] by the range (clamped); null for a missing value; 0 or 1 when the range is one point. */
@@ -93,14 +80,6 @@ export function luminance([r, g, b]: [number, number, number]): number {
 export interface TokenColor {
   background: string;
   color: string;
-}
-
-/** Background and readable text colour for a value; empty strings (no colour) when it is missing. */
-export function tokenColor(v: Value, range: Range | null, map: ColorMap, opacity: number): TokenColor {
-  const t = normalize(v, range);
-  if (t === null) return { background: "", color: "" };
-  const rgb = rgbAt(t, map, opacity);
-  return { background: cssRgb(rgb), color: luminance(rgb) < 0.25 ? "#fff" : "" };
 }
 
 /** The diverging map for signed values: t = 0 blue (negative), 0.5 white, 1 red (positive). */
