@@ -19,8 +19,10 @@ PROBLEMS_JS = """(toolbars) => {
   const W = document.documentElement.clientWidth;
   const shown = (el) => !el.closest(".hidden") && getComputedStyle(el).display !== "none"
     && getComputedStyle(el).visibility !== "hidden";
-  const name = (el) => (el.getAttribute("data-testid") || el.tagName.toLowerCase() + "." + [...el.classList].join("."))
+  const name = (el) => (el.getAttribute("data-testid")
+      || el.tagName.toLowerCase() + "." + [...el.classList].join("."))
     + " '" + (el.innerText || el.value || "").slice(0, 30) + "'";
+  const px = (v) => Math.round(v);
   const offscreen = [];
   for (const bar of document.querySelectorAll(toolbars)) {
     if (!shown(bar)) continue;
@@ -28,14 +30,16 @@ PROBLEMS_JS = """(toolbars) => {
       if (!shown(el) || el.type === "hidden") continue;
       const r = el.getBoundingClientRect();
       if (r.width < 1 || r.height < 1 || r.left < -0.5 || r.right > W + 0.5 || r.top < -0.5) {
-        offscreen.push(`${name(el)} at ${Math.round(r.left)}..${Math.round(r.right)} of ${W}, ${Math.round(r.width)}x${Math.round(r.height)}`);
+        offscreen.push(`${name(el)} at ${px(r.left)}..${px(r.right)} of ${W}, `
+          + `${px(r.width)}x${px(r.height)}`);
         continue;
       }
       // on screen but under something else (a panel laid over it)
       const cx = (r.left + r.right) / 2, cy = (r.top + r.bottom) / 2;
       if (cy > window.innerHeight) continue;
       const top = document.elementFromPoint(cx, cy);
-      if (top && !el.contains(top) && !top.contains(el) && !(el.labels && [...el.labels].some((l) => l.contains(top))))
+      const inLabel = el.labels && [...el.labels].some((l) => l.contains(top));
+      if (top && !el.contains(top) && !top.contains(el) && !inLabel)
         offscreen.push(`${name(el)} is covered by ${name(top)}`);
     }
   }
@@ -49,7 +53,8 @@ PROBLEMS_JS = """(toolbars) => {
     if (!NUM.test(text)) continue;
     if (getComputedStyle(el).display === "inline" || el.clientWidth === 0) continue;
     cells++;
-    if (el.scrollWidth > el.clientWidth + 1) clipped.push(`${name(el)} shows ${el.scrollWidth}px in ${el.clientWidth}px`);
+    if (el.scrollWidth > el.clientWidth + 1)
+      clipped.push(`${name(el)} shows ${el.scrollWidth}px in ${el.clientWidth}px`);
   }
   return { offscreen, clipped, cells, scrollX: document.documentElement.scrollWidth > W + 1 };
 }"""
@@ -120,7 +125,8 @@ def test_the_check_catches_a_cut_number_and_a_control_off_screen(page):
           const hidden = document.querySelector("[data-testid=tab-generate]");
           const r = hidden.getBoundingClientRect();
           const cover = document.createElement("div");
-          cover.style.cssText = `position: fixed; z-index: 99; background: #fff; left: ${r.left}px; top: ${r.top}px; width: ${r.width}px; height: ${r.height}px`;
+          cover.style.cssText = `position: fixed; z-index: 99; background: #fff; left: ${r.left}px; `
+            + `top: ${r.top}px; width: ${r.width}px; height: ${r.height}px`;
           document.body.append(cover);
         }"""
     )
