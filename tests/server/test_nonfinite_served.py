@@ -43,6 +43,21 @@ def test_the_trace_says_where(client, trace_json):
 def _routes(tid: str, other: str) -> list[tuple[str, dict]]:
     u = f"/api/traces/{tid}"
     out = [(u, {}), ("/api/compare", {"a": tid, "b": other}), ("/api/health", {}), ("/api/components", {})]
+    # every Explore metric with its colour scale (limits from the finite values only), also joint
+    for mode in ("raw", "minmax", "outliers"):
+        for name, q in [
+            ("loss", {}),
+            ("entropy", {}),
+            ("prob", {}),
+            ("norm", {"hook": "blocks.0.hook_mlp_out"}),
+            ("act-value", {"hook": "blocks.1.hook_resid_post", "dim": 0}),
+            ("cos-tokens", {"hook": "blocks.1.hook_resid_post", "token": 1}),
+            ("neuron", {"layer": 1, "neuron": 3}),
+            ("attn-from", {"layer": 1, "head": 1, "token": 3}),
+        ]:
+            out.append(
+                (f"{u}/metric", {"name": name, "mode": mode, "skip_first": "true", "with": other, **q})
+            )
     for layer in (0, 1):
         out += [
             (f"{u}/attention", {"layer": layer, "head": 1}),
