@@ -77,7 +77,8 @@ def test_each_quantity_and_mode_against_the_rules(quantity, mode, skip_first):
     lo, mid, hi = reference(v.tolist(), quantity, mode, skip_first)
     assert (s.min, s.divider, s.max) == pytest.approx((lo, mid, hi))
     assert s.kind == ("diverging" if quantity in ("signed", "cosine") else "sequential")
-    assert s.mode == mode and s.left_out == ([0] if skip_first else [])
+    natural = mode == "raw" and quantity in ("cosine", "probability")
+    assert s.mode == mode and s.left_out == ([0] if skip_first and not natural else [])
     assert s.clipped == [i for i, x in enumerate(v) if x < lo or x > hi]
     if s.kind == "diverging":
         assert s.divider == 0.0 and s.min == -s.max  # white exactly at 0, symmetric
@@ -125,9 +126,13 @@ def test_signed_outlier_clipped_on_both_sides():
     assert (s.min, s.divider, s.max) == (-3.0, 0.0, 3.0) and s.clipped == [0, 9]
 
 
-def test_skip_first_with_a_natural_range_still_lists_it():
+def test_a_natural_range_leaves_nothing_out():
+    """Raw probability/cosine limits read no value, so no token is 'left out' of them."""
     s = colour_scale(np.array([0.9, 0.1, 0.2]), "probability", "raw", skip_first=True)
-    assert (s.min, s.max, s.left_out, s.clipped) == (0.0, 1.0, [0], [])
+    assert (s.min, s.max, s.left_out, s.clipped) == (0.0, 1.0, [], [])
+    s = colour_scale(np.array([0.2, 1.0]), "cosine", "raw", leave_out=[1])
+    assert (s.min, s.max, s.left_out) == (-1.0, 1.0, [])
+    assert colour_scale(np.array([0.9, 0.1, 0.2]), "probability", "minmax", skip_first=True).left_out == [0]
 
 
 def test_leave_out_any_token():

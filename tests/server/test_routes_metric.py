@@ -134,7 +134,15 @@ def test_joint_limits_with_another_trace(client, tid):
     }
     assert r["scale_with"]["left_out"] == [0]
     # the selected token is clamped to the shorter text
-    r = metric(client, tid, "cos-tokens", hook="blocks.1.hook_mlp_out", token=20, **{"with": other["id"]})
+    r = metric(
+        client,
+        tid,
+        "cos-tokens",
+        hook="blocks.1.hook_mlp_out",
+        token=20,
+        mode="minmax",
+        **{"with": other["id"]},
+    )
     assert r["scale_with"]["left_out"] == [T_b - 1] and r["values_with"][T_b - 1] == pytest.approx(
         1.0, abs=1e-6
     )

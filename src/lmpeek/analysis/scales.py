@@ -21,7 +21,8 @@ Modes (how the limits are found; only finite values count, NaN and ±inf stay un
               (e.g. most values equal), the limits fall back to "minmax".
 Tokens can be left out of the limits (`leave_out`; `skip_first` leaves out token 0, where most LMs park
 massive activations and attention, e.g. a residual norm of 22,000 against 150–250 elsewhere): they are
-listed in `left_out`, still coloured, and listed in `clipped` when they fall outside the limits.
+listed in `left_out`, still coloured, and listed in `clipped` when they fall outside the limits. Where
+the limits come from no data at all ("raw" with a natural range), nothing is left out: `left_out` is [].
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def colour_scales(
         if skip_first and v.size:
             leave.add(0)
         leaves.append({j for j in leave if 0 <= j < v.size})
+    if mode == "raw" and _NATURAL[quantity] is not None:  # the limits read no value: none is left out
+        leaves = [set() for _ in vs]
     counted = np.concatenate(
         [_counted(v, leave) for v, leave in zip(vs, leaves, strict=True)] or [np.zeros(0)]
     )
