@@ -15,6 +15,7 @@ all tokens shown, and the spans' build (`lmpeek:build-spans`, which both paths s
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import sys
@@ -49,6 +50,7 @@ def main() -> None:
     from envelope_size import corpus
     from playwright.sync_api import sync_playwright
 
+    from lmpeek.capture.tokens import tokenize
     from tests.e2e.conftest import ARGS, CHROMIUM, _serve
 
     store = pathlib.Path(__import__("tempfile").mkdtemp(prefix="lmpeek-envbench-"))
@@ -62,8 +64,9 @@ def main() -> None:
             model = server.config.app.state.holder.model
             ids = model.tokenizer(corpus())["input_ids"][: args.tokens]
             text = model.tokenizer.decode(ids)
-            while len(model.tokenizer(text)["input_ids"]) > args.tokens:  # decoded text can retokenize longer
-                ids = ids[:-8]
+            # as the server tokenizes it (the README's `<eot>` makes a chat: its template adds tokens)
+            while len(tokenize(model.tokenizer, text, 10**6).token_ids) > args.tokens:
+                ids = ids[:-16]
                 text = model.tokenizer.decode(ids)
             t0 = time.perf_counter()
             r = http.post("/api/trace", json={"text": text})
@@ -99,8 +102,16 @@ def _load(browser, url: str, tid: str, n: int, form: str) -> dict:
             "**/api/traces/*",
             lambda route: route.continue_(headers={**route.request.headers, "accept": "application/json"}),
         )
-    with page.expect_response(f"**/api/traces/{tid}", timeout=120_000) as info:
-        page.goto(f"{url}/#view=explore&traces={tid}")
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    try:
+        with page.expect_response(f"**/api/traces/{tid}", timeout=180_000) as info:
+            page.goto(f"{url}/#view=explore&traces={tid}")
+    except Exception as err:
+        page.screenshot(path="/tmp/envelope_decode_failed.png")
+        raise SystemExit(
+            f"the page never asked for the trace; console: {console}; see /tmp/envelope_decode_failed.png"
+        ) from err
     resp = info.value
     wire = int(resp.headers.get("content-length") or 0)
     page.get_by_test_id("explore-tokens").get_by_test_id("token").nth(n - 1).wait_for(timeout=120_000)
@@ -126,3 +137,5 @@ def _load(browser, url: str, tid: str, n: int, form: str) -> dict:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    os._exit(0)  # the server's model thread is a daemon; skip interpreter teardown (torch aborts in it)
