@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query
 
-from lmpeek.analysis.scales import MODES, colour_scales
+from lmpeek.analysis.scales import colour_scales
 from lmpeek.server import guard
 from lmpeek.server.finite import floats
 from lmpeek.server.guard import TraceId
@@ -142,7 +142,6 @@ def add_metric_routes(
         selected token there is `token` clamped to its length."""
         if name not in QUANTITY:
             raise HTTPException(422, detail=f"unknown metric '{name}': use one of {', '.join(QUANTITY)}")
-        assert mode in MODES
         p = {"hook": hook, "head": head, "dim": dim, "layer": layer, "neuron": neuron, "token": token,
              "rope": rope}  # fmt: skip
         values, leave = values_of(trace_id, name, p)
