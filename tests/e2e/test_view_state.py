@@ -231,3 +231,15 @@ def test_histogram_marks_an_off_scale_dimension_at_the_edge(page, server_url):
     assert float(marker.get_attribute("data-value")) == pytest.approx(values[inside], rel=1e-4)
     assert hist.get_by_test_id("hist-dim-line").count() == 1
     assert hist.get_by_test_id("hist-dim-offscale").count() == 0
+
+
+def test_a_link_pasted_into_an_open_page_opens_its_trace(page, server_url):
+    data = run_explore(page, TEXT_A)
+    n_tabs = page.get_by_test_id("sample-tab").count()
+    page.get_by_test_id("tab-generate").click()
+    # only the hash changes (as when a link is pasted into the address bar of an open page): no reload
+    page.evaluate("id => { location.hash = `view=explore&traces=${id}&token=3`; }", data["id"])
+    page.get_by_test_id("sample-tab").nth(n_tabs).wait_for()
+    assert "active" in (page.get_by_test_id("sample-tab").nth(n_tabs).get_attribute("class") or "")
+    assert "active" in (page.get_by_test_id("tab-explore").get_attribute("class") or "")
+    assert _selected_index(page) == 3
