@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 
+import httpx
 import numpy as np
 import pytest
 
@@ -93,3 +94,36 @@ def test_openapi_lists_both_media_types(client, accept):
     paths = client.get("/openapi.json").json()["paths"]
     for path, method in (("/api/traces/{trace_id}", "get"), ("/api/trace", "post")):
         assert accept in paths[path][method]["responses"]["200"]["content"], path
+
+
+def test_encoding_runs_off_the_event_loop(client, tid, monkeypatch):
+    """While one envelope is being encoded (made slow here), health still answers."""
+    import asyncio
+    import threading
+    import time
+
+    import lmpeek.server.trace_body as trace_body
+
+    started, finished, real = threading.Event(), threading.Event(), trace_body.encode_trace
+
+    def slow(*args, **kw):
+        started.set()
+        time.sleep(1.0)  # blocking: on the event loop this would hold every other request
+        finished.set()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(trace_body, "encode_trace", slow)
+
+    async def both():
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            big = asyncio.create_task(http.get(f"/api/traces/{tid}", headers={"accept": ENVELOPE}))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            health = await http.get("/api/health")
+            answered_while_encoding = not finished.is_set()
+            return health, answered_while_encoding, await big
+
+    health, answered_while_encoding, big = asyncio.run(both())
+    assert health.status_code == 200 and answered_while_encoding
+    assert big.status_code == 200 and big.headers["content-type"] == ENVELOPE
