@@ -153,30 +153,52 @@ def test_header_shows_a_busy_model_and_a_full_queue(own_page, own_server):
     status.filter(has_text=re.compile(r"^\s*ready\s*$")).wait_for()
 
 
-def test_panels_show_loading_not_the_previous_tokens_rows(own_page, own_server):
-    page, app = own_page, own_server[0]
-    run_explore(page, TEXT_A)
+# the side panels' requests (histogram, its vector, top neurons, logit lens)
+PANEL_REQUESTS = re.compile(r"/api/traces/[0-9a-f]+/(histogram|vector|neurons|logit_lens)\?")
+
+
+def test_panels_show_loading_not_the_previous_tokens_rows(page, server_url):
+    """While token 6's answers are held back (at the network, so no cache can answer early), the panels
+    say "loading #6" instead of showing token 2's rows as token 6's; token 6's late answers, once the
+    selection has moved on to token 8, never replace token 8's."""
+    data = run_explore(page, TEXT_A)
     _token(page, 2).click()
     neurons = page.get_by_test_id("panel-neurons")
     hist = page.get_by_test_id("panel-histogram")
     lens = page.get_by_test_id("panel-logit-lens")
     neurons.get_by_test_id("neuron-row").first.wait_for()
     page.wait_for_function("() => document.querySelectorAll('[data-loading=\"true\"]').length === 0")
-    with HeldWorker(app):
-        _token(page, 6).click()  # its rows cannot arrive while the worker is held
-        for panel in (neurons, hist):
-            panel.and_(page.locator("[data-loading='true']")).wait_for()
-            assert "#6" in panel.get_by_test_id("panel-loading").inner_text()
-        # the logit lens: token 2's rows are gone, or shown only dimmed under "loading #6"
-        lens_loading = lens.get_attribute("data-loading") == "true"
-        assert lens_loading or lens.get_by_test_id("lens-row").count() == 0
-        if lens_loading:
-            assert "#6" in lens.get_by_test_id("panel-loading").inner_text()
-        page.screenshot(path=str(ARTIFACTS / "panels-loading.png"))
-    neurons.and_(page.locator("[data-loading='false']")).wait_for()
-    hist.and_(page.locator("[data-loading='false']")).wait_for()
-    lens.get_by_test_id("lens-row").first.wait_for()
-    assert "#6" in hist.inner_text()
+
+    held = []
+
+    def hold(route):
+        held.append(route)
+
+    page.route(PANEL_REQUESTS, hold)
+    _token(page, 6).click()
+    for panel in (neurons, hist, lens):
+        panel.and_(page.locator("[data-loading='true']")).wait_for()
+        assert "#6" in panel.get_by_test_id("panel-loading").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "panels-loading.png"))
+
+    # move on to token 8 (answered at once), then let token 6's held requests go
+    page.unroute(PANEL_REQUESTS)
+    _token(page, 8).click()
+    for panel in (neurons, hist, lens):
+        panel.and_(page.locator("[data-loading='false']")).wait_for()
+    for route in held:
+        try:
+            route.continue_()
+        except Exception:  # the page already gave up on it (aborted): exactly what should happen
+            pass
+    page.wait_for_load_state("networkidle")
+    want = page.request.get(
+        f"{server_url}/api/traces/{data['id']}/neurons", params={"layer": 0, "token": 8, "k": 10}
+    ).json()
+    rows = neurons.get_by_test_id("neuron-row")
+    assert [int(rows.nth(i).get_attribute("data-index")) for i in range(rows.count())] == want["indices"]
+    assert "#8" in hist.inner_text() and "#8" in neurons.inner_text()
+    assert neurons.get_attribute("data-loading") == "false"
 
 
 def _off_range_outlier(page, url, trace_id, n_tokens):
