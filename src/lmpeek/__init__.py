@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"}
-__all__ = sorted(_API | {"Session", "__version__"})
+__all__ = sorted(_API | {"Session", "show", "__version__"})
 
 
 def __getattr__(name: str) -> Any:
@@ -26,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from lmpeek.session import Session
 
         return Session
+    if name == "show":
+        from lmpeek.views.widget import show
+
+        return show
     raise AttributeError(f"module 'lmpeek' has no attribute {name!r}")

@@ -114,6 +114,16 @@ def test_a_trace_alone_packs_what_it_holds():
     assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
     health = json.loads(body(header, data, "GET /api/health"))
     assert health["model"]["name"] == "tiny:gpt2" and header["attention"] == {}
+    assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
+    # the colour metrics a trace alone answers: what the route answers for the same text
+    from lmpeek.views.asgi import fetch_sync
+
+    with Session(model) as s:
+        stored = s.trace("Hello there")
+        app = app_for(s)
+        for key in [k for k in header["responses"] if "/metric?" in k]:
+            _, want = fetch_sync(app, "GET", key.split(" ", 1)[1].replace("/local/", f"/{stored.id}/"))
+            assert json.loads(body(header, data, key)) == json.loads(want), key
 
 
 def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
@@ -138,7 +148,8 @@ def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
 def test_a_trace_renders_itself_inline_and_to_a_file(session, tmp_path):
     t = lmpeek.trace(session.model, "Hello again")
     frame = t._repr_html_()
-    assert frame.startswith("<iframe srcdoc=") and " src=" not in frame.split(">", 1)[0] and "&lt;script" in frame
+    opening = frame.split(">", 1)[0]
+    assert frame.startswith("<iframe srcdoc=") and " src=" not in opening and "&lt;script" in frame
     page = t.to_html(tmp_path / "t.html")
     assert (tmp_path / "t.html").read_text() == page
     with pytest.raises(InvalidInput, match="needs model="):

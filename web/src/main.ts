@@ -28,8 +28,14 @@ export interface RenderData {
   host?: Host;
 }
 
-/** Mount the app into `el`; returns a function that unmounts it. */
-export function render(el: HTMLElement, data: RenderData = {}): () => void {
+/** Mount the app into `el`; returns a function that unmounts it. anywidget calls the module's
+ * `render` too, with `{model, el}`: that is the notebook widget. */
+export function render(el: HTMLElement | WidgetArgs, data: RenderData = {}): () => void {
+  if (!(el instanceof HTMLElement)) return renderWidget(el);
+  return mountApp(el, data);
+}
+
+function mountApp(el: HTMLElement, data: RenderData): () => void {
   let client = data.client ?? new Api(data.api ?? "");
   let host: Host = data.host ?? "app";
   let trace = data.trace;
@@ -61,15 +67,20 @@ function bytes(v: unknown): Uint8Array | undefined {
   return undefined;
 }
 
+interface WidgetArgs {
+  model: WidgetModel;
+  el: HTMLElement;
+}
+
 /** anywidget: the widget's model says whether a kernel Session answers (live) or a pack does. */
-function renderWidget({ model, el }: { model: WidgetModel; el: HTMLElement }): () => void {
+function renderWidget({ model, el }: WidgetArgs): () => void {
   const live = model.get("live") === true;
   const pack = bytes(model.get("pack"));
   el.style.height = `${Number(model.get("height")) || 640}px`;
   el.style.position = "relative";
-  if (!live && pack && pack.length) return render(el, { pack, host: "static" });
+  if (!live && pack && pack.length) return mountApp(el, { pack, host: "static" });
   const kernel = widgetFetcher(model);
-  const stop = render(el, {
+  const stop = mountApp(el, {
     client: new Api("", kernel.fetch),
     host: "widget",
     trace: String(model.get("trace_id") ?? "") || undefined,

@@ -11,6 +11,8 @@ Two mechanisms, both using the model's own code (no copied forward passes):
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,12 +101,35 @@ def _attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     return out, weights
 
 
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock lmpeek's forwards on `model` hold (see `capturing`): one per model object."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextmanager
 def capturing(model: nn.Module) -> Iterator[None]:
     """Compute attention through `_attention` inside the block only, then give the model back the
     implementation it had (sdpa, eager, ...) and its train/eval state: wrapping never changes what
     `model.generate()` or `backward()` do outside lmpeek's own forwards. Switching costs about
-    0.02 ms each way on a 30-layer model (hf_compat replays the first switch), which a forward dwarfs."""
+    0.02 ms each way on a 30-layer model (hf_compat replays the first switch), which a forward dwarfs.
+
+    One thread at a time: the switch and the hooks belong to the model, so two threads capturing at
+    once (a notebook cell's `lmpeek.trace` while the widget's Session generates) would mix their hooks'
+    tensors and restore each other's implementation mid-forward. The lock is re-entrant, so the
+    thread that holds it (a generation, between its steps) can still run its own slices."""
+    with model_lock(model):
+        yield from _capturing(model)
+
+
+def _capturing(model: nn.Module) -> Iterator[None]:
     hf_compat.register_attention(ATTENTION_IMPL, _attention)
     # lmpeek shows inference-time numbers: dropout off inside, the caller's train/eval flags back after
     # (set one by one: `train(True)` on a parent would also flip children the caller left in eval)
@@ -147,8 +172,15 @@ def attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
     q/k/v/q_normed/k_normed/rot_q/rot_k/z [B, T, heads, d]; pattern [B, H, Tq, Tk]; mlp pre/post
     [B, T, M]. The `hook_normalized` points are computed from their norm's input (float32).
     Handlers must not modify the tensor in place. Inside the block the model computes attention
-    through lmpeek's function (see `capturing`); afterwards it is back to its own.
+    through lmpeek's function (see `capturing`); afterwards it is back to its own. Holds the model's
+    lock (`model_lock`) from registering the hooks to removing them: another thread's forward must
+    neither run through these hooks nor replace their attention listeners.
     """
+    with model_lock(bound.model):
+        yield from _attach(bound, handlers)
+
+
+def _attach(bound: Bound, handlers: Mapping[str, Handler]) -> Iterator[None]:
     config = bound.config
     handles: list[Any] = []
     listening: list[int] = []

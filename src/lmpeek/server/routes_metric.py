@@ -56,6 +56,24 @@ def _summary_metric(trace, name: str) -> np.ndarray:
     return out
 
 
+def metric_body(
+    name: str, arrays: list[np.ndarray], leaves: list[list[int]], mode: str, skip_first: bool
+) -> dict[str, Any]:
+    """What GET .../metric answers: the values of one trace (and of a second, `with`) and their colour
+    scales from analysis.scales (joint limits). Also what an export of a Trace alone records."""
+    scales = colour_scales(arrays, QUANTITY[name], mode, skip_first=skip_first, leave_out=leaves)
+    out: dict[str, Any] = {"name": name, "values": floats(arrays[0]), "scale": scales[0].to_json()}
+    if len(arrays) > 1:
+        out["values_with"] = floats(arrays[1])
+        out["scale_with"] = scales[1].to_json()
+    return out
+
+
+def summary_metric_body(trace, name: str, mode: str, skip_first: bool) -> dict[str, Any]:
+    """metric_body for loss / entropy / prob, which the trace alone answers (no model needed)."""
+    return metric_body(name, [_summary_metric(trace, name)], [[]], mode, skip_first)
+
+
 def _need(name: str, **given: Any) -> None:
     missing = [k for k, v in given.items() if v is None]
     if missing:
@@ -152,9 +170,4 @@ def add_metric_routes(
             more, leave_b = values_of(with_, name, q)
             arrays.append(more)
             leaves.append(leave_b)
-        scales = colour_scales(arrays, QUANTITY[name], mode, skip_first=skip_first, leave_out=leaves)
-        out: dict[str, Any] = {"name": name, "values": floats(values), "scale": scales[0].to_json()}
-        if with_ is not None:
-            out["values_with"] = floats(arrays[1])
-            out["scale_with"] = scales[1].to_json()
-        return out
+        return metric_body(name, arrays, leaves, mode, skip_first)

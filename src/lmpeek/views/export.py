@@ -279,8 +279,18 @@ def static_pack(trace: Any) -> bytes:
     rec.put_json("/api/health", health)
     rec.put_json("/api/components", [])
     rec.put_json("/api/samples", [])
-    rec.put(request_key("GET", f"/api/traces/{trace_id}"), 200, {"content-type": ENVELOPE},
-            trace.to_bytes(precision="compact"))  # fmt: skip
+    from lmpeek.analysis.scales import MODES
+    from lmpeek.schema import encode_trace
+    from lmpeek.server.routes_metric import summary_metric_body
+
+    envelope = encode_trace(trace, precision="compact", trace_id=trace_id)
+    rec.put(request_key("GET", f"/api/traces/{trace_id}"), 200, {"content-type": ENVELOPE}, envelope)
+    for name in ("loss", "entropy", "prob"):  # the same answers the route gives (no model needed)
+        for mode in MODES:
+            for skip in (True, False):
+                params = {"name": name, "mode": mode, "skip_first": "true" if skip else "false"}
+                answer = summary_metric_body(trace, name, mode, skip)
+                rec.put_json(f"/api/traces/{trace_id}/metric", answer, params)
     header = {"format": FORMAT, "version": VERSION, "trace_id": trace_id, "hint": HINT.replace(
         "Export again", "Show it with a model (lmpeek.show(trace, model=…))"), "responses": rec.responses,
         "attention": {}}  # fmt: skip

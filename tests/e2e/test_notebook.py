@@ -1,0 +1,151 @@
+"""lmpeek in Jupyter: a notebook executed with nbclient, then opened in JupyterLab under Chromium, where
+the widget (lmpeek.show) asks its kernel's Session, and a Trace shows itself (_repr_html_). The shown
+numbers are compared with a Trace computed here; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+import lmpeek
+from tests.e2e.conftest import ARTIFACTS, _free_port
+
+TEXT = "The capital of France is Paris."
+CELLS = [
+    "import warnings\nwarnings.simplefilter('ignore')\nimport lmpeek\nm = lmpeek.load('tiny:llama')",
+    f"w = lmpeek.show({TEXT!r}, model=m)\nw",
+    "t = lmpeek.trace(m, 'Hello there')\nt",
+]
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nb")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    nbformat.write(nb, folder / "demo.ipynb")
+    return folder, nb
+
+
+def test_the_notebook_executes(notebook):
+    _, nb = notebook
+    widget_out = nb.cells[1].outputs[0]
+    assert "application/vnd.jupyter.widget-view+json" in widget_out["data"]
+    html = nb.cells[2].outputs[0]["data"]["text/html"]
+    assert html.startswith("<iframe srcdoc=")  # shows without a kernel extension (nbconvert, VS Code)
+
+
+@pytest.fixture(scope="module")
+def lab(notebook):
+    folder, _ = notebook
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+               JUPYTER_CONFIG_DIR=str(folder / ".cfg"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))  # fmt: skip
+    cmd = [os.path.join(bin_dir, "jupyter"), "lab", "--no-browser", f"--port={port}", "--ServerApp.token=",
+           "--ServerApp.password=", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
+           "--ServerApp.disable_check_xsrf=True", "--allow-root"]  # fmt: skip
+    log = open(folder / "lab.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        import socket
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start: {(folder / 'lab.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/lab/tree/demo.ipynb"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def trace():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return lmpeek.trace(lmpeek.load("tiny:llama"), TEXT)
+
+
+def _rows(panel) -> list[tuple[str, float]]:
+    rows = panel.get_by_test_id("pred-row")
+    rows.first.wait_for()
+    return [(r.get_attribute("data-token"), float(r.get_attribute("data-prob"))) for r in rows.all()[:5]]
+
+
+def test_widget_in_jupyterlab(browser, lab, trace):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        pg.goto(lab)
+        pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000)
+        # not awaited: the command's promise settles only when every cell has run (or never, if a
+        # dialog asks something), and page.evaluate has no timeout of its own
+        pg.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.isReady", timeout=90_000)
+        pg.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        widget = pg.locator(".jp-OutputArea-output .lmpeek").first  # the live widget (cell 2)
+        tokens = widget.get_by_test_id("explore-tokens").get_by_test_id("token")
+        tokens.nth(len(trace) - 1).wait_for(timeout=120_000)
+        assert tokens.count() == len(trace)
+
+        # click a token: the prediction that produced it, from the kernel's Session, equals the Trace's
+        t = 3
+        tokens.nth(t).click()
+        panel = widget.get_by_test_id("panel-predictions")
+        want = list(zip(trace.topk_tokens[t - 1][:5], trace.topk_probs[t - 1][:5], strict=True))
+        got = _rows(panel)
+        assert [a for a, _ in got] == [a for a, _ in want]
+        assert [b for _, b in got] == pytest.approx([float(b) for _, b in want], abs=1e-4)
+        pg.screenshot(path=str(ARTIFACTS / "notebook-widget.png"))
+
+        # step with the keys: the selection moves inside the widget
+        pg.keyboard.press("ArrowRight")
+        shown = panel.get_by_test_id("prediction-token")
+        shown.filter(has_text=trace.tokens[t + 1].strip() or " ").wait_for()
+        got = _rows(panel)
+        assert [a for a, _ in got] == list(trace.topk_tokens[t][:5])
+
+        # Jupyter's own shortcuts still work once the notebook has the focus (command mode: ↓ moves
+        # to the next cell), and the widget's selection stays where it was
+        pg.locator(".jp-Cell").nth(0).locator(".jp-InputPrompt").click()
+        pg.keyboard.press("Escape")
+        before = pg.evaluate("window.jupyterapp.shell.currentWidget.content.activeCellIndex")
+        pg.keyboard.press("ArrowDown")
+        after = pg.evaluate("window.jupyterapp.shell.currentWidget.content.activeCellIndex")
+        assert after == before + 1
+        assert trace.tokens[t + 1].strip() in panel.get_by_test_id("prediction-token").inner_text()
+
+        # the Trace's own output (_repr_html_: the static page in an iframe) shows its tokens
+        frame = pg.locator(".jp-OutputArea-output iframe").first.content_frame
+        shown = frame.get_by_test_id("explore-tokens").get_by_test_id("token")
+        shown.first.wait_for(timeout=60_000)
+        assert shown.count() == len(lmpeek.trace(lmpeek.load("tiny:llama"), "Hello there"))
+        pg.locator(".jp-OutputArea-output iframe").first.scroll_into_view_if_needed()
+        pg.screenshot(path=str(ARTIFACTS / "notebook-trace.png"))
+    except Exception:
+        pg.screenshot(path=str(ARTIFACTS / "notebook-failed.png"))
+        raise
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
