@@ -537,6 +537,9 @@ def create_app(
     from lmpeek.server.routes_store import add_store_routes
 
     add_store_routes(app, holder, traces)  # GET /api/traces: the stored traces, to reopen one
+    from lmpeek.server.routes_attention import add_attention_routes  # the Attention tab's grid and q·k
+
+    add_attention_routes(app)
 
     @app.get("/api/samples")
     def samples() -> list[dict[str, Any]]:
