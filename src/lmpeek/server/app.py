@@ -531,6 +531,9 @@ def create_app(
     from lmpeek.server.routes_analysis import add_analysis_routes
 
     add_analysis_routes(app, holder, traces, component, lambda trace_id: _get(trace_id))
+    from lmpeek.server.routes_export import add_export_routes
+
+    add_export_routes(app, holder, traces)
     from lmpeek.server.routes_metric import add_metric_routes  # every Explore metric with its colour scale
 
     add_metric_routes(app, holder, traces, component, lambda trace_id: _get(trace_id), attention_slice)

@@ -115,5 +115,17 @@ async def fetch(app: Callable[..., Any], method: str, url: str, headers: dict[st
 
 def fetch_sync(app: Callable[..., Any], method: str, url: str, headers: dict[str, str] | None = None,
                body: bytes = b"") -> tuple[Head, bytes]:  # fmt: skip
-    """`fetch` from synchronous code (the exporter, the CLI), in a fresh event loop."""
-    return asyncio.run(fetch(app, method, url, headers, body))
+    """`fetch` from synchronous code (the exporter, the CLI), in a fresh event loop; on another thread
+    when this one already runs a loop (a notebook cell: the kernel's loop; Playwright's sync API)."""
+
+    def run() -> tuple[Head, bytes]:
+        return asyncio.run(fetch(app, method, url, headers, body))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="lmpeek-export") as pool:
+        return pool.submit(run).result()

@@ -116,12 +116,12 @@ class _Recorder:
         self.put(request_key("GET", path, params), 200, {"content-type": "application/json"}, body)
 
 
-def record_pack(session: Any, trace_id: str, include: Include | None = None) -> bytes:
+def record_pack(session: Any, trace_id: str, include: Include | None = None, app: Any = None) -> bytes:
     """Ask the app the page's questions about one stored trace and pack the answers (see module doc)."""
     from lmpeek.views.widget import app_for
 
     include = include or Include()
-    app = app_for(session)
+    app = app if app is not None else app_for(session)  # the server passes itself
     rec = _Recorder(app)
     trace = session.get(trace_id)
     T = len(trace)
@@ -225,13 +225,19 @@ def _script_text(s: str) -> str:
 
 
 def export_html(
-    session: Any, trace_id: str, include: Include | str | None = None, title: str | None = None
+    session: Any,
+    trace_id: str,
+    include: Include | str | None = None,
+    title: str | None = None,
+    app: Any = None,
 ) -> str:
-    """The whole HTML file for one stored trace of `session`."""
+    """The whole HTML file for one stored trace of `session` (`app`: the server asking for it, whose
+    routes answer; default: an app over the Session, as the notebook widget has)."""
     inc = include if isinstance(include, Include) else Include.parse(include)
     trace = session.get(trace_id)
     return page_html(
-        record_pack(session, trace_id, inc), title or f"lmpeek · {session.model.name} · {trace.text[:60]}"
+        record_pack(session, trace_id, inc, app),
+        title or f"lmpeek · {session.model.name} · {trace.text[:60]}",
     )
 
 

@@ -159,6 +159,13 @@ export class Api {
     return this.json("/api/components");
   }
 
+  /** URL of a trace's self-contained HTML file (the Explore view offline; the server records it from its
+   * own routes, as `lmpeek export` does). `include`: e.g. "attention=3:1,lens". */
+  exportUrl(id: string, include = ""): string {
+    const q = query({ include: include || undefined });
+    return `${this.base}/api/traces/${encodeURIComponent(id)}/export${q ? `?${q}` : ""}`;
+  }
+
   /** URL of one token's vector at a hook (JSON, or a .npy download). */
   vectorUrl(id: string, hook: string, token: number, head: number | null, format: "json" | "npy" = "json"): string {
     return `${this.base}/api/traces/${encodeURIComponent(id)}/vector?${query({ hook, token, head, format: format === "npy" ? "npy" : undefined })}`;

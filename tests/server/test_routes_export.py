@@ -1,0 +1,30 @@
+"""GET /api/traces/{id}/export: the Export button's file, the same as `lmpeek export` records."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+from lmpeek.capture.trace import Trace
+from tests.views.test_export import body, unpack
+
+
+def test_export_route_gives_the_file(client):
+    trace = client.post("/api/trace", json={"text": "The capital of France is Paris."}).json()
+    r = client.get(f"/api/traces/{trace['id']}/export", params={"include": "attention=1:0"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert f'filename="lmpeek-{trace["id"]}.html"' in r.headers["content-disposition"]
+    header, data = unpack(
+        base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', r.text, re.S).group(1))
+    )
+    assert list(header["attention"]) == ["1,0"]
+    assert Trace.from_bytes(body(header, data, f"GET /api/traces/{trace['id']}")).tokens == trace["tokens"]
+
+
+def test_export_route_refuses_bad_input(client):
+    trace = client.post("/api/trace", json={"text": "Hello there"}).json()
+    bad = client.get(f"/api/traces/{trace['id']}/export", params={"include": "heads"})
+    assert bad.status_code == 400 and "unknown --include item" in bad.json()["detail"]
+    out = client.get(f"/api/traces/{trace['id']}/export", params={"include": "attention=9:0"})
+    assert out.status_code == 422 and "layer must be <" in out.json()["detail"]
+    assert client.get("/api/traces/0123456789abcdef/export").status_code == 404
