@@ -22,6 +22,7 @@ CELLS = [
     "import warnings\nwarnings.simplefilter('ignore')\nimport lmpeek\nm = lmpeek.load('tiny:llama')",
     f"w = lmpeek.show({TEXT!r}, model=m)\nw",
     "t = lmpeek.trace(m, 'Hello there')\nt",
+    "g = lmpeek.show('Once upon a time', model=m, view='generate')\ng",
 ]
 
 
@@ -143,6 +144,13 @@ def test_widget_in_jupyterlab(browser, lab, trace):
         assert shown.count() == len(lmpeek.trace(lmpeek.load("tiny:llama"), "Hello there"))
         pg.locator(".jp-OutputArea-output iframe").first.scroll_into_view_if_needed()
         pg.screenshot(path=str(ARTIFACTS / "notebook-trace.png"))
+
+        # lmpeek.show(prompt, view="generate") streams a generation into its widget at once
+        gen = pg.locator(".jp-OutputArea-output .lmpeek").nth(1)
+        chips = gen.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
+        chips.nth(3).wait_for(timeout=60_000)
+        gen.scroll_into_view_if_needed()
+        pg.screenshot(path=str(ARTIFACTS / "notebook-generate.png"))
     except Exception:
         pg.screenshot(path=str(ARTIFACTS / "notebook-failed.png"))
         raise
