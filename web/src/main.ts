@@ -76,7 +76,9 @@ interface WidgetArgs {
 function renderWidget({ model, el }: WidgetArgs): () => void {
   const live = model.get("live") === true;
   const pack = bytes(model.get("pack"));
-  el.style.height = `${Number(model.get("height")) || 640}px`;
+  // the output grows with the app (App's flow layout, host "widget"/"static"): no fixed height here; the
+  // widget's height only caps the token pane, which scrolls inside
+  el.style.setProperty("--lmpeek-pane-max", `${Number(model.get("height")) || 640}px`);
   el.style.position = "relative";
   if (!live && pack && pack.length) return mountApp(el, { pack, host: "static" });
   const kernel = widgetFetcher(model);
