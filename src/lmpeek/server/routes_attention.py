@@ -11,14 +11,13 @@ from lmpeek.server.guard import TraceId
 
 
 def _session(app: FastAPI):
-    """The app's Session: its own when it has one, else one over the app's model, queue and store
-    (cheap: it holds references only)."""
-    session = getattr(app.state, "session", None)
-    if session is not None:
-        return session
+    """The app's Session: the model holder's when it has one, else one over the app's model, queue and
+    store (cheap: it holds references only)."""
+    holder = app.state.holder
+    if hasattr(holder, "session"):
+        return holder.session()
     from lmpeek.session import Session
 
-    holder = app.state.holder
     model = holder.ready()
     cached = getattr(app.state, "_attention_session", None)
     if cached is None or cached.model is not model:

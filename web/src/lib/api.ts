@@ -3,7 +3,7 @@ import { TRACE_MEDIA_TYPE, traceFromEnvelope } from "./envelope";
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
 import type { Fetcher } from "./transport";
-import type { Activations, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, MetricData, Pattern, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
+import type { Activations, AttentionGrid, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, MetricData, Pattern, QkTerms, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
 
 /** Query parameters: undefined and null are left out. */
 export function query(params: Record<string, string | number | null | undefined>): string {
@@ -138,6 +138,25 @@ export class Api {
     const n = shape.reduce((a, b) => a * b, 1);
     if (data.length !== n) throw new Error(`attention: got ${data.length} values for shape ${shape}`);
     return { shape, data };
+  }
+
+  /** Every layer × head's attention over tokens start..end-1 (the Attention tab's thumbnails), pooled by
+   * the server to at most `size` cells per side. */
+  async attentionGrid(id: string, win: { start: number; end: number }, size: number, signal?: AbortSignal): Promise<AttentionGrid> {
+    const resp = await this.request(`/api/traces/${encodeURIComponent(id)}/attention_grid?${query({ start: win.start, end: win.end, size })}`, {
+      headers: { accept: "application/octet-stream" },
+      signal,
+    });
+    const shape = parseShape(resp.headers.get("x-shape"));
+    const data = decodeFloat16(await resp.arrayBuffer());
+    if (shape.length !== 4 || data.length !== shape.reduce((a, b) => a * b, 1)) throw new Error(`attention grid: got ${data.length} values for shape ${shape}`);
+    const [start, end] = (resp.headers.get("x-window") ?? `${win.start},${win.end}`).split(",").map(Number);
+    return { shape, data, pool: Number(resp.headers.get("x-pool") ?? 1), start, end };
+  }
+
+  /** The products q_i·k_i behind one attention score (the Attention tab's neuron view). */
+  qk(id: string, p: { layer: number; head: number; query: number; key: number }, signal?: AbortSignal): Promise<QkTerms> {
+    return this.traceGet(id, "qk", p, signal);
   }
 
   /** Stream a generation; resolves when the stream ends. Throws ApiError for a 4xx before streaming. */

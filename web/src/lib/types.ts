@@ -197,3 +197,45 @@ export interface Compare {
 }
 
 export type Rope = "full" | "applied" | "not_applied";
+
+/** GET /api/traces/{id}/attention_grid: every layer × head over tokens start..end-1, float16 [L, H, n, n];
+ * each cell covers `pool` × `pool` tokens (the mean over its queries of their summed weight on its keys). */
+export interface AttentionGrid {
+  shape: number[];
+  data: Float32Array;
+  pool: number;
+  start: number;
+  end: number;
+}
+
+/** One way of scoring a query/key pair (GET /api/traces/{id}/qk): after RoPE ("rotated", what the model
+ * scores with), before it ("unrotated"), or a model without RoPE ("plain"). */
+export interface QkPart {
+  name: "rotated" | "unrotated" | "plain";
+  q_hook: string;
+  k_hook: string;
+  q: (number | null)[];
+  k: (number | null)[];
+  /** q_i × k_i per dimension of the head */
+  products: (number | null)[];
+  dot: number | null;
+  /** dot × scale (softcapped where the model caps): what the softmax sees */
+  score: number | null;
+  /** every key's score for this query (null: masked) and their softmax */
+  scores: (number | null)[];
+  weights: (number | null)[];
+}
+
+export interface QkTerms {
+  layer: number;
+  head: number;
+  kv_head: number;
+  query: number;
+  key: number;
+  scale: number;
+  softcap: number | null;
+  window: number | null;
+  parts: QkPart[];
+  /** the model's pattern row for the query (keys 0..query) */
+  pattern_row: (number | null)[];
+}

@@ -26,7 +26,7 @@ export interface ExploreState {
 }
 
 export interface ViewState {
-  view: "generate" | "explore";
+  view: "generate" | "explore" | "attention";
   explore: Partial<ExploreState>;
 }
 
@@ -59,7 +59,7 @@ function int(v: string | null): number | undefined {
 }
 
 /** The state a hash describes (with or without its "#"); what is missing or malformed is left out. */
-export function decodeViewState(hash: string, fallbackView: "generate" | "explore" = "generate"): ViewState {
+export function decodeViewState(hash: string, fallbackView: ViewState["view"] = "generate"): ViewState {
   const q = new URLSearchParams(hash.replace(/^#/, ""));
   const v = q.get("view");
   const explore: Partial<ExploreState> = {};
@@ -74,7 +74,7 @@ export function decodeViewState(hash: string, fallbackView: "generate" | "explor
     const s = q.get(k);
     if (s !== null && NAME.test(s)) explore[k] = s;
   }
-  return { view: v === "explore" || v === "generate" ? v : fallbackView, explore };
+  return { view: v === "explore" || v === "generate" || v === "attention" ? v : fallbackView, explore };
 }
 
 /** Where each old tab index lands once some tabs could not be reopened (-1: gone). */
