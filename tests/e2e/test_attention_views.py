@@ -29,14 +29,19 @@ def _api(page, base: str, path: str, **params) -> dict:
 
 
 def _lines(page, head: int) -> list[dict]:
-    return page.get_by_test_id("attention-lines").locator(f"line[data-head='{head}']").evaluate_all(
-        "els => els.map(e => ({query: +e.dataset.query, key: +e.dataset.key, weight: +e.dataset.weight}))"
+    return (
+        page.get_by_test_id("attention-lines")
+        .locator(f"line[data-head='{head}']")
+        .evaluate_all(
+            "els => els.map(e => ({query: +e.dataset.query, key: +e.dataset.key, weight: +e.dataset.weight}))"
+        )
     )
 
 
 def _wait_lines(page, head: int, attr: str, token: int) -> None:
     page.wait_for_function(
-        "([h, a, t]) => { const l = document.querySelectorAll(`[data-testid=attention-lines] line[data-head='${h}']`);"
+        "([h, a, t]) => { const l = document.querySelectorAll("
+        "`[data-testid=attention-lines] line[data-head='${h}']`);"
         " return l.length > 0 && [...l].every(e => e.dataset[a] === String(t)); }",
         arg=[head, attr, token],
     )
@@ -76,8 +81,10 @@ def test_attention_tab_matches_the_server(page, server_url):
     # a second head overlaid in its own colour
     toggles.nth(0).check()
     _wait_lines(page, 0, "query", q)
-    colours = page.get_by_test_id("attention-lines").locator("line").evaluate_all(
-        "els => [...new Set(els.map(e => e.dataset.head + ':' + e.getAttribute('stroke')))]"
+    colours = (
+        page.get_by_test_id("attention-lines")
+        .locator("line")
+        .evaluate_all("els => [...new Set(els.map(e => e.dataset.head + ':' + e.getAttribute('stroke')))]")
     )
     assert len({c.split(":")[1] for c in colours}) == 2, colours
     page.screenshot(path=str(ARTIFACTS / "attention_overview.png"), full_page=True)
@@ -88,7 +95,9 @@ def test_attention_tab_matches_the_server(page, server_url):
     page.get_by_test_id("attention-key-token").and_(page.locator(f"[data-token='{key}']")).click()
     neuron = page.get_by_test_id("attention-neuron-view")
     neuron.get_by_test_id("qk-score").first.wait_for()
-    page.wait_for_function("() => !document.querySelector('[data-testid=attention-neuron-view][data-loading=true]')")
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=attention-neuron-view][data-loading=true]')"
+    )
     qk = _api(page, server_url, f"/api/traces/{tid}/qk", layer=layer, head=head, query=q, key=key)
     parts = neuron.get_by_test_id("qk-part")
     assert parts.count() == len(qk["parts"])
@@ -98,7 +107,8 @@ def test_attention_tab_matches_the_server(page, server_url):
         score = float(shown.get_by_test_id("qk-score").get_attribute("data-value"))
         assert shown.get_by_test_id("qk-bars").locator("rect").count() == len(p["products"])
         assert dot == pytest.approx(float(np.sum(p["products"])), rel=1e-9)
-        assert score == pytest.approx(dot * qk["scale"], rel=1e-6) and score == pytest.approx(p["score"], rel=1e-12)
+        assert score == pytest.approx(dot * qk["scale"], rel=1e-6)
+        assert score == pytest.approx(p["score"], rel=1e-12)
     rotated = parts.nth(0)
     weight = float(rotated.get_by_test_id("qk-weight").get_attribute("data-value"))
     pattern = float(rotated.get_by_test_id("qk-pattern").get_attribute("data-value"))
@@ -131,7 +141,9 @@ def test_long_text_window_scrolls(page, server_url):
     page.get_by_test_id("attention-grid").wait_for()
     assert page.get_by_test_id("attention-query-token").count() == 64
     page.get_by_test_id("window-forward").click()
-    page.wait_for_function(f"() => document.querySelector('[data-testid=attention-window]').dataset.start !== '{start}'")
+    page.wait_for_function(
+        f"() => document.querySelector('[data-testid=attention-window]').dataset.start !== '{start}'"
+    )
     s2 = int(win.get_attribute("data-start"))
     assert s2 == min(start + 32, T - 64)
     page.wait_for_function(
