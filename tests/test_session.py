@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import lmpeek
+from lmpeek.errors import LmpeekError
 from lmpeek.session import NoStoredStream, OutOfRange, Session, TraceNotFound
 from lmpeek.store.traces import TraceStore
 
@@ -162,3 +163,72 @@ def test_model_work_runs_on_the_worker_thread(tmp_path):
 
 def test_session_is_exported():
     assert lmpeek.Session is Session
+
+
+def test_metric_is_the_analysis_with_its_colour_scale(session, stored):
+    from lmpeek.analysis.scales import colour_scale, colour_scales
+
+    hook = "blocks.1.hook_mlp_out"
+    m = session.metric(stored.id, "act-value", hook=hook, dim=2, mode="outliers", skip_first=True)
+    values = session.activations(stored.id, hook, stat="value", dim=2)
+    np.testing.assert_array_equal(m.values[0], values)
+    assert m.scales[0] == colour_scale(values, "signed", "outliers", skip_first=True)
+    # a second trace: the same metric, limits shared by both, the selected token clamped to its length
+    other = session.trace("Short one.")
+    T2 = len(other.trace)
+    m = session.metric(stored.id, "cos-tokens", hook=hook, token=T2 + 3, mode="minmax", with_=other.id)
+    a = session.similarity(stored.id, hook, token=T2 + 3)
+    b = session.similarity(other.id, hook, token=T2 - 1)
+    np.testing.assert_array_equal(m.values[1], b)
+    want = colour_scales([a, b], "cosine", "minmax", leave_out=[[T2 + 3], [T2 - 1]])
+    assert m.scales == want and m.scales[1].left_out == [T2 - 1]  # its cosine with itself is 1
+    # loss: token t shows the prediction that produced it
+    loss = session.metric(stored.id, "loss").values[0]
+    assert np.isnan(loss[0]) and np.allclose(loss[1:], stored.trace.loss[:-1])
+    with pytest.raises(LmpeekError, match="metric 'neuron' needs neuron") as err:
+        session.metric(stored.id, "neuron", layer=0)
+    assert err.value.status_code == 422
+    with pytest.raises(OutOfRange, match="unknown metric 'bogus'"):
+        session.metric(stored.id, "bogus")
+
+
+def test_logit_lens_follows_a_target_outside_the_top_k(session, stored):
+    token = 3
+    full = session.logit_lens(stored.id, token, k=session.model.hf.config.vocab_size)
+    target = int(full.ids[-1, -1])  # the least likely token at the last layer: far outside a top-5
+    rows = session.logit_lens(stored.id, token, k=5, target=target)
+    np.testing.assert_array_equal(rows.ids, full.ids[:, :5])
+    for layer in range(session.model.n_layers):
+        rank = int(np.flatnonzero(full.ids[layer] == target)[0]) + 1
+        assert rows.target_ranks[layer] == rank
+        np.testing.assert_allclose(rows.target_probs[layer], full.probs[layer, rank - 1], rtol=1e-12)
+    assert rows.target == target and rows.target_token == full.tokens[-1][-1]
+    with pytest.raises(OutOfRange, match="target: must be a token id <"):
+        session.logit_lens(stored.id, token, target=10**9)
+
+
+def test_a_generation_streams_scales_and_stores_its_text(session):
+    from lmpeek.analysis.scales import colour_scale
+
+    run = session.worker.call(lambda: session.start_generation("Once upon", max_new_tokens=4))
+    steps = session.worker.call(lambda: list(run))
+    assert len(steps) == 4 and run.seed is not None
+    every = np.concatenate([np.asarray(s.attn_entropy).ravel() for s, _ in steps])
+    assert steps[-1][1] == colour_scale(every, "magnitude", "raw")  # all steps so far, one scale
+    t = session.get(session.worker.call(run.store))
+    want = np.concatenate([run.prompt.token_ids, [s.token_id for s, _ in steps]])
+    np.testing.assert_array_equal(t.token_ids, want)
+    with pytest.raises(LmpeekError):
+        session.start_generation("Once upon", max_new_tokens=0)
+
+
+def test_scatter_needs_dimensions_or_tokens(session, stored):
+    hook = "blocks.0.hook_resid_post"
+    x, y = session.scatter(stored.id, hook, x=1, y=2)
+    v = session.vectors(stored.id, hook)
+    np.testing.assert_array_equal(x, v[:, 1])
+    np.testing.assert_array_equal(y, v[:, 2])
+    a, b = session.scatter(stored.id, hook, a=0, b=4)
+    np.testing.assert_array_equal(b, v[4])
+    with pytest.raises(LmpeekError, match="give x and y"):
+        session.scatter(stored.id, hook, x=1)

@@ -17,6 +17,7 @@ worker thread itself (the server runs whole jobs there) runs its model work dire
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from lmpeek.analysis.metrics import Metric
 from lmpeek.errors import LmpeekError
 from lmpeek.store.traces import TraceStore
 from lmpeek.worker import ModelWorker
@@ -35,6 +37,9 @@ Rope = Literal["full", "applied", "not_applied"]
 Stat = Literal["norm", "abs_sum", "value"]
 SimilarityKind = Literal["tokens", "previous", "residual"]
 ComponentName = Literal["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"]
+
+# the norms a trace's summary holds (computed in the forward pass): metric "norm" reads them
+_NORM_IN_SUMMARY = re.compile(r"blocks\.\d+\.hook_(resid_pre|attn_out|resid_mid|mlp_out|resid_post)")
 
 # what each residual component was added to (DeepPeek's "previous residual")
 ADDED_TO = {
@@ -83,6 +88,11 @@ class LensRows:
     ids: np.ndarray  # [L, k]
     probs: np.ndarray  # [L, k]
     tokens: list[list[str]]  # display labels (byte pieces as <0xC3>)
+    # with a target token id: its label, and its rank (1 = most likely) and probability at every layer
+    target: int | None = None
+    target_token: str | None = None
+    target_ranks: np.ndarray | None = None  # [L]
+    target_probs: np.ndarray | None = None  # [L]
 
 
 @dataclass(frozen=True)
@@ -95,9 +105,54 @@ class Comparison:
         return self.mean_norm_a - self.mean_norm_b
 
 
+class MissingParameter(LmpeekError):
+    """A question that needs a parameter it was not given (e.g. metric 'neuron' without `neuron`)."""
+
+    status_code = 422
+
+
+class GenerationRun:
+    """A generation started by `Session.start_generation`. `prompt`: the prompt's tokens (Tokenized);
+    `seed`: the seed used (drawn when none was given: pass it back to repeat the run). Iterating
+    yields `(step, attn_entropy_scale)`: one colour scale (analysis.scales) for the attention
+    entropies of every step so far, so heatmaps of different tokens compare. Once the steps are done,
+    `store()` stores the trace of the prompt and the generated tokens and returns its id."""
+
+    def __init__(self, session: Session, prompt: Any, steps: Any) -> None:
+        self.session = session
+        self.prompt = prompt
+        self.steps = steps  # capture.generate.Generation
+        self.generated: list[int] = []
+
+    @property
+    def seed(self) -> int:
+        return self.steps.seed
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        from lmpeek.analysis.scales import colour_scale
+
+        maxima: list[float] = []  # each step's largest finite attention entropy
+        for step in self.steps:
+            self.generated.append(step.token_id)
+            a = np.asarray(step.attn_entropy, dtype=np.float64)
+            finite = a[np.isfinite(a)]
+            maxima.append(float(finite.max()) if finite.size else float("nan"))
+            # "raw" for a magnitude is 0..max, so the steps' maxima give the same limits as all values
+            yield step, colour_scale(np.asarray(maxima), "magnitude", "raw")
+
+    def store(self) -> str:
+        return self.session.store_generation(self.prompt.token_ids, self.generated)
+
+
 def _check_index(name: str, value: int, n: int, what: str = "") -> None:
     if not 0 <= value < n:
-        raise OutOfRange(f"{name} must be < {n}{what}, got {value}")
+        raise OutOfRange(f"{name} must be < {n}{what}")
+
+
+def _need(name: str, **given: Any) -> None:
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise MissingParameter(f"metric '{name}' needs {' and '.join(missing)}")
 
 
 class Session:
@@ -151,6 +206,18 @@ class Session:
 
         return generate(self.model, prompt, **sampling)
 
+    def start_generation(self, prompt: str, **sampling: Any) -> GenerationRun:
+        """A generation to stream: the prompt's tokens, the seed, steps each with the colour scale of
+        their attention entropies, and the whole text's trace stored at the end (`GenerationRun`).
+        Bad prompts or sampling parameters raise here, before any step. Call it and iterate the run on
+        the model's thread (the server submits both as jobs), as `generate`'s steps run the model."""
+        from lmpeek.capture.generate import generate
+        from lmpeek.capture.tokens import tokenize
+
+        model = self.model
+        tokens = tokenize(model.tokenizer, prompt, model.context_length)
+        return GenerationRun(self, tokens, generate(model, prompt, **sampling))
+
     def store_generation(self, prompt_ids: np.ndarray, generated: list[int]) -> str:
         """Store the trace of a prompt and the tokens generated after it; returns its id."""
         from lmpeek.capture.trace import trace_with_resid
@@ -179,7 +246,7 @@ class Session:
     def component(self, trace_id: str, hook: str, head: int | None = None) -> np.ndarray:
         """A hook point's array for a stored trace ([T, ...], float32): one block recomputed from the
         stored stream, cached. Per-head points need `head` and come back as [T, d]."""
-        from lmpeek.server import components as comp
+        from lmpeek.capture import recompute as comp
 
         self.get(trace_id)
         model = self.model
@@ -200,6 +267,12 @@ class Session:
 
         array = self.store.derived(trace_id, ("component", hook), calc)
         return comp.select_head(model, hook, array, head)
+
+    def hook_points(self) -> list[dict[str, Any]]:
+        """The hook points a view can select for this model (`{l}` stands for the layer)."""
+        from lmpeek.capture.recompute import components
+
+        return components(self.model)
 
     def vectors(self, trace_id: str, hook: str, head: int | None = None) -> np.ndarray:
         """`component` flattened to one vector per token: [T, D]."""
@@ -223,9 +296,9 @@ class Session:
 
         t = self.get(trace_id)
         model = self.model
-        T = len(t)
-        _check_index("layer", layer, model.n_layers)
-        _check_index("head", head, model.n_heads)
+        T, L, H = len(t), model.n_layers, model.n_heads
+        if not (0 <= layer < L and 0 <= head < H):
+            raise OutOfRange(f"layer must be < {L} and head < {H}")
         if query is not None and key is not None:
             raise OutOfRange("give query or key, not both")
         for name, value in (("query", query), ("key", key)):
@@ -303,7 +376,7 @@ class Session:
         with the same hook one layer earlier ("previous"); each token's component with the residual
         stream it was added to ("residual")."""
         from lmpeek.analysis import activations as act
-        from lmpeek.server.components import parse
+        from lmpeek.capture.recompute import parse
 
         x = self.vectors(trace_id, hook, head)
         _check_index("token", token, x.shape[0])
@@ -336,12 +409,22 @@ class Session:
             nonfinite=int(x[token].size - np.isfinite(x[token]).sum()),
         )  # fmt: skip
 
+    def scatter(self, trace_id: str, hook: str, head: int | None = None, *, x: int | None = None,
+                y: int | None = None, a: int | None = None, b: int | None = None):  # fmt: skip
+        """`scatter_dims` when given dimensions x and y, `scatter_tokens` when given tokens a and b."""
+        self.vectors(trace_id, hook, head)  # the trace and hook are checked before the parameters
+        if x is not None and y is not None:
+            return self.scatter_dims(trace_id, hook, x, y, head)
+        if a is not None and b is not None:
+            return self.scatter_tokens(trace_id, hook, a, b, head)
+        raise MissingParameter("give x and y (dimensions) or a and b (tokens)")
+
     def scatter_dims(self, trace_id: str, hook: str, x: int, y: int, head: int | None = None):
         """Dimension x against dimension y over tokens: ([T], [T])."""
         from lmpeek.analysis import activations as act
 
         v = self.vectors(trace_id, hook, head)
-        _check_index("dimension", max(x, y), v.shape[1])
+        _check_index("dimensions", max(x, y), v.shape[1])
         return act.values(v, x), act.values(v, y)
 
     def scatter_tokens(self, trace_id: str, hook: str, a: int, b: int, head: int | None = None):
@@ -352,9 +435,11 @@ class Session:
 
     # --- predictions inside the model --------------------------------------------------------------
 
-    def logit_lens(self, trace_id: str, token: int, k: int = 5) -> LensRows:
+    def logit_lens(self, trace_id: str, token: int, k: int = 5, target: int | None = None) -> LensRows:
         """What each layer's residual stream (resid_post) at position `token` would predict through the
-        final norm and the unembedding: top-k ids, probabilities and labels, a row per layer."""
+        final norm and the unembedding: top-k ids, probabilities and labels, a row per layer. With
+        `target` (a token id, e.g. the token that actually came next): its rank and probability at
+        every layer, also where it is outside the top-k."""
         import torch
 
         from lmpeek.analysis.lens import logit_lens
@@ -368,6 +453,8 @@ class Session:
         b = model.bound
         norm = b.module(b.adapter.final_norm)
         unembed = b.module(b.adapter.unembed)
+        if target is not None and not 0 <= target < unembed.weight.shape[0]:
+            raise OutOfRange(f"target: must be a token id < {unembed.weight.shape[0]}")
 
         def final_norm(v: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -377,12 +464,17 @@ class Session:
 
         def run():
             w = unembed.weight.detach().float().numpy()
-            return logit_lens(
-                resid, final_norm, w, None if bias is None else bias.detach().float().numpy(), k=k
-            )
+            bias_w = None if bias is None else bias.detach().float().numpy()
+            return logit_lens(resid, final_norm, w, bias_w, k=k, target=target)
 
         result = self._on_model(run, "lens")
-        return LensRows(result.ids, result.probs, decode_topk(model.tokenizer, result.ids))
+        labels = decode_topk(model.tokenizer, result.ids)
+        if target is None:
+            return LensRows(result.ids, result.probs, labels)
+        label = decode_topk(model.tokenizer, np.array([[target]]))[0][0]
+        return LensRows(
+            result.ids, result.probs, labels, target, label, result.target_rank, result.target_prob
+        )
 
     def neurons(self, trace_id: str, layer: int, token: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The MLP neurons (mlp.hook_post) most active (by |value|) at one token: (indices, values)."""
@@ -404,6 +496,72 @@ class Session:
         """Per layer: the mean norm of one component over each text's tokens."""
         ta, tb = self.get(a), self.get(b)
         return Comparison(ta.norm_matrix(component).mean(1), tb.norm_matrix(component).mean(1))
+
+    # --- colouring tokens ---------------------------------------------------------------------------
+
+    def metric(self, trace_id: str, name: str, *, hook: str | None = None, head: int | None = None,
+               dim: int | None = None, layer: int | None = None, neuron: int | None = None,
+               token: int | None = None, rope: Rope = "full", mode: str = "raw", skip_first: bool = False,
+               with_: str | None = None) -> Metric:  # fmt: skip
+        """Per-token values of one Explore metric (analysis.metrics.QUANTITY names them) with its colour
+        scale (analysis.scales). `with_`: a second trace, answered with the same metric and limits
+        shared by both (texts compared side by side); its selected token is `token` clamped to its
+        length. What each metric needs: `hook` (norm, act-*, cos-*; `dim` for act-value, `token` for
+        cos-tokens), `layer` and `neuron` (neuron), `layer`, `head` and `token` (attn-from, attn-to)."""
+        from lmpeek.analysis.metrics import QUANTITY, metric
+
+        self.get(trace_id)  # an unknown or foreign trace is said first, as by every other question
+        if name not in QUANTITY:
+            raise OutOfRange(f"unknown metric '{name}': use one of {', '.join(QUANTITY)}")
+        p = {"hook": hook, "head": head, "dim": dim, "layer": layer, "neuron": neuron, "rope": rope}
+        values, leave = self._metric_values(trace_id, name, token=token, **p)
+        arrays, leaves = [values], [leave]
+        if with_ is not None:
+            other = self.get(with_)
+            clamped = None if token is None else min(token, max(len(other) - 1, 0))
+            more, leave_b = self._metric_values(with_, name, token=clamped, **p)
+            arrays.append(more)
+            leaves.append(leave_b)
+        return metric(name, arrays, leaves, mode, skip_first)
+
+    def _metric_values(self, trace_id: str, name: str, *, hook: str | None, head: int | None, dim: int | None,
+                       layer: int | None, neuron: int | None, token: int | None,
+                       rope: Rope) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+        """The metric's values [T] for one trace, and tokens its limits leave out by definition."""
+        from lmpeek.analysis.metrics import ACTIVATION, SIMILARITY, SUMMARY, summary_metric
+
+        if name in SUMMARY:
+            return summary_metric(self.get(trace_id), name), []
+        if name in ("attn-from", "attn-to"):
+            _need(name, layer=layer, head=head, token=token)
+            assert layer is not None and head is not None and token is not None
+            if name == "attn-from":
+                out = self.attention(trace_id, layer, head, query=token, rope=rope)[0].astype(np.float64)
+                out[token + 1 :] = np.nan  # keys after the query: not attended (causal)
+            else:
+                out = self.attention(trace_id, layer, head, key=token, rope=rope)[0].astype(np.float64)
+                out[:token] = np.nan  # queries before the key cannot see it
+            return out, []
+        if name == "neuron":
+            _need(name, layer=layer, neuron=neuron)
+            assert layer is not None and neuron is not None
+            return self.neuron(trace_id, layer, neuron), []
+        _need(name, hook=hook)
+        assert hook is not None
+        if name == "norm" and head is None and _NORM_IN_SUMMARY.fullmatch(hook):
+            norms = self.get(trace_id).norms
+            if hook in norms:  # computed in the forward pass: no recomputation
+                return np.asarray(norms[hook], dtype=np.float64), []
+        if name in ("norm", *ACTIVATION):
+            return self.activations(trace_id, hook, head, ACTIVATION.get(name, "norm"), dim), []
+        kind = SIMILARITY[name]
+        if kind == "tokens":
+            _need(name, token=token)
+        token = token or 0
+        cos = self.similarity(trace_id, hook, head, token, kind)
+        return cos, [token] if kind == "tokens" else []  # a token's cosine with itself is 1 by definition
+
+    # --- the catalogue ------------------------------------------------------------------------------
 
     def traces(self) -> Iterator[dict[str, Any]]:
         """The stored traces, newest first (the store's catalogue)."""

@@ -40,7 +40,7 @@ def test_every_recomputed_hook_point_equals_the_full_forward(client, model):
     full = lmpeek.trace(model, TEXT, keep=["*"])
     r = client.post("/api/trace", json={"text": TEXT})
     tid = json.loads(r.text)["id"]
-    component = client.app.state.component
+    component = client.app.state.holder.session().component
     hooks = []
     for c in client.get("/api/components").json():
         layers = range(model.n_layers) if c["per_layer"] else [None]

@@ -31,6 +31,7 @@ from lmpeek.errors import LmpeekError
 from lmpeek.schema import MEDIA_TYPE
 from lmpeek.server import guard
 from lmpeek.server.guard import TraceId
+from lmpeek.session import Session
 from lmpeek.store.traces import TraceStore
 from lmpeek.worker import ModelWorker
 
@@ -39,26 +40,36 @@ MAX_JSON_VALUES = 1_000_000  # arrays larger than this go out as binary only (ab
 
 
 class ModelHolder:
-    """Loads the model in the background and serialises every use of it."""
+    """Loads the model in the background, then holds the one `Session` every route asks (over this
+    model, its queue and the trace store)."""
 
-    def __init__(self, source: str, loader=None, max_pending: int = 16, worker: ModelWorker | None = None):
+    def __init__(self, source: str, loader=None, max_pending: int = 16, worker: ModelWorker | None = None,
+                 store: TraceStore | None = None, session: Session | None = None):  # fmt: skip
         self.source = source
         self.status: Literal["loading", "ready", "error"] = "loading"
         self.message = f"loading {source}…"
         self.model: Any = None
+        self.store = store if session is None else session.store
         # one worker per model: a Session's (notebook) and its app's requests share one queue
+        if session is not None:
+            worker = session.worker
         self.worker = worker if worker is not None else ModelWorker(max_pending=max_pending)
         self._loader = loader
+        self._session = session
 
     def load(self) -> None:
         try:
-            if self._loader is not None:
+            if self._session is not None:
+                model = self._session.model
+            elif self._loader is not None:
                 model = self._loader(self.source)
             else:
                 from lmpeek.api import load
 
                 model = load(self.source, progress=False)
             _ = model.fingerprint  # computed here, on the loading thread, not by the first health check
+            if self._session is None:
+                self._session = Session(model, self.store, worker=self.worker)
             self.model = model
             self.status, self.message = "ready", f"{model.name} ready"
         except Exception as err:  # reported through /api/health; the server keeps running
@@ -85,6 +96,12 @@ class ModelHolder:
                 headers={"Retry-After": "2"},
             )
         return self.model
+
+    def session(self) -> Session:
+        """The Session over the loaded model (503 while it loads, as `ready`)."""
+        self.ready()
+        assert self._session is not None
+        return self._session
 
     def call(self, fn, kind: str = "job"):
         """Run `fn` on the model's thread and wait (for synchronous handlers)."""
@@ -224,8 +241,6 @@ def create_app(
     guard.install(app, **edge)
     if session is not None:
         source, background, store = session.model.name, False, session.store
-        loader = lambda _source: session.model  # noqa: E731
-    holder = ModelHolder(source, loader, max_pending, worker=None if session is None else session.worker)
     if store is None:
         from lmpeek.models.sources import cache_dir
 
@@ -233,6 +248,7 @@ def create_app(
             Path(store_dir) if store_dir is not None else cache_dir() / "traces", max_disk_bytes=store_budget
         )
     traces = store
+    holder = ModelHolder(source, loader, max_pending, store=store, session=session)
     app.state.holder = holder
     app.state.traces = traces
 
@@ -260,17 +276,10 @@ def create_app(
     async def trace_text(req: TraceRequest, request: Request) -> Response:
         """Run the model once on `text`; returns the trace's summaries and its id (as JSON, or as the
         binary envelope with `Accept: application/vnd.lmpeek.trace`, see lmpeek.schema)."""
-        from lmpeek.capture.trace import trace_with_resid
-
-        model = holder.ready()
-
-        def job():
-            t, resid = trace_with_resid(model, req.text, top_k=req.top_k)
-            return traces.put(t, resid), t
-
-        trace_id, t = await holder.run(job, request, "trace")
+        session = holder.session()
+        stored = await holder.run(lambda: session.trace(req.text, top_k=req.top_k), request, "trace")
         # encoded on a worker thread, not the model's: the next job need not wait for it
-        return await run_in_threadpool(_trace_response, trace_id, t, request)
+        return await run_in_threadpool(_trace_response, stored.id, stored.trace, request)
 
     @app.get("/api/traces/{trace_id}", responses={200: {"content": {"application/json": {}, MEDIA_TYPE: {}}}})
     async def get_trace(trace_id: TraceId, request: Request) -> Response:
@@ -279,7 +288,9 @@ def create_app(
         against 33 MB of JSON, gzipped when the client takes gzip)."""
         # read and encoded on a worker thread: a 4k-token summary is ~32 MB of JSON, which rendered on
         # the event loop would hold up every other request (health included) for a third of a second
-        return await run_in_threadpool(lambda: _trace_response(trace_id, _get(trace_id), request))
+        return await run_in_threadpool(
+            lambda: _trace_response(trace_id, holder.session().get(trace_id), request)
+        )
 
     def _trace_response(trace_id: str, t, request: Request) -> Response:
         from lmpeek.server.trace_body import trace_body
@@ -312,7 +323,7 @@ def create_app(
 
         float16 little-endian bytes with `Accept: application/octet-stream` (shape in `X-Shape`),
         JSON `{"shape", "data"}` otherwise."""
-        pattern = attention_slice(trace_id, layer, head, query, key, rope)
+        pattern = holder.session().attention(trace_id, layer, head, query=query, key=key, rope=rope)
         shape = ",".join(map(str, pattern.shape))
         if "application/octet-stream" in request.headers.get("accept", ""):
             # NaN where the model produced inf/NaN; X-Nonfinite counts them so no client misses it
@@ -335,73 +346,6 @@ def create_app(
 
         return {"shape": list(pattern.shape), "data": floats(pattern.astype(np.float32))}
 
-    def attention_slice(
-        trace_id: str, layer: int, head: int, query: int | None, key: int | None, rope: str
-    ) -> np.ndarray:
-        """One head's pattern [T, T] (float16), or its row `query` [1, T] or column `key` [1, T]."""
-        from lmpeek.capture.slices import attention_pattern, head_pattern
-
-        t = _get(trace_id)
-        model = holder.ready()
-        T, L, H = len(t), model.n_layers, model.n_heads
-        if layer >= L or head >= H:
-            raise HTTPException(422, detail=f"layer must be < {L} and head < {H}")
-        if query is not None and key is not None:
-            raise HTTPException(422, detail="give query or key, not both")
-        for name, value in (("query", query), ("key", key)):
-            if value is not None and value >= T:
-                raise HTTPException(422, detail=f"{name} must be < {T} (the trace has {T} tokens)")
-
-        if rope != "full":
-            pattern = _rope_part(trace_id, model, layer, head, rope)
-        elif traces.has_resid(trace_id):
-            # this head only, from its Q and K recomputed out of the stored residual stream
-            rope = model.bound.rotary_dims is not None
-            q_hook, k_hook = (
-                ("attn.hook_rot_q", "attn.hook_rot_k") if rope else ("attn.hook_q", "attn.hook_k")
-            )
-            q = component(trace_id, f"blocks.{layer}.{q_hook}", head)
-            k = component(trace_id, f"blocks.{layer}.{k_hook}", head)
-            pattern = traces.derived(
-                trace_id,
-                ("head_pattern", layer, head),
-                lambda: head_pattern(model, layer, q, k).astype(np.float16),
-            )
-        else:  # no stored stream: run the model up to this layer
-
-            def compute() -> np.ndarray:
-                return holder.call(lambda: attention_pattern(model, t.token_ids, layer).astype(np.float16))
-
-            pattern = traces.derived(trace_id, ("pattern", layer), compute)[head]  # [T, T]
-        if query is not None:
-            pattern = pattern[query : query + 1]
-        elif key is not None:
-            pattern = pattern[:, key][None]
-        pattern = np.ascontiguousarray(pattern)
-        return pattern
-
-    def _rope_part(trace_id: str, model, layer: int, head: int, part: str) -> np.ndarray:
-        """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
-        from lmpeek.analysis.attention import rope_parts_pattern
-
-        if not model.bound.rotary_dims:
-            raise HTTPException(422, detail="this model has no RoPE: only rope=full applies")
-        if not traces.has_resid(trace_id):
-            raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
-        # pre-RoPE q/k are what RoPE rotates: after q_norm/k_norm where the model has them
-        q_pre, k_pre = model.bound.pre_rope_points()
-        points = {"q": q_pre, "k": k_pre, "rot_q": "attn.hook_rot_q", "rot_k": "attn.hook_rot_k"}
-        qk = {n: component(trace_id, f"blocks.{layer}.{p}", head)[:, None] for n, p in points.items()}
-        scale = model.bound.attention_params(layer).scale
-
-        def calc() -> np.ndarray:
-            p = rope_parts_pattern(
-                qk["q"], qk["k"], qk["rot_q"], qk["rot_k"], model.bound.rotary_dims, part, scale, 1
-            )
-            return p[0].astype(np.float16)
-
-        return traces.derived(trace_id, ("rope", part, layer, head), calc)
-
     @app.post(
         "/api/generate",
         response_class=StreamingResponse,
@@ -411,35 +355,16 @@ def create_app(
         """Server-sent events: `start` (prompt tokens, the seed used), one `token` per new token, then
         `done` with the id of a trace of the whole text, or `error` with a `detail` (every stream ends
         with one of the two). Closing the connection cancels the generation."""
-        from lmpeek.capture.generate import generate
-        from lmpeek.capture.tokens import tokenize
-        from lmpeek.capture.trace import trace_with_resid
-
-        model = holder.ready()
-
-        def start():  # validation errors surface as 4xx before the stream starts
-            prompt = tokenize(model.tokenizer, req.prompt, model.context_length)
-            return prompt, generate(model, req.prompt, **req.model_dump(exclude={"prompt"}))
-
-        prompt, steps = await holder.run(start, request, "generate")
+        session = holder.session()
+        sampling = req.model_dump(exclude={"prompt"})
+        # validation errors surface as 4xx before the stream starts
+        gen = await holder.run(lambda: session.start_generation(req.prompt, **sampling), request, "generate")
+        prompt = gen.prompt
 
         def run() -> Iterator[str]:  # a generator job: one step per turn on the model's thread
-            from lmpeek.analysis.scales import colour_scale
-
-            generated: list[int] = []
-            maxima: list[float] = []  # each step's largest finite attention entropy
-            for step in steps:
-                generated.append(step.token_id)
-                a = np.asarray(step.attn_entropy, dtype=np.float64)
-                finite = a[np.isfinite(a)]
-                maxima.append(float(finite.max()) if finite.size else float("nan"))
-                # one colour scale for every step so far (heatmaps of different tokens compare): "raw"
-                # for a magnitude is 0..max, so the steps' maxima give the same limits as all values
-                scale = colour_scale(np.asarray(maxima), "magnitude", "raw").to_json()
-                yield _sse("token", {**_step_json(step), "attn_entropy_scale": scale})
-            ids = np.concatenate([prompt.token_ids, np.asarray(generated, dtype=np.int64)])
-            t, resid = trace_with_resid(model, ids)
-            return _sse("done", {"trace_id": traces.put(t, resid)})
+            for step, scale in gen:
+                yield _sse("token", {**_step_json(step), "attn_entropy_scale": scale.to_json()})
+            return _sse("done", {"trace_id": gen.store()})
 
         job, sink = holder.worker.stream(run, "generate", follow_up=True)  # admitted already: no second wait
 
@@ -448,7 +373,7 @@ def create_app(
                 # the seed used (drawn when none was given): send it back to repeat the run
                 prompt_bytes = [b.hex() for b in prompt.token_bytes]  # the page merges byte pieces
                 start = {"prompt_tokens": prompt.tokens, "prompt_token_bytes": prompt_bytes}
-                yield _sse("start", {**start, "seed": steps.seed})
+                yield _sse("start", {**start, "seed": gen.seed})
                 while True:
                     kind, item = await sink.get()
                     if kind == "error":
@@ -465,9 +390,7 @@ def create_app(
     @app.get("/api/components")
     def list_components() -> list[dict[str, Any]]:
         """The hook points a view can select for this model (`{l}` stands for the layer)."""
-        from lmpeek.server.components import components
-
-        return components(holder.ready())
+        return holder.session().hook_points()
 
     @app.get(
         "/api/traces/{trace_id}/vector",
@@ -481,10 +404,7 @@ def create_app(
         format: Literal["json", "npy"] = "json",
     ):
         """One token's vector at a hook point (float32), as JSON or as a .npy file to download."""
-        x = component(trace_id, hook, head)
-        if token >= x.shape[0]:
-            raise HTTPException(422, detail=f"token must be < {x.shape[0]}")
-        v = np.ascontiguousarray(x[token], dtype=np.float32)
+        v = holder.session().vector(trace_id, hook, token, head)
         name = f"{hook}{'' if head is None else f'.head{head}'}.token{token}".replace("{", "").replace(
             "}", ""
         )
@@ -503,40 +423,15 @@ def create_app(
 
         return {"hook": hook, "head": head, "token": token, "shape": list(v.shape), "data": floats(v)}
 
-    def component(trace_id: str, hook: str, head: int | None) -> np.ndarray:
-        """A hook point's array for a stored trace ([T, ...], float32), one block recomputed, cached."""
-        from lmpeek.server import components as comp
-
-        _get(trace_id)
-        model = holder.ready()
-        comp.parse(model, hook)
-        if not traces.has_resid(trace_id):
-            raise HTTPException(409, detail="this trace has no stored residual stream; run the text again")
-
-        def calc() -> np.ndarray:
-            hooks = comp.together(model, hook)
-            try:
-                arrays = holder.call(lambda: comp.compute_many(model, traces, trace_id, hooks), "slice")
-            except KeyError:  # evicted meanwhile (e.g. by another server sharing the store)
-                gone = f"trace '{trace_id}' was evicted; run the text again"
-                raise HTTPException(404, detail=gone) from None
-            for other in hooks[1:]:  # computed anyway: cache them too
-                traces.derived(trace_id, ("component", other), lambda other=other: arrays[other])
-            return arrays[hook]
-
-        return comp.select_head(model, hook, traces.derived(trace_id, ("component", hook), calc), head)
-
-    app.state.component = component
-
     from lmpeek.server.routes_analysis import add_analysis_routes
 
-    add_analysis_routes(app, holder, traces, component, lambda trace_id: _get(trace_id))
+    add_analysis_routes(app, holder)
     from lmpeek.server.routes_export import add_export_routes
 
     add_export_routes(app, holder, traces)
     from lmpeek.server.routes_metric import add_metric_routes  # every Explore metric with its colour scale
 
-    add_metric_routes(app, holder, traces, component, lambda trace_id: _get(trace_id), attention_slice)
+    add_metric_routes(app, holder)
     from lmpeek.server.routes_store import add_store_routes
 
     add_store_routes(app, holder, traces)  # GET /api/traces: the stored traces, to reopen one
@@ -560,16 +455,6 @@ def create_app(
         except KeyError as err:
             raise HTTPException(404, detail=str(err).strip("'\"")) from None
         return {"id": s.id, "title": s.title, "kind": s.kind, "text": s.text}
-
-    def _get(trace_id: str):
-        try:
-            # a trace is read only by the model that made it: its numbers mean nothing to another
-            return traces.get(trace_id, fingerprint=holder.ready().fingerprint)
-        except KeyError:
-            raise HTTPException(
-                404, detail=f"no trace with id '{trace_id}' (old traces are evicted to stay within the "
-                "store's disk budget: lmpeek serve --store-budget)"
-            ) from None
 
     static = _static_dir()
     if static is not None:
