@@ -1,6 +1,6 @@
 """The analysis functions, the trace schema and the views are plain numpy: importing them must not import
 torch (the notebook widget, the HTML export and a reader of stored traces should not pay torch's import
-to draw numbers). `lmpeek.store` still imports the Trace from capture/ (torch): see the session notes."""
+to draw numbers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 TORCH_FREE = ["lmpeek.analysis", "lmpeek.analysis.activations", "lmpeek.analysis.attention",
               "lmpeek.analysis.lens", "lmpeek.analysis.neurons", "lmpeek.analysis.scales", "lmpeek.schema",
-              "lmpeek.views", "lmpeek.views.export", "lmpeek.views.widget", "lmpeek.views.asgi"]  # fmt: skip
+              "lmpeek.views", "lmpeek.views.export", "lmpeek.views.widget", "lmpeek.views.asgi",
+              "lmpeek.store", "lmpeek.store.traces", "lmpeek.models.fingerprint"]  # fmt: skip
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

@@ -24,7 +24,6 @@ import json
 from typing import Any
 
 import numpy as np
-import torch
 
 SAMPLES_PER_TENSOR = 256
 
@@ -86,19 +85,26 @@ def config_hash(config: Any) -> str:
     return _digest(json.dumps(_stable(data), sort_keys=True, default=str, allow_nan=True))
 
 
-# integer types of each element size: a tensor's bits are summed as integers of its own width
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _NUMPY_DEVICES = ("cpu",)  # where the sums are taken with numpy rather than torch
 
 
-@torch.no_grad()
-def weights_hash(module: torch.nn.Module) -> str:
+def weights_hash(module: Any) -> str:
     """Digest of every parameter's name, shape, dtype, a strided sample of its values and the sum of
     its bit patterns as integers (exact, so independent of summation order, threads and device, and
-    changed by any edit of any single value)."""
+    changed by any edit of any single value). torch is imported here, not at the top: the store reads
+    fingerprints (`same_model`, `describe`) without a model."""
+    import torch
+
+    with torch.no_grad():
+        return _weights_hash(torch, module)
+
+
+def _weights_hash(torch: Any, module: Any) -> str:
+    # integer types of each element size: a tensor's bits are summed as integers of its own width
+    _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     heads: list[str] = []
-    samples: list[torch.Tensor] = []
-    sums: list[int | torch.Tensor] = []
+    samples: list[Any] = []
+    sums: list[Any] = []
     for name, p in module.named_parameters():
         heads.append(f"{name}|{tuple(p.shape)}|{p.dtype}")
         if p.device.type == "meta" or p.element_size() not in _BITS:

@@ -16,7 +16,12 @@ def add_export_routes(app: FastAPI, holder, traces) -> None:
     def export(
         trace_id: TraceId,
         include: Annotated[
-            str, Query(max_length=300, description="attention=LAYER:HEAD (comma-separated, repeatable), lens")
+            str,
+            Query(
+                max_length=300,
+                pattern=r"^((attention=\d{1,4}:\d{1,4}|lens)(,(attention=\d{1,4}:\d{1,4}|lens))*)?$",
+                description="attention=LAYER:HEAD (comma-separated, repeatable), lens",
+            ),
         ] = "",
     ) -> Response:
         """One HTML file of the Explore view of this trace that opens offline (see `lmpeek export`)."""

@@ -44,7 +44,10 @@ def add_metric_routes(app: FastAPI, holder) -> None:
     @_lost_values_ok
     def metric(
         trace_id: TraceId,
-        name: Annotated[str, Query(description=f"one of {', '.join(QUANTITY)}", max_length=40)],
+        # the enum is for the schema (clients, the fuzzer); the route answers an unknown name itself
+        name: Annotated[
+            str, Query(description="the metric", max_length=40, json_schema_extra={"enum": list(QUANTITY)})
+        ],
         hook: Annotated[str | None, Query(pattern=guard.HOOK_PATTERN, description="hook point")] = None,
         head: Int = None,
         dim: Int = None,

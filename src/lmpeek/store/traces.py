@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from lmpeek.capture.trace import Trace
 from lmpeek.errors import InvalidInput, LmpeekError, StoreFull, TraceFromAnotherModel
 from lmpeek.models.fingerprint import describe, same_model
+from lmpeek.schema import Trace
 
 try:
     import fcntl
