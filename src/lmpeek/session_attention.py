@@ -48,7 +48,7 @@ def _window(session: Session, trace_id: str, start: int, end: int | None) -> tup
 def attention_grid(session: Session, trace_id: str, start: int = 0, end: int | None = None,
                    size: int = 64) -> AttentionGrid:  # fmt: skip
     """Every layer × head's pattern over tokens start..end-1 (queries and keys), pooled to at most
-    `size` cells per side. Computed layer by layer and head by head from the query rows in the window
+    `size` cells per side. Computed layer by layer from the query rows in the window
     against the keys up to `end` (a row's weights on keys before `start` are not shown, so rows of a
     window that starts after 0 need not sum to 1)."""
     from lmpeek.capture.attention_rows import pattern_rows
@@ -61,12 +61,12 @@ def attention_grid(session: Session, trace_id: str, start: int = 0, end: int | N
     factor = pool_factor(end - start, size)
     n = -(-(end - start) // factor)
     out = np.empty((model.n_layers, model.n_heads, n, n), dtype=np.float16)
-    for layer in range(model.n_layers):
-        for head in range(model.n_heads):
-            q = session.component(trace_id, f"blocks.{layer}.{q_hook}", head)
-            k = session.component(trace_id, f"blocks.{layer}.{k_hook}", head)
-            rows = pattern_rows(model, layer, q[start:end], k[:end])[:, start:end]
-            out[layer, head] = pool_window(rows, factor).astype(np.float16)
+    heads = range(model.n_heads)
+    for layer in range(model.n_layers):  # one layer's heads at a time: [H, w, end] scores at most
+        q = np.stack([session.component(trace_id, f"blocks.{layer}.{q_hook}", h)[start:end] for h in heads])
+        k = np.stack([session.component(trace_id, f"blocks.{layer}.{k_hook}", h)[:end] for h in heads])
+        rows = pattern_rows(model, layer, q, k)[..., start:end]
+        out[layer] = pool_window(rows, factor).astype(np.float16)
     return AttentionGrid(out, start, end, factor)
 
 

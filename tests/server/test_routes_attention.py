@@ -17,7 +17,11 @@ from lmpeek.server.app import create_app
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
 
 
-@pytest.fixture(scope="module", params=["tiny:llama", "tiny:gpt2"])
+# gemma3: a sliding window; qwen3: q/k norms before RoPE; gpt_neox: partial rotary; gpt2: no RoPE
+MODELS = ["tiny:llama", "tiny:gpt2", "tiny:gemma3", "tiny:qwen3", "tiny:gpt_neox"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
 def client(tmp_path_factory, request):
     store = tmp_path_factory.mktemp("t")
     with warnings.catch_warnings():
@@ -123,13 +127,18 @@ def test_qk_products_make_the_score(client, tid, eager, layer, head, query, key)
         np.testing.assert_allclose(products, np.asarray(p["q"]) * np.asarray(p["k"]), rtol=1e-6, atol=1e-6)
         assert p["score"] == pytest.approx(products.sum() * a["scale"], rel=1e-6, abs=1e-6)
         assert p["scores"][key] == pytest.approx(p["score"], rel=1e-9, abs=1e-9)
-        w = np.exp(np.asarray(p["scores"]) - max(p["scores"]))
+        scores = np.asarray([-np.inf if v is None else v for v in p["scores"]])  # null: masked
+        w = np.exp(scores - scores.max())
         np.testing.assert_allclose(p["weights"], w / w.sum(), rtol=1e-6, atol=1e-9)
     scored = a["parts"][0]  # what the model scores with: its softmax is the model's own pattern row
     np.testing.assert_allclose(scored["weights"], want_row, atol=1e-5)
     # and, independently of any softmax: score differences are log-weight differences in transformers
-    s = np.asarray(scored["scores"])
-    np.testing.assert_allclose(s - s[0], np.log(want_row) - np.log(want_row[0]), atol=1e-3)
+    # (against the query's own key, never masked; keys a sliding window hides have weight 0 and null)
+    seen = want_row > 0
+    s = np.asarray([np.nan if v is None else v for v in scored["scores"]])
+    assert np.array_equal(seen, ~np.isnan(s))
+    log_w = np.log(want_row[seen])
+    np.testing.assert_allclose(s[seen] - s[query], log_w - np.log(want_row[query]), atol=1e-3)
 
 
 def test_unrotated_part_uses_pre_rope_vectors(client, tid):
