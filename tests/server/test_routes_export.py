@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import re
-
 from lmpeek.capture.trace import Trace
-from tests.views.test_export import body, unpack
+from tests.views.test_export import block, body, unpack
 
 
 def test_export_route_gives_the_file(client):
@@ -14,9 +11,7 @@ def test_export_route_gives_the_file(client):
     r = client.get(f"/api/traces/{trace['id']}/export", params={"include": "attention=1:0"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert f'filename="lmpeek-{trace["id"]}.html"' in r.headers["content-disposition"]
-    header, data = unpack(
-        base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', r.text, re.S).group(1))
-    )
+    header, data = unpack(block(r.text))
     assert list(header["attention"]) == ["1,0"]
     assert Trace.from_bytes(body(header, data, f"GET /api/traces/{trace['id']}")).tokens == trace["tokens"]
 

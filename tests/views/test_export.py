@@ -41,6 +41,14 @@ def unpack(pack: bytes) -> tuple[dict, bytes]:
     return json.loads(pack[8 : 8 + n]), pack[8 + n :]
 
 
+def block(page: str, name: str = "data") -> bytes:
+    """One of the page's data blocks (id lmpeek-data / lmpeek-bundle): gzip, then base64."""
+    import gzip
+
+    text = re.search(rf'id="lmpeek-{name}" data-encoding="gzip\+base64">(.*?)</script>', page, re.S).group(1)
+    return gzip.decompress(base64.b64decode(text))
+
+
 def body(header: dict, data: bytes, key: str) -> bytes:
     r = header["responses"][key]
     return data[r["offset"] : r["offset"] + r["length"]]
@@ -99,10 +107,12 @@ def test_html_is_self_contained_and_cannot_break_out_of_its_scripts(session, sto
     assert "<script src" not in page and "http://" not in page.split("<script", 1)[0]
     blocks = re.findall(r"<script[^>]*>(.*?)</script>", page, flags=re.S)
     assert len(blocks) == 3  # data, bundle, loader: every '</script' inside the bundle was escaped
-    pack = base64.b64decode(blocks[0])
+    pack = block(page)
     header, _ = unpack(pack)
     assert header["trace_id"] == stored.id
-    assert "export default" in blocks[1] or "export{" in blocks[1].replace(" ", "")
+    bundle = block(page, "bundle").decode()
+    assert "export default" in bundle or "export{" in bundle.replace(" ", "")
+    assert set(blocks[0].strip()) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 def test_a_trace_alone_packs_what_it_holds():
@@ -137,7 +147,7 @@ def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and "MB" in r.output
     page = out.read_text()
-    header, _ = unpack(base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', page, re.S).group(1)))
+    header, _ = unpack(block(page))
     assert list(header["attention"]) == ["1,0"]
     assert any("/logit_lens?" in k for k in header["responses"])
     for bad, msg in (("heads=1", "unknown --include item"), ("attention=9:0", "has layers 0..1")):
@@ -155,5 +165,5 @@ def test_a_trace_renders_itself_inline_and_to_a_file(session, tmp_path):
     with pytest.raises(InvalidInput, match="needs model="):
         t.to_html(include="lens")
     page = t.to_html(model=session, include="attention=0:0")
-    header, _ = unpack(base64.b64decode(re.search(r'id="lmpeek-data">(.*?)</script>', page, re.S).group(1)))
+    header, _ = unpack(block(page))
     assert list(header["attention"]) == ["0,0"]
