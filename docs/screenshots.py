@@ -1,8 +1,10 @@
 """Screenshots of the app with the real default model, for the README.
 
-    .venv/bin/python docs/screenshots.py          # writes docs/generate.png and docs/explore.png
+    .venv/bin/python docs/screenshots.py   # docs/generate.png, explore.png, export.png, notebook.png
 
-Starts `lmpeek serve default` on a free port and drives Debian's Chromium with Playwright.
+Starts `lmpeek serve default` on a free port and drives Debian's Chromium with Playwright; downloads the
+Explore view's export and opens it from disk (network blocked); then opens a notebook in JupyterLab that
+shows the default model with `lmpeek.show`.
 """
 
 from __future__ import annotations
@@ -66,10 +68,86 @@ def main() -> None:
             tokens.nth(12).hover()
             page.wait_for_timeout(300)
             page.screenshot(path=str(HERE / "explore.png"))
+            export(browser, page)
+            notebook(browser)
             browser.close()
     finally:
         server.terminate()
         server.wait(10)
+
+
+def export(browser, page) -> None:
+    """The Export button's file, opened from disk with every network request refused."""
+    import tempfile
+
+    with page.expect_download() as info:
+        page.get_by_test_id("export-button").click()
+    path = pathlib.Path(tempfile.mkdtemp()) / "export.html"
+    info.value.save_as(path)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
+    offline = context.new_page()
+    offline.goto(path.as_uri())
+    tokens = offline.get_by_test_id("explore-tokens").get_by_test_id("token")
+    tokens.nth(20).wait_for(timeout=60_000)
+    tokens.nth(5).click()
+    offline.wait_for_timeout(500)
+    offline.screenshot(path=str(HERE / "export.png"))
+    context.close()
+
+
+NOTEBOOK_CELLS = [
+    "import lmpeek\nmodel = lmpeek.load('default')",
+    "lmpeek.show('The capital of France is Paris. The capital of Italy is Rome.', model=model)",
+]
+
+
+def notebook(browser) -> None:
+    """A notebook in JupyterLab with the live widget (the kernel's Session answers it)."""
+    import os
+    import tempfile
+
+    import nbformat
+
+    folder = pathlib.Path(tempfile.mkdtemp())
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in NOTEBOOK_CELLS]
+    nbformat.write(nb, folder / "lmpeek.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bin_dir = os.path.dirname(sys.executable)
+    path = f"{bin_dir}:{os.environ.get('PATH', '')}"
+    env = dict(os.environ, PATH=path, JUPYTER_CONFIG_DIR=str(folder / ".c"))
+    lab = subprocess.Popen(
+        [os.path.join(bin_dir, "jupyter"), "lab", "--no-browser", f"--port={port}", "--ServerApp.token=",
+         "--ServerApp.password=", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
+         "--allow-root"],  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(240):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"http://127.0.0.1:{port}/lab/tree/lmpeek.ipynb")
+        ready = "window.jupyterapp?.shell.currentWidget?.sessionContext?.isReady"
+        page.wait_for_function(ready, timeout=120_000)
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        tokens = page.locator(".jp-OutputArea-output .lmpeek").first.get_by_test_id("token")
+        tokens.nth(10).wait_for(timeout=240_000)
+        tokens.nth(5).click()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(HERE / "notebook.png"))
+        page.close()
+    finally:
+        lab.terminate()
+        lab.wait(10)
 
 
 if __name__ == "__main__":
