@@ -46,6 +46,16 @@ def test_export_grows_with_its_content_and_keeps_the_tooltip_inside(browser, exp
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # what lmpeek's bundle (loaded from a blob: URL) listens for on the window; Playwright's own listeners
+    # are left out by their stack, Svelte's delegated handlers go on the document
+    page.add_init_script("""(() => {
+      window.__windowListeners = [];
+      const add = window.addEventListener.bind(window);
+      window.addEventListener = (type, ...rest) => {
+        if ((new Error().stack || "").includes("blob:")) window.__windowListeners.push(type);
+        return add(type, ...rest);
+      };
+    })()""")
     try:
         page.goto(exported.as_uri())
         tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
@@ -91,6 +101,25 @@ def test_export_grows_with_its_content_and_keeps_the_tooltip_inside(browser, exp
             assert near_x and near_y, (x, y, where)
             page.screenshot(path=str(ARTIFACTS / f"embedded-tooltip-{'first' if k > 0 else 'last'}.png"))
         page.mouse.move(1, 1)
+        page.keyboard.press("ArrowRight")
+        assert page.evaluate("window.__windowListeners") == []
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_the_stored_traces_menu_closes_on_a_click_elsewhere_in_the_app(page):
+    """The menu listens on the app's root while open (not the window): a click elsewhere in the app or
+    Escape closes it; a click inside it does not."""
+    button = page.get_by_test_id("stored-traces-button")
+    menu = page.get_by_test_id("stored-traces")
+    button.click()
+    menu.wait_for()
+    menu.click()
+    assert menu.is_visible()
+    page.get_by_test_id("model-status").click()
+    menu.wait_for(state="detached")
+    button.click()
+    menu.wait_for()
+    page.keyboard.press("Escape")
+    menu.wait_for(state="detached")
