@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lmpeek.errors import LmpeekError
 from lmpeek.schema import MEDIA_TYPE
-from lmpeek.server import guard
+from lmpeek.server import guard, responses
 from lmpeek.server.guard import TraceId
 from lmpeek.session import Session
 from lmpeek.store.traces import TraceStore
@@ -260,7 +260,7 @@ def create_app(
         headers = {"Retry-After": str(retry)} if retry is not None else None
         return JSONResponse({"detail": str(err)}, status_code=err.status_code, headers=headers)
 
-    @app.get("/api/health")
+    @app.get("/api/health", **responses.typed(responses.Health))
     async def health() -> dict[str, Any]:
         """Model name and shape, whether it is `loading`, `ready` or failed (`error`), and the queue.
         Never waits: it runs on the event loop and reads only plain fields."""
@@ -302,6 +302,7 @@ def create_app(
     @app.get(
         "/api/traces/{trace_id}/attention",
         responses={200: {"content": {"application/octet-stream": {}, "application/json": {}}}},
+        **responses.typed(responses.Pattern, json_dumps=True),
     )
     def attention(
         request: Request,
@@ -387,7 +388,7 @@ def create_app(
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.get("/api/components")
+    @app.get("/api/components", **responses.typed(list[responses.HookPoint]))
     def list_components() -> list[dict[str, Any]]:
         """The hook points a view can select for this model (`{l}` stands for the layer)."""
         return holder.session().hook_points()
@@ -395,6 +396,7 @@ def create_app(
     @app.get(
         "/api/traces/{trace_id}/vector",
         responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}},
+        **responses.typed(responses.Vector, json_dumps=True),
     )
     def vector(
         trace_id: TraceId,
@@ -439,14 +441,14 @@ def create_app(
 
     add_attention_routes(app)
 
-    @app.get("/api/samples")
+    @app.get("/api/samples", **responses.typed(list[responses.Sample]))
     def samples() -> list[dict[str, Any]]:
         """The bundled sample texts, and the user's (a folder named by $LMPEEK_SAMPLES)."""
         from lmpeek.samples import library
 
         return [{"id": s.id, "title": s.title, "kind": s.kind, "chars": len(s.text)} for s in library()]
 
-    @app.get("/api/samples/{sample_id}")
+    @app.get("/api/samples/{sample_id}", **responses.typed(responses.SampleText))
     def sample(sample_id: Annotated[str, PathParam(max_length=300)]) -> dict[str, Any]:
         from lmpeek.samples import get
 

@@ -16,6 +16,7 @@ from lmpeek.server import guard
 from lmpeek.server.finite import floats as _floats
 from lmpeek.server.finite import number
 from lmpeek.server.guard import TraceId
+from lmpeek.server.responses import Comparison, Histogram, Lens, Neurons, ScaledValues, Scatter, Values, typed
 
 
 def _lost_values_ok(fn: Callable) -> Callable:
@@ -42,7 +43,7 @@ _METRIC_OF_STAT = {"norm": "act-norm", "abs_sum": "act-abssum", "value": "act-va
 
 
 def add_analysis_routes(app: FastAPI, holder) -> None:
-    @app.get("/api/traces/{trace_id}/activations")
+    @app.get("/api/traces/{trace_id}/activations", **typed(ScaledValues))
     @_lost_values_ok
     def activations(
         trace_id: TraceId,
@@ -60,7 +61,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
         )
         return {"values": _floats(m.values[0]), "scale": m.scales[0].to_json()}
 
-    @app.get("/api/traces/{trace_id}/similarity")
+    @app.get("/api/traces/{trace_id}/similarity", **typed(Values))
     @_lost_values_ok
     def similarity(
         trace_id: TraceId,
@@ -73,7 +74,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
         hook one layer earlier; each token's component with the residual stream it was added to."""
         return {"values": _floats(holder.session().similarity(trace_id, hook, head, token, kind))}
 
-    @app.get("/api/traces/{trace_id}/histogram")
+    @app.get("/api/traces/{trace_id}/histogram", **typed(Histogram))
     @_lost_values_ok
     def histogram(
         trace_id: TraceId,
@@ -98,7 +99,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
             },
         }
 
-    @app.get("/api/traces/{trace_id}/scatter")
+    @app.get("/api/traces/{trace_id}/scatter", **typed(Scatter))
     @_lost_values_ok
     def scatter(
         trace_id: TraceId,
@@ -113,7 +114,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
         xs, ys = holder.session().scatter(trace_id, hook, head, x=x, y=y, a=a, b=b)
         return {"x": _floats(xs), "y": _floats(ys)}
 
-    @app.get("/api/traces/{trace_id}/logit_lens")
+    @app.get("/api/traces/{trace_id}/logit_lens", **typed(Lens))
     @_lost_values_ok
     def lens(
         trace_id: TraceId,
@@ -141,7 +142,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
             }
         return out
 
-    @app.get("/api/traces/{trace_id}/neurons")
+    @app.get("/api/traces/{trace_id}/neurons", **typed(Neurons))
     @_lost_values_ok
     def neurons(
         trace_id: TraceId,
@@ -153,7 +154,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
         idx, vals = holder.session().neurons(trace_id, layer, token, k)
         return {"indices": [int(i) for i in idx], "values": _floats(vals)}
 
-    @app.get("/api/traces/{trace_id}/neuron")
+    @app.get("/api/traces/{trace_id}/neuron", **typed(Values))
     @_lost_values_ok
     def neuron(
         trace_id: TraceId, layer: Annotated[int, Query(ge=0)], index: Annotated[int, Query(ge=0)]
@@ -161,7 +162,7 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
         """One MLP neuron's activation over the whole text."""
         return {"values": _floats(holder.session().neuron(trace_id, layer, index))}
 
-    @app.get("/api/compare")
+    @app.get("/api/compare", **typed(Comparison))
     @_lost_values_ok
     def compare(
         a: TraceIdQuery,

@@ -17,6 +17,8 @@ from lmpeek.analysis.metrics import metric as make_metric
 from lmpeek.server import guard
 from lmpeek.server.finite import floats
 from lmpeek.server.guard import TraceId
+from lmpeek.server.responses import Metric as MetricResponse
+from lmpeek.server.responses import typed
 from lmpeek.server.routes_analysis import _lost_values_ok
 
 
@@ -40,7 +42,7 @@ Int = Annotated[int | None, Query(ge=0)]
 
 
 def add_metric_routes(app: FastAPI, holder) -> None:
-    @app.get("/api/traces/{trace_id}/metric")
+    @app.get("/api/traces/{trace_id}/metric", **typed(MetricResponse))
     @_lost_values_ok
     def metric(
         trace_id: TraceId,

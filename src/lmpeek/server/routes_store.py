@@ -9,6 +9,7 @@ from fastapi import FastAPI, Query
 from starlette.concurrency import run_in_threadpool
 
 from lmpeek.models.fingerprint import same_model
+from lmpeek.server.responses import StoredTrace, typed
 from lmpeek.store.traces import TraceStore
 
 PREVIEW_CHARS = 80
@@ -36,7 +37,7 @@ def listing(store: TraceStore, loaded: dict[str, Any] | None, limit: int) -> lis
 
 
 def add_store_routes(app: FastAPI, holder: Any, store: TraceStore) -> None:
-    @app.get("/api/traces")
+    @app.get("/api/traces", **typed(list[StoredTrace]))
     async def list_traces(
         limit: Annotated[int, Query(ge=1, le=1000, description="at most this many, newest first")] = 100,
         model: Annotated[

@@ -1,0 +1,176 @@
+"""The JSON routes' response models: what /openapi.json describes and web/src/lib/api-types.ts is made
+from (scripts/api_types.py), so the server and the page cannot drift apart.
+
+Routes return plain dicts (numbers already made strict-JSON by server.finite: non-finite -> null);
+FastAPI checks them against these models and writes them with Pydantic (as it did for the routes'
+`-> dict[str, Any]` before they were typed), with `response_model_exclude_unset=True` (see `typed`):
+a key the route leaves out (e.g. lens `target` without a target) stays out instead of becoming null.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+Float = float | None  # null where the model produced inf/NaN
+Floats = list[Float]
+
+
+def typed(model: Any, *, json_dumps: bool = False) -> dict[str, Any]:
+    """The route decorator's arguments for a response model (see the module docstring). `json_dumps`:
+    written by json.dumps instead (the attention and vector routes, which return a Response for their
+    binary forms, always did; Python and Pydantic write some floats differently: 1e-05 / 1e-5)."""
+    out = {"response_model": model, "response_model_exclude_unset": True}
+    return {**out, "response_class": JSONResponse} if json_dumps else out
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    adapter: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    rotary_dims: int | None
+    parallel: bool
+    vocab_size: int
+    context_length: int | None
+    origin: str
+    source: str
+    fingerprint: dict[str, Any]
+
+
+class Queue(BaseModel):
+    pending: int
+    limit: int
+
+
+class Health(BaseModel):
+    status: Literal["loading", "ready", "error"]
+    message: str
+    model: ModelInfo | None
+    queue: Queue
+
+
+class HookPoint(BaseModel):
+    hook: str  # `{l}` stands for the layer
+    point: str | None = None  # the block's hook point, for per-layer hooks
+    per_head: bool
+    per_layer: bool
+
+
+class Vector(BaseModel):
+    hook: str
+    head: int | None
+    token: int
+    shape: list[int]
+    data: Floats
+
+
+class Pattern(BaseModel):
+    shape: list[int]
+    data: list[Floats]
+
+
+class ColourScale(BaseModel):
+    """analysis.scales.ColourScale: the page maps min -> 0, divider -> 0.5, max -> 1 of its colour map."""
+
+    kind: Literal["sequential", "diverging"]
+    min: float
+    divider: float
+    max: float
+    mode: str
+    left_out: list[int]
+    clipped: list[int]
+
+
+class ScaledValues(BaseModel):
+    values: Floats
+    scale: ColourScale
+
+
+class Values(BaseModel):
+    values: Floats
+
+
+class Outliers(BaseModel):
+    low: Float
+    high: Float
+    dims: list[int]
+    values: Floats
+
+
+class Histogram(BaseModel):
+    nonfinite: int
+    edges: Floats
+    token: list[int]
+    median: Floats
+    outliers: Outliers
+
+
+class Scatter(BaseModel):
+    x: Floats
+    y: Floats
+
+
+class LensTarget(BaseModel):
+    id: int
+    token: str
+    ranks: list[int]
+    probs: Floats
+
+
+class Lens(BaseModel):
+    ids: list[list[int]]
+    probs: list[Floats]
+    tokens: list[list[str]]
+    target: LensTarget | None = None  # only with `target=`
+
+
+class Neurons(BaseModel):
+    indices: list[int]
+    values: Floats
+
+
+class Comparison(BaseModel):
+    layers: int
+    mean_norm_a: Floats
+    mean_norm_b: Floats
+    diff: Floats
+
+
+class Metric(BaseModel):
+    name: str
+    values: Floats
+    scale: ColourScale
+    values_with: Floats | None = None  # only with `with=`
+    scale_with: ColourScale | None = None
+
+
+class StoredTrace(BaseModel):
+    id: str
+    model: str
+    created: float | None
+    n_tokens: int | None
+    preview: str
+    truncated: bool
+    other_model: bool
+
+
+class Sample(BaseModel):
+    id: str
+    title: str
+    kind: str
+    chars: int
+
+
+class SampleText(BaseModel):
+    id: str
+    title: str
+    kind: str
+    text: str
