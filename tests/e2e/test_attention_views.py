@@ -142,13 +142,13 @@ def test_long_text_window_scrolls(page, server_url):
     assert page.get_by_test_id("attention-query-token").count() == 64
     page.get_by_test_id("window-forward").click()
     page.wait_for_function(
-        f"() => document.querySelector('[data-testid=attention-window]').dataset.start !== '{start}'"
+        f"() => document.querySelector('[data-testid=attention-window]')?.dataset.start !== '{start}'"
     )
     s2 = int(win.get_attribute("data-start"))
     assert s2 == min(start + 32, T - 64)
     page.wait_for_function(
-        f"() => +document.querySelector('[data-testid=attention-grid]').dataset.pool === 1 && "
-        f"document.querySelector('[data-testid=attention-query-token]').dataset.token === '{s2}'"
+        f"() => +document.querySelector('[data-testid=attention-grid]')?.dataset.pool === 1 && "
+        f"document.querySelector('[data-testid=attention-query-token]')?.dataset.token === '{s2}'"
     )
     page.screenshot(path=str(ARTIFACTS / "attention_long_window.png"), full_page=True)
 
@@ -159,6 +159,7 @@ def test_export_says_what_it_lacks(browser, tmp_path):
         model = lmpeek.load("tiny:llama")
     with Session(model) as s:
         stored = s.trace(TEXT)
+        row = s.attention(stored.id, 1, 0, query=12)[0].astype(np.float64)
         path = tmp_path / "report.html"
         path.write_text(export_html(s, stored.id, "attention=1:0"), encoding="utf-8")
     context = browser.new_context(viewport={"width": 1400, "height": 900})
@@ -172,6 +173,13 @@ def test_export_says_what_it_lacks(browser, tmp_path):
         model_view = page.get_by_test_id("attention-model-view")
         model_view.get_by_test_id("panel-error").wait_for()
         assert "export" in model_view.get_by_test_id("panel-error").inner_text().lower()
+        # the embedded head (layer 1, head 0) draws its lines from the recorded pattern
+        page.get_by_test_id("attention-layer").select_option("1")
+        page.get_by_test_id("attention-query-token").and_(page.locator("[data-token='12']")).click()
+        _wait_lines(page, 0, "query", 12)
+        got = {ln["key"]: ln["weight"] for ln in _lines(page, 0)}
+        assert got == {k: pytest.approx(w, abs=1e-7) for k, w in enumerate(row) if w >= MIN_LINE}
+        assert page.get_by_test_id("attention-head-view").get_by_test_id("panel-error").count() == 0
         page.screenshot(path=str(ARTIFACTS / "attention_export.png"), full_page=True)
     finally:
         context.close()
