@@ -103,10 +103,6 @@ class ModelHolder:
         assert self._session is not None
         return self._session
 
-    def call(self, fn, kind: str = "job"):
-        """Run `fn` on the model's thread and wait (for synchronous handlers)."""
-        return self.worker.call(fn, kind)
-
     async def run(self, fn, request: Request | None = None, kind: str = "job"):
         """Run `fn` on the model's thread without holding a server thread; leaves the queue if the
         client disconnects."""
