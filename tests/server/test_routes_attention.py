@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+import lmpeek
 from lmpeek.analysis.attention_overview import pool_factor, pool_window
 from lmpeek.server.app import create_app
 
@@ -158,3 +159,22 @@ def test_unrotated_part_uses_pre_rope_vectors(client, tid):
 def test_qk_refuses_a_future_key(client, tid):
     r = client.get(f"/api/traces/{tid}/qk", params={"layer": 0, "head": 0, "query": 3, "key": 4})
     assert r.status_code == 422 and "key must be in 0..3" in r.json()["detail"]
+
+
+def test_app_over_a_session_serves_the_grid():
+    """The notebook widget's path: an app made over a Session (create_app(session=…)) answers from that
+    Session's store, the same numbers as its attention slices."""
+    from lmpeek.session import Session
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = lmpeek.load("tiny:llama")
+    with Session(model) as s:
+        stored = s.trace(TEXT)
+        app = create_app(session=s, allowed_hosts=["testserver"])
+        with TestClient(app) as c:
+            data, pool, _ = grid(c, stored.id, start=2, end=12)
+        assert pool == 1
+        for layer, head in ((0, 0), (1, 3)):
+            want = s.attention(stored.id, layer, head).astype(np.float32)[2:12, 2:12]
+            np.testing.assert_allclose(data[layer, head], want, atol=2e-3)
