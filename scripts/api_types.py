@@ -87,6 +87,8 @@ def _fields(schema: dict[str, Any]) -> list[str]:
     for name, prop in schema.get("properties", {}).items():
         key = name if name.isidentifier() else json.dumps(name)
         out.append(f"{key}{'' if name in required else '?'}: {ts_type(prop)};")
+    if schema.get("additionalProperties") is True:  # extra keys allowed (pass through)
+        out.append("[key: string]: unknown;")
     return out
 
 

@@ -72,3 +72,16 @@ def test_no_session_before_the_model(tmp_path, status):
         app.state.holder.session()
     assert err.value.status_code == (400 if status == "error" else 503)
     release.set()
+
+
+def test_health_of_an_in_memory_model(tmp_path):
+    """A wrapped model has no source label: /api/health still answers (its response model allows it)."""
+    m = _tiny()
+    wrapped = lmpeek.wrap(m.hf, m.tokenizer)
+    app = create_app("memory", loader=lambda _s: wrapped, background=False, store_dir=tmp_path,
+                     allowed_hosts=["testserver"])  # fmt: skip
+    with TestClient(app) as c:
+        r = c.get("/api/health")
+        assert r.status_code == 200, r.text
+        info = r.json()["model"]
+        assert info["source"] is None and info["origin"] == "memory" and info == wrapped.info()

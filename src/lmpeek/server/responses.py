@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 Float = float | None  # null where the model produced inf/NaN
 Floats = list[Float]
@@ -27,6 +27,10 @@ def typed(model: Any, *, json_dumps: bool = False) -> dict[str, Any]:
 
 
 class ModelInfo(BaseModel):
+    """LoadedModel.info(): keys added there later pass through before this model lists them."""
+
+    model_config = ConfigDict(extra="allow")
+
     name: str
     architecture: str
     adapter: str
@@ -41,7 +45,7 @@ class ModelInfo(BaseModel):
     vocab_size: int
     context_length: int | None
     origin: str
-    source: str
+    source: str | None  # the folder, file or hub id loaded (None for an in-memory model)
     fingerprint: dict[str, Any]
 
 

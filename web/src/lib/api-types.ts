@@ -76,6 +76,7 @@ export interface Metric {
   scale_with?: ColourScale | null;
 }
 
+/** LoadedModel.info(): keys added there later pass through before this model lists them. */
 export interface ModelInfo {
   name: string;
   architecture: string;
@@ -91,8 +92,9 @@ export interface ModelInfo {
   vocab_size: number;
   context_length: number | null;
   origin: string;
-  source: string;
+  source: string | null;
   fingerprint: Record<string, unknown>;
+  [key: string]: unknown;
 }
 
 export interface Neurons {
