@@ -78,6 +78,12 @@ def test_attention_tab_matches_the_server(page, server_url):
     }
     assert all(ln["query"] == q for ln in lines)
 
+    # arrow keys step the selected token (the view's own keys), and back
+    page.keyboard.press("ArrowDown")
+    _wait_lines(page, head, "query", q + 1)
+    page.keyboard.press("ArrowUp")
+    _wait_lines(page, head, "query", q)
+
     # a second head overlaid in its own colour
     toggles.nth(0).check()
     _wait_lines(page, 0, "query", q)

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { absMax, attentionLines, cellTokens, headColour, HEAD_COLOURS, inWindow, shiftWindow, thumbColour, weightOutside, windowAround } from "../src/lib/attention";
+import { absMax, attentionLines, cellTokens, headColour, HEAD_COLOURS, inWindow, shiftWindow, stepToken, thumbColour, weightOutside, windowAround } from "../src/lib/attention";
 
 describe("token windows", () => {
   it("centres on the token, stays inside the text, shrinks to a short text", () => {
@@ -13,6 +13,14 @@ describe("token windows", () => {
     expect(shiftWindow(100, { start: 10, end: 42 }, 16)).toEqual({ start: 26, end: 58 });
     expect(shiftWindow(100, { start: 10, end: 42 }, -16)).toEqual({ start: 0, end: 32 });
     expect(shiftWindow(100, { start: 60, end: 92 }, 50)).toEqual({ start: 68, end: 100 });
+  });
+  it("arrow keys move the selection; the window follows by the smallest shift", () => {
+    const win = { start: 10, end: 20 };
+    expect(stepToken(100, win, 15, 1)).toEqual({ selected: 16, win });
+    expect(stepToken(100, win, 19, 1)).toEqual({ selected: 20, win: { start: 11, end: 21 } });
+    expect(stepToken(100, win, 10, -1)).toEqual({ selected: 9, win: { start: 9, end: 19 } });
+    expect(stepToken(100, { start: 0, end: 10 }, 0, -1)).toEqual({ selected: 0, win: { start: 0, end: 10 } });
+    expect(stepToken(100, { start: 90, end: 100 }, 99, 1).selected).toBe(99);
   });
   it("membership and thumbnail cells", () => {
     expect(inWindow({ start: 4, end: 8 }, 4)).toBe(true);

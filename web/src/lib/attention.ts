@@ -105,3 +105,11 @@ export function thumbColour(w: number): [number, number, number] {
   const x = Number.isFinite(w) ? Math.sqrt(Math.max(0, Math.min(1, w))) : 0;
   return [Math.round(255 - x * 218), Math.round(255 - x * 156), Math.round(255 - x * 20)];
 }
+
+/** The selection moved by `delta` tokens (arrow keys), clamped to the text; the window follows it by
+ * the smallest shift that keeps the selected token inside. */
+export function stepToken(T: number, win: TokenWindow, selected: number, delta: number): { selected: number; win: TokenWindow } {
+  const s = Math.max(0, Math.min(T - 1, selected + delta));
+  if (inWindow(win, s)) return { selected: s, win };
+  return { selected: s, win: shiftWindow(T, win, s < win.start ? s - win.start : s - win.end + 1) };
+}
