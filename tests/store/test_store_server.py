@@ -9,8 +9,8 @@ from lmpeek.errors import StoreFull
 from lmpeek.server.app import create_app
 
 # a value for every required query parameter of the routes that read a stored trace
-_VALUES = {"layer": 0, "head": 0, "token": 0, "index": 0, "hook": "blocks.0.hook_resid_post", "k": 3, "name": "loss",
-           "query": 1, "key": 0}  # fmt: skip
+_VALUES = {"layer": 0, "head": 0, "token": 0, "index": 0, "hook": "blocks.0.hook_resid_post", "k": 3,
+           "name": "loss", "query": 1, "key": 0}  # fmt: skip
 
 
 def _client(source: str, store_dir, **kw) -> TestClient:
