@@ -51,3 +51,20 @@ def test_answers_keep_their_optional_keys_out(client, tid):
     assert set(metric) == {"name", "values", "scale"}
     hooks = client.get("/api/components").json()
     assert "point" not in hooks[0] and "point" in hooks[1]
+
+
+def test_the_trace_summary_is_what_its_model_says(client, tid):
+    """The summary routes answer a Response (JSON or the envelope), so FastAPI does not check them: this
+    test does, keys included (a key added to Trace.summary() must be added to TraceSummary)."""
+    from lmpeek.server.responses import TraceSummary
+
+    for body in (
+        client.get(f"/api/traces/{tid}").json(),
+        client.post("/api/trace", json={"text": TEXT}).json(),
+    ):
+        assert set(body) == set(TraceSummary.model_fields)
+        TraceSummary.model_validate(body, strict=True)
+    spec = client.get("/openapi.json").json()
+    for path, method in (("/api/trace", "post"), ("/api/traces/{trace_id}", "get")):
+        content = spec["paths"][path][method]["responses"]["200"]["content"]
+        assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/TraceSummary"}

@@ -268,7 +268,12 @@ def create_app(
             "queue": {"pending": holder.worker.pending(), "limit": holder.worker.max_pending},
         }
 
-    @app.post("/api/trace", responses={200: {"content": {"application/json": {}, MEDIA_TYPE: {}}}})
+    @app.post(
+        "/api/trace",
+        responses={
+            200: {"model": responses.TraceSummary, "content": {"application/json": {}, MEDIA_TYPE: {}}}
+        },
+    )
     async def trace_text(req: TraceRequest, request: Request) -> Response:
         """Run the model once on `text`; returns the trace's summaries and its id (as JSON, or as the
         binary envelope with `Accept: application/vnd.lmpeek.trace`, see lmpeek.schema)."""
@@ -277,7 +282,12 @@ def create_app(
         # encoded on a worker thread, not the model's: the next job need not wait for it
         return await run_in_threadpool(_trace_response, stored.id, stored.trace, request)
 
-    @app.get("/api/traces/{trace_id}", responses={200: {"content": {"application/json": {}, MEDIA_TYPE: {}}}})
+    @app.get(
+        "/api/traces/{trace_id}",
+        responses={
+            200: {"model": responses.TraceSummary, "content": {"application/json": {}, MEDIA_TYPE: {}}}
+        },
+    )
     async def get_trace(trace_id: TraceId, request: Request) -> Response:
         """A stored trace's summaries: JSON, or the binary envelope with `Accept:
         application/vnd.lmpeek.trace` (lmpeek.schema; 4.9 MB at 4,096 tokens of the default model

@@ -156,6 +156,32 @@ class Metric(BaseModel):
     scale_with: ColourScale | None = None
 
 
+class TraceSummary(BaseModel):
+    """A trace's summaries as JSON (Trace.summary() and its id): [T] per token, [T, k] top-k
+    predictions by the position that predicts, norms [L, T] per hook point, attn_entropy [L, H, T].
+    The binary envelope (Accept: application/vnd.lmpeek.trace) carries the same (lmpeek.schema)."""
+
+    id: str
+    model: ModelInfo
+    text: str
+    chat: bool
+    tokens: list[str]
+    token_ids: list[int]
+    offsets: list[list[int]]  # [T, 2] character spans into `text`
+    token_bytes: list[str]  # hex: byte pieces merge into characters
+    partial: list[bool]
+    topk_ids: list[list[int]]
+    topk_probs: list[Floats]
+    topk_tokens: list[list[str]]
+    entropy: Floats
+    loss: Floats
+    true_prob: Floats
+    norms: dict[str, Floats]
+    attn_entropy: list[list[Floats]]
+    kept: list[str]
+    nonfinite: list[str]
+
+
 class StoredTrace(BaseModel):
     id: str
     model: str

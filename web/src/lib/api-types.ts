@@ -158,6 +158,29 @@ export interface TraceRequest {
   top_k?: number;
 }
 
+/** A trace's summaries as JSON (Trace.summary() and its id): [T] per token, [T, k] top-k predictions by the position that predicts, norms [L, T] per hook point, attn_entropy [L, H, T]. The binary envelope (Accept: application/vnd.lmpeek.trace) carries the same (lmpeek.schema). */
+export interface TraceSummary {
+  id: string;
+  model: ModelInfo;
+  text: string;
+  chat: boolean;
+  tokens: string[];
+  token_ids: number[];
+  offsets: number[][];
+  token_bytes: string[];
+  partial: boolean[];
+  topk_ids: number[][];
+  topk_probs: (number | null)[][];
+  topk_tokens: string[][];
+  entropy: (number | null)[];
+  loss: (number | null)[];
+  true_prob: (number | null)[];
+  norms: Record<string, (number | null)[]>;
+  attn_entropy: (number | null)[][][];
+  kept: string[];
+  nonfinite: string[];
+}
+
 export interface ValidationError {
   loc: (string | number)[];
   msg: string;
@@ -181,6 +204,8 @@ export interface Vector {
 /** Each JSON route's answer (status 200), by method and path. */
 export interface ApiResponses {
   "GET /api/health": Health;
+  "POST /api/trace": TraceSummary;
+  "GET /api/traces/{trace_id}": TraceSummary;
   "GET /api/traces/{trace_id}/attention": Pattern;
   "GET /api/components": HookPoint[];
   "GET /api/traces/{trace_id}/vector": Vector;
