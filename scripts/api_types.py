@@ -92,9 +92,22 @@ def _fields(schema: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(spec: dict[str, Any]) -> str:
+def stream_schemas() -> dict[str, Any]:
+    """The generation stream's event models (server.responses.STREAM_EVENTS): SSE bodies are not
+    described by OpenAPI, so their schemas come straight from the models, as components."""
+    from pydantic.json_schema import models_json_schema
+
+    from lmpeek.server.responses import STREAM_EVENTS
+
+    models = [(m, "serialization") for m in STREAM_EVENTS.values()]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    return top.get("$defs", {})
+
+
+def render(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
     lines = [HEADER]
-    for name, schema in sorted(spec.get("components", {}).get("schemas", {}).items()):
+    schemas = {**(extra or {}), **spec.get("components", {}).get("schemas", {})}
+    for name, schema in sorted(schemas.items()):
         doc = schema.get("description")
         if doc:
             lines.append("/** " + " ".join(doc.split()) + " */")
@@ -112,12 +125,19 @@ def render(spec: dict[str, Any]) -> str:
             schema = body.get("schema")
             if schema:  # routes whose JSON has a response model
                 lines.append(f"  {json.dumps(f'{method.upper()} {path}')}: {ts_type(schema)};")
-    lines.append("}")
+    lines.append("}\n")
+    if extra:
+        from lmpeek.server.responses import STREAM_EVENTS
+
+        lines.append("/** POST /api/generate's server-sent events: the data of each, by event name. */")
+        lines.append("export interface GenerateEvents {")
+        lines += [f"  {event}: {model.__name__};" for event, model in STREAM_EVENTS.items()]
+        lines.append("}")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    text = render(openapi())
+    text = render(openapi(), stream_schemas())
     if "--check" in sys.argv[1:]:
         if OUT.read_text(encoding="utf-8") != text:
             print(f"{OUT.relative_to(ROOT)} is stale: run .venv/bin/python scripts/api_types.py")

@@ -20,8 +20,9 @@ def _script():
 
 def test_the_generated_typescript_is_not_stale(client):
     script = _script()
-    want = script.render(client.get("/openapi.json").json())
-    assert script.render(script.openapi()) == want  # the schema does not depend on a loaded model
+    want = script.render(client.get("/openapi.json").json(), script.stream_schemas())
+    # the schema does not depend on a loaded model
+    assert script.render(script.openapi(), script.stream_schemas()) == want
     got = (ROOT / "web" / "src" / "lib" / "api-types.ts").read_text(encoding="utf-8")
     assert got == want, "web/src/lib/api-types.ts is stale: run .venv/bin/python scripts/api_types.py"
 
@@ -68,3 +69,18 @@ def test_the_trace_summary_is_what_its_model_says(client, tid):
     for path, method in (("/api/trace", "post"), ("/api/traces/{trace_id}", "get")):
         content = spec["paths"][path][method]["responses"]["200"]["content"]
         assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/TraceSummary"}
+
+
+def test_generation_events_are_what_their_models_say(client):
+    import json
+
+    from lmpeek.server.responses import STREAM_EVENTS
+
+    r = client.post("/api/generate", json={"prompt": "Once upon", "max_new_tokens": 3})
+    events = [dict(line.split(": ", 1) for line in f.splitlines()) for f in r.text.strip().split("\n\n")]
+    assert [e["event"] for e in events] == ["start", "token", "token", "token", "done"]
+    for e in events:
+        body = json.loads(e["data"])
+        model = STREAM_EVENTS[e["event"]]
+        assert set(body) == set(model.model_fields), e["event"]
+        model.model_validate(body, strict=True)

@@ -204,3 +204,55 @@ class SampleText(BaseModel):
     title: str
     kind: str
     text: str
+
+
+# --- POST /api/generate: server-sent events (not in /openapi.json; scripts/api_types.py adds them) ---
+
+
+class GenerateStart(BaseModel):
+    """Event `start`: the prompt's tokens and the seed used (drawn when none was given)."""
+
+    prompt_tokens: list[str]
+    prompt_token_bytes: list[str]  # hex
+    seed: int
+
+
+class GenerateToken(BaseModel):
+    """Event `token`: one generated token. topk_*: the raw temperature-1 prediction; sampled_*: the
+    distribution it was drawn from (after temperature, top-k, top-p); norms [L] per component and
+    attn_entropy [L, H] at its own position; attn_entropy_scale: one scale for every step so far."""
+
+    index: int
+    position: int
+    token: str
+    token_id: int
+    token_bytes: str  # hex
+    prob: Float
+    topk_tokens: list[str]
+    topk_probs: Floats
+    topk_ids: list[int]
+    entropy: Float
+    sampled_prob: Float
+    sampled_topk_ids: list[int]
+    sampled_topk_probs: Floats
+    norms: dict[str, Floats]
+    attn_entropy: list[Floats]
+    nonfinite: list[str]
+    attn_entropy_scale: ColourScale
+
+
+class GenerateDone(BaseModel):
+    """Event `done`: the id of the stored trace of the whole text."""
+
+    trace_id: str
+
+
+class StreamError(BaseModel):
+    """Event `error`: why the stream ended early."""
+
+    detail: str
+
+
+STREAM_EVENTS: dict[str, type[BaseModel]] = {
+    "start": GenerateStart, "token": GenerateToken, "done": GenerateDone, "error": StreamError,
+}  # fmt: skip

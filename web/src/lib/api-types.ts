@@ -19,6 +19,11 @@ export interface Comparison {
   diff: (number | null)[];
 }
 
+/** Event `done`: the id of the stored trace of the whole text. */
+export interface GenerateDone {
+  trace_id: string;
+}
+
 export interface GenerateRequest {
   prompt: string;
   max_new_tokens?: number;
@@ -26,6 +31,34 @@ export interface GenerateRequest {
   top_p?: number;
   top_k?: number;
   seed?: number | null;
+}
+
+/** Event `start`: the prompt's tokens and the seed used (drawn when none was given). */
+export interface GenerateStart {
+  prompt_tokens: string[];
+  prompt_token_bytes: string[];
+  seed: number;
+}
+
+/** Event `token`: one generated token. topk_*: the raw temperature-1 prediction; sampled_*: the distribution it was drawn from (after temperature, top-k, top-p); norms [L] per component and attn_entropy [L, H] at its own position; attn_entropy_scale: one scale for every step so far. */
+export interface GenerateToken {
+  index: number;
+  position: number;
+  token: string;
+  token_id: number;
+  token_bytes: string;
+  prob: number | null;
+  topk_tokens: string[];
+  topk_probs: (number | null)[];
+  topk_ids: number[];
+  entropy: number | null;
+  sampled_prob: number | null;
+  sampled_topk_ids: number[];
+  sampled_topk_probs: (number | null)[];
+  norms: Record<string, (number | null)[]>;
+  attn_entropy: (number | null)[][];
+  nonfinite: string[];
+  attn_entropy_scale: ColourScale;
 }
 
 export interface HTTPValidationError {
@@ -153,6 +186,11 @@ export interface StoredTrace {
   other_model: boolean;
 }
 
+/** Event `error`: why the stream ended early. */
+export interface StreamError {
+  detail: string;
+}
+
 export interface TraceRequest {
   text: string;
   top_k?: number;
@@ -222,4 +260,12 @@ export interface ApiResponses {
   "GET /api/traces/{trace_id}/qk": Record<string, unknown>;
   "GET /api/samples": Sample[];
   "GET /api/samples/{sample_id}": SampleText;
+}
+
+/** POST /api/generate's server-sent events: the data of each, by event name. */
+export interface GenerateEvents {
+  start: GenerateStart;
+  token: GenerateToken;
+  done: GenerateDone;
+  error: StreamError;
 }
