@@ -10,7 +10,8 @@ import sys
 import pytest
 
 TORCH_FREE = ["lmpeek.analysis", "lmpeek.analysis.activations", "lmpeek.analysis.attention",
-              "lmpeek.analysis.lens", "lmpeek.analysis.neurons", "lmpeek.analysis.scales", "lmpeek.schema",
+              "lmpeek.analysis.lens", "lmpeek.analysis.neurons", "lmpeek.analysis.scales",
+              "lmpeek.analysis.metrics", "lmpeek.schema",
               "lmpeek.views", "lmpeek.views.export", "lmpeek.views.widget", "lmpeek.views.asgi",
               "lmpeek.store", "lmpeek.store.traces", "lmpeek.models.fingerprint"]  # fmt: skip
 
