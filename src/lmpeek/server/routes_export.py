@@ -25,12 +25,9 @@ def add_export_routes(app: FastAPI, holder, traces) -> None:
         ] = "",
     ) -> Response:
         """One HTML file of the Explore view of this trace that opens offline (see `lmpeek export`)."""
-        from lmpeek.session import Session
         from lmpeek.views.export import export_html
 
-        model = holder.ready()
-        session = Session(model, traces, worker=holder.worker)
-        page = export_html(session, trace_id, include, app=app)
+        page = export_html(holder.session(), trace_id, include, app=app)
         return Response(
             page,
             media_type="text/html; charset=utf-8",
