@@ -11,19 +11,8 @@ from lmpeek.server.guard import TraceId
 
 
 def _session(app: FastAPI):
-    """The app's Session: the model holder's when it has one, else one over the app's model, queue and
-    store (cheap: it holds references only)."""
-    holder = app.state.holder
-    if hasattr(holder, "session"):
-        return holder.session()
-    from lmpeek.session import Session
-
-    model = holder.ready()
-    cached = getattr(app.state, "_attention_session", None)
-    if cached is None or cached.model is not model:
-        cached = Session(model, app.state.traces, worker=holder.worker)
-        app.state._attention_session = cached
-    return cached
+    """The app's one Session (the model holder's; 503 while the model loads)."""
+    return app.state.holder.session()
 
 
 def add_attention_routes(app: FastAPI) -> None:
