@@ -9,12 +9,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import lmpeek
 from lmpeek.errors import LmpeekError
 from lmpeek.session import NoStoredStream, OutOfRange, Session, TraceNotFound
 from lmpeek.store.traces import TraceStore
+from tests.reference import eager_attentions
 
 TEXT = "The capital of France is Paris. It lies on the Seine."
 
@@ -61,18 +61,10 @@ def test_component_equals_the_full_forward(session, stored):
 
 
 def test_attention_equals_plain_transformers(session, stored):
-    hf = session.model.hf
-    ids = torch.as_tensor(stored.trace.token_ids)[None]
-    impl = hf.config._attn_implementation
-    hf.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            want = hf(ids, output_attentions=True).attentions
-    finally:
-        hf.config._attn_implementation = impl
+    want = eager_attentions(session.model.hf, stored.trace.token_ids)
     for layer, head in ((0, 0), (session.model.n_layers - 1, 1)):
         got = session.attention(stored.id, layer, head).astype(np.float32)
-        np.testing.assert_allclose(got, want[layer][0, head].numpy(), atol=2e-3)  # float16 transport
+        np.testing.assert_allclose(got, want[layer][head], atol=2e-3)  # float16 transport
         row = session.attention(stored.id, layer, head, query=3)
         np.testing.assert_array_equal(row[0], got[3].astype(np.float16))
         col = session.attention(stored.id, layer, head, key=2)

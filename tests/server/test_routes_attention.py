@@ -8,12 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 import lmpeek
 from lmpeek.analysis.attention_overview import pool_factor, pool_window
 from lmpeek.server.app import create_app
+from tests.reference import eager_attentions
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. def f(x): return x * 2"
 
@@ -40,17 +40,8 @@ def tid(client):
 @pytest.fixture(scope="module")
 def eager(client, tid):
     """[L][H, T, T] from a plain transformers forward (eager attention), nothing of lmpeek's in between."""
-    model = client.app.state.holder.model
-    ids = torch.as_tensor(client.get(f"/api/traces/{tid}").json()["token_ids"])[None]
-    hf = model.hf
-    impl = hf.config._attn_implementation
-    hf.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            out = hf(ids, output_attentions=True).attentions
-    finally:
-        hf.config._attn_implementation = impl
-    return [a[0].float().numpy() for a in out]
+    ids = client.get(f"/api/traces/{tid}").json()["token_ids"]
+    return eager_attentions(client.app.state.holder.model.hf, ids)
 
 
 def grid(client, tid, **params):
