@@ -2,7 +2,8 @@
 widget (`lmpeek.show`: the bundle's anywidget entry, its requests answered by the kernel side's Widget
 over the Session) and the HTML export (the recorded responses, opened from disk with the network
 blocked). For several tokens the prediction panel, the logit lens and every token's colour are read
-off each page and compared with each other, and the prediction rows with the Trace itself.
+off each page and compared with each other, the prediction rows with the Trace itself, and the loss
+and top-5 with what the CLI prints (`lmpeek trace --json`, its own process).
 
 The widget runs here without JupyterLab (tests/e2e/test_notebook.py covers that): a stand-in for
 anywidget's model passes the page's messages to `lmpeek.views.widget.Widget._on_msg` on an asyncio
@@ -14,6 +15,8 @@ import asyncio
 import base64
 import json
 import queue
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -119,6 +122,7 @@ def _displayed(root, trace_ids) -> dict:
             "panel": panel.inner_text(),
             "rows": [(r.get_attribute("data-token"), r.get_attribute("data-prob")) for r in rows.all()],
             "lens": lens.all_inner_texts(),
+            "loss": panel.get_by_test_id("explore-loss").get_attribute("data-value"),
         }
     # the colours come with the metric's answer: read them once every token but the first is coloured
     colours = "els => els.map(e => getComputedStyle(e).backgroundColor)"
@@ -215,3 +219,15 @@ def test_app_widget_and_export_show_the_same_numbers(browser, stored):
             want.append((trace.tokens[t], float(trace.true_prob[t - 1])))
         assert [tok for tok, _ in rows] == [tok for tok, _ in want]
         assert [p for _, p in rows] == pytest.approx([p for _, p in want], abs=1e-6)
+
+    # 4. the CLI (`lmpeek trace TEXT --json`, its own process and model load) gives the same numbers
+    cmd = [sys.executable, "-m", "lmpeek.cli", "trace", TEXT, "-m", "tiny:llama", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    cli = json.loads(done.stdout)
+    assert cli["tokens"] == list(trace.tokens)
+    for t in TOKENS:
+        assert cli["loss"][t - 1] == pytest.approx(float(app[t]["loss"]), rel=1e-5)
+        shown = [(tok, float(p)) for tok, p in app[t]["rows"][:5]]
+        assert cli["topk_tokens"][t - 1][:5] == [tok for tok, _ in shown]
+        assert cli["topk_probs"][t - 1][:5] == pytest.approx([p for _, p in shown], abs=1e-6)
