@@ -144,3 +144,15 @@ def fill_generate(page, prompt: str, max_new_tokens: int, temperature: float, **
     fields.update({k.replace("_", "-"): v for k, v in more.items()})
     for name, value in fields.items():
         page.get_by_test_id(f"gen-{name}").fill(str(value))
+
+
+def run_generate(page) -> list[tuple[str, dict]]:
+    """Press Generate (the form filled) and wait until every generated token is shown; returns the
+    stream's (event, data) frames."""
+    with page.expect_response("**/api/generate") as info:
+        page.get_by_test_id("gen-submit").click()
+    events = parse_sse(info.value.text())
+    n = sum(e == "token" for e, _ in events)
+    page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(n - 1).wait_for()
+    page.get_by_test_id("gen-submit").filter(has_text="Generate").wait_for()
+    return events

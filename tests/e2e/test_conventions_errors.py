@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from .conftest import ARTIFACTS, fill_generate, parse_sse, run_explore
+from .conftest import ARTIFACTS, fill_generate, run_explore, run_generate
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin."
 PROMPT = "The capital of France is"
@@ -35,16 +35,6 @@ def _alert(page, testid: str):
     banner.wait_for(timeout=10_000)
     assert banner.count() == 1 and banner.get_attribute("role") == "alert"
     return banner
-
-
-def _generate(page) -> list[tuple[str, dict]]:
-    with page.expect_response("**/api/generate") as info:
-        page.get_by_test_id("gen-submit").click()
-    events = parse_sse(info.value.text())
-    n = sum(e == "token" for e, _ in events)
-    page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(n - 1).wait_for()
-    page.get_by_test_id("gen-submit").filter(has_text="Generate").wait_for()
-    return events
 
 
 def test_a_refused_trace_keeps_the_previous_result(page):
@@ -102,7 +92,7 @@ def test_a_refused_trace_keeps_the_previous_result(page):
 
 def test_every_bad_field_in_one_message_and_the_generation_stays(page):
     fill_generate(page, PROMPT, 4, 0)
-    _generate(page)
+    run_generate(page)
     chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
     first = chips.all_inner_texts()
     assert len(first) == 4
@@ -157,7 +147,7 @@ def _plain_forward(text_ids_of):
 
 def test_one_convention_in_both_views(page):
     fill_generate(page, PROMPT, 5, 0)
-    events = _generate(page)
+    events = run_generate(page)
     steps = [d for e, d in events if e == "token"]
     k = 2
     step = steps[k]

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS, fill_generate, parse_sse
+from .conftest import ARTIFACTS, fill_generate, run_generate
 
 PROMPT = "The capital of France is"
 TEMPERATURE, TOP_K, TOP_P = 2.0, 5, 0.8
@@ -65,16 +65,6 @@ def _rows(page, testid: str) -> list[dict]:
     )
 
 
-def _generate(page) -> list[tuple[str, dict]]:
-    with page.expect_response("**/api/generate") as info:
-        page.get_by_test_id("gen-submit").click()
-    events = parse_sse(info.value.text())
-    n = sum(e == "token" for e, _ in events)
-    page.get_by_test_id("gen-tokens").get_by_test_id("gen-token").nth(n - 1).wait_for()
-    page.get_by_test_id("gen-submit").filter(has_text="Generate").wait_for()
-    return events
-
-
 def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
     from lmpeek.capture.tokens import tokenize
 
@@ -82,7 +72,7 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
 
     # a random run (no seed): the page must say which seed it drew
     fill_generate(page, PROMPT, 6, TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed="")
-    events = _generate(page)
+    events = run_generate(page)
     seed = events[0][1]["seed"]
     steps = [d for e, d in events if e == "token"]
     assert len(steps) == 6
@@ -134,7 +124,7 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
     assert echo.get_attribute("data-seed") == str(seed) and str(seed) in echo.inner_text()
     echo.click()
     assert page.get_by_test_id("gen-seed").input_value() == str(seed)
-    again = _generate(page)
+    again = run_generate(page)
     assert again[0][1]["seed"] == seed
     assert [d["token_id"] for e, d in again if e == "token"] == [d["token_id"] for d in steps]
     chips = page.get_by_test_id("gen-tokens").get_by_test_id("gen-token")
@@ -143,7 +133,7 @@ def test_the_panel_shows_the_distribution_the_token_was_drawn_from(page):
 
 def test_greedy_shows_a_one_hot_and_marks_the_rest_removed(page):
     fill_generate(page, PROMPT, 2, 0)
-    events = _generate(page)
+    events = run_generate(page)
     step = [d for e, d in events if e == "token"][-1]
     shown = _rows(page, "sampled-row")
     assert [(r["id"], r["prob"], r["width"]) for r in shown] == [(step["token_id"], 1.0, "100%")]
