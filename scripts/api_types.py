@@ -66,6 +66,9 @@ def ts_type(schema: dict[str, Any]) -> str:
     kind = schema.get("type")
     if kind == "array":
         item = ts_type(schema.get("items", {}))
+        n = schema.get("minItems")
+        if n is not None and n == schema.get("maxItems") and n <= 4:  # a fixed-length list: a tuple
+            return "[" + ", ".join([item] * n) + "]"
         return f"({item})[]" if _union(item) else f"{item}[]"
     if kind == "object":
         if schema.get("properties"):

@@ -37,8 +37,9 @@ def test_every_json_route_has_a_typed_answer(client):
             )
             if schema and "$ref" not in schema and schema.get("type") != "array":
                 untyped.append(f"{method.upper()} {path}")
-    # the attention overview's q·k route is typed by its own module's owner
-    assert set(untyped) <= {"GET /api/traces/{trace_id}/qk"}, untyped
+    assert untyped == [], untyped
+    qk = spec["paths"]["/api/traces/{trace_id}/qk"]["get"]["responses"]["200"]
+    assert qk["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QkTerms"}
     lens = spec["paths"]["/api/traces/{trace_id}/logit_lens"]["get"]["responses"]["200"]
     assert lens["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Lens"}
 

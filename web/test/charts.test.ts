@@ -36,7 +36,7 @@ describe("chart helpers", () => {
     expect(countTicks(0)).toEqual([0]);
   });
   it("histogramBars draws into an offset plot box", () => {
-    const h = { edges: [-1, 0, 1, 2], token: [0, 2, 4], median: [1, 1, 0], outliers: { low: null, high: null, dims: [], values: [] } };
+    const h = { nonfinite: 0, edges: [-1, 0, 1, 2], token: [0, 2, 4], median: [1, 1, 0], outliers: { low: null, high: null, dims: [], values: [] } };
     const b = histogramBars(h, 30, 40, 10, 5);
     expect(b.x(-1)).toBe(10);
     expect(b.x(2)).toBe(40);

@@ -9,13 +9,14 @@ a key the route leaves out (e.g. lens `target` without a target) stays out inste
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Float = float | None  # null where the model produced inf/NaN
 Floats = list[Float]
+Span = Annotated[list[int], Field(min_length=2, max_length=2)]  # [start, end): TypeScript [number, number]
 
 
 def typed(model: Any, *, json_dumps: bool = False) -> dict[str, Any]:
@@ -24,6 +25,13 @@ def typed(model: Any, *, json_dumps: bool = False) -> dict[str, Any]:
     binary forms, always did; Python and Pydantic write some floats differently: 1e-05 / 1e-5)."""
     out = {"response_model": model, "response_model_exclude_unset": True}
     return {**out, "response_class": JSONResponse} if json_dumps else out
+
+
+def absent() -> Any:
+    """The default of a key the route sometimes leaves out, never null (`x: T = absent()`): the schema
+    says "optional, a T when present" (TypeScript `x?: T`), not `T | null`. The None default is never
+    written (exclude_unset) and Pydantic does not check defaults."""
+    return Field(default=None, json_schema_extra=lambda schema: schema.pop("default", None))
 
 
 class ModelInfo(BaseModel):
@@ -46,7 +54,7 @@ class ModelInfo(BaseModel):
     context_length: int | None
     origin: str
     source: str | None  # the folder, file or hub id loaded (None for an in-memory model)
-    fingerprint: dict[str, Any]
+    fingerprint: dict[str, str]  # models.fingerprint: name, config, weights, tokenizer, id
 
 
 class Queue(BaseModel):
@@ -133,7 +141,7 @@ class Lens(BaseModel):
     ids: list[list[int]]
     probs: list[Floats]
     tokens: list[list[str]]
-    target: LensTarget | None = None  # only with `target=`
+    target: LensTarget = absent()  # only with `target=`
 
 
 class Neurons(BaseModel):
@@ -152,8 +160,8 @@ class Metric(BaseModel):
     name: str
     values: Floats
     scale: ColourScale
-    values_with: Floats | None = None  # only with `with=`
-    scale_with: ColourScale | None = None
+    values_with: Floats = absent()  # only with `with=`
+    scale_with: ColourScale = absent()
 
 
 class TraceSummary(BaseModel):
@@ -167,7 +175,7 @@ class TraceSummary(BaseModel):
     chat: bool
     tokens: list[str]
     token_ids: list[int]
-    offsets: list[list[int]]  # [T, 2] character spans into `text`
+    offsets: list[Span]  # [T, 2] character spans into `text`
     token_bytes: list[str]  # hex: byte pieces merge into characters
     partial: list[bool]
     topk_ids: list[list[int]]
@@ -180,6 +188,40 @@ class TraceSummary(BaseModel):
     attn_entropy: list[list[Floats]]
     kept: list[str]
     nonfinite: list[str]
+
+
+class QkPart(BaseModel):
+    """One way of scoring a query/key pair: after RoPE ("rotated", what the model scores with), before it
+    ("unrotated"), or a model without RoPE ("plain"). products: q_i × k_i per dimension of the head;
+    score: dot × scale (softcapped where the model caps), what the softmax sees; scores: every key's
+    score for this query (null: masked) and weights their softmax."""
+
+    name: Literal["rotated", "unrotated", "plain"]
+    q_hook: str
+    k_hook: str
+    q: Floats
+    k: Floats
+    products: Floats
+    dot: Float
+    score: Float
+    scores: Floats
+    weights: Floats
+
+
+class QkTerms(BaseModel):
+    """GET /api/traces/{id}/qk: one head's query/key score, term by term; pattern_row: the model's
+    pattern row for the query (keys 0..query)."""
+
+    layer: int
+    head: int
+    kv_head: int
+    query: int
+    key: int
+    scale: float
+    softcap: float | None
+    window: int | None
+    parts: list[QkPart]
+    pattern_row: Floats
 
 
 class StoredTrace(BaseModel):

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Response
 
 from lmpeek.server.guard import TraceId
+from lmpeek.server.responses import QkTerms, typed
 
 
 def _session(app: FastAPI):
@@ -42,7 +43,7 @@ def add_attention_routes(app: FastAPI) -> None:
         body = g.patterns.astype("<f2").tobytes()
         return Response(body, media_type="application/octet-stream", headers=headers)
 
-    @app.get("/api/traces/{trace_id}/qk")
+    @app.get("/api/traces/{trace_id}/qk", **typed(QkTerms))
     def qk_terms(
         trace_id: TraceId,
         layer: Annotated[int, Query(ge=0)],

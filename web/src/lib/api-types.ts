@@ -91,7 +91,7 @@ export interface Lens {
   ids: number[][];
   probs: (number | null)[][];
   tokens: string[][];
-  target?: LensTarget | null;
+  target?: LensTarget;
 }
 
 export interface LensTarget {
@@ -105,8 +105,8 @@ export interface Metric {
   name: string;
   values: (number | null)[];
   scale: ColourScale;
-  values_with?: (number | null)[] | null;
-  scale_with?: ColourScale | null;
+  values_with?: (number | null)[];
+  scale_with?: ColourScale;
 }
 
 /** LoadedModel.info(): keys added there later pass through before this model lists them. */
@@ -126,7 +126,7 @@ export interface ModelInfo {
   context_length: number | null;
   origin: string;
   source: string | null;
-  fingerprint: Record<string, unknown>;
+  fingerprint: Record<string, string>;
   [key: string]: unknown;
 }
 
@@ -145,6 +145,34 @@ export interface Outliers {
 export interface Pattern {
   shape: number[];
   data: (number | null)[][];
+}
+
+/** One way of scoring a query/key pair: after RoPE ("rotated", what the model scores with), before it ("unrotated"), or a model without RoPE ("plain"). products: q_i × k_i per dimension of the head; score: dot × scale (softcapped where the model caps), what the softmax sees; scores: every key's score for this query (null: masked) and weights their softmax. */
+export interface QkPart {
+  name: "rotated" | "unrotated" | "plain";
+  q_hook: string;
+  k_hook: string;
+  q: (number | null)[];
+  k: (number | null)[];
+  products: (number | null)[];
+  dot: number | null;
+  score: number | null;
+  scores: (number | null)[];
+  weights: (number | null)[];
+}
+
+/** GET /api/traces/{id}/qk: one head's query/key score, term by term; pattern_row: the model's pattern row for the query (keys 0..query). */
+export interface QkTerms {
+  layer: number;
+  head: number;
+  kv_head: number;
+  query: number;
+  key: number;
+  scale: number;
+  softcap: number | null;
+  window: number | null;
+  parts: QkPart[];
+  pattern_row: (number | null)[];
 }
 
 export interface Queue {
@@ -204,7 +232,7 @@ export interface TraceSummary {
   chat: boolean;
   tokens: string[];
   token_ids: number[];
-  offsets: number[][];
+  offsets: [number, number][];
   token_bytes: string[];
   partial: boolean[];
   topk_ids: number[][];
@@ -257,7 +285,7 @@ export interface ApiResponses {
   "GET /api/compare": Comparison;
   "GET /api/traces/{trace_id}/metric": Metric;
   "GET /api/traces": StoredTrace[];
-  "GET /api/traces/{trace_id}/qk": Record<string, unknown>;
+  "GET /api/traces/{trace_id}/qk": QkTerms;
   "GET /api/samples": Sample[];
   "GET /api/samples/{sample_id}": SampleText;
 }

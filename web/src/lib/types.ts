@@ -1,128 +1,85 @@
-/** The server's JSON shapes (see src/lmpeek/server/app.py). */
+/** The page's types. The server's JSON shapes come from ./api-types (generated from /openapi.json by
+ * scripts/api_types.py, from the response models in src/lmpeek/server/responses.py), so the page and
+ * the server cannot drift: a shape the server answers is an alias of its generated type here, under the
+ * name the page uses; only what the page makes itself (decoded binary bodies, view state) is written
+ * by hand. To change a server shape, change its response model and regenerate. */
 
-export interface ModelInfo {
-  name: string;
-  architecture: string;
-  n_layers: number;
-  n_heads: number;
-  n_kv_heads?: number;
-  d_model: number;
-  d_head?: number;
-  d_mlp?: number;
-  vocab_size: number;
-  context_length: number;
-  [extra: string]: unknown;
-}
+import type {
+  Comparison,
+  GenerateRequest,
+  GenerateToken,
+  Health as HealthAnswer,
+  Histogram as HistogramAnswer,
+  Lens,
+  Metric,
+  Pattern as PatternJson,
+  QkTerms as QkAnswer,
+  ScaledValues,
+  StoredTrace as StoredTraceAnswer,
+  TraceSummary,
+  Vector,
+} from "./api-types";
 
-export interface Health {
-  status: "loading" | "ready" | "error";
-  message: string;
-  model: ModelInfo | null;
-  /** model jobs queued or running, and how many are taken before new ones get 503 */
-  queue?: { pending: number; limit: number };
-}
+export type {
+  ColourScale,
+  HookPoint,
+  ModelInfo,
+  QkPart,
+  Sample,
+  SampleText,
+} from "./api-types";
 
-/** GET /api/traces: one stored trace, newest first. */
-export interface StoredTrace {
-  id: string;
-  model: string;
-  /** Unix seconds */
-  created: number;
-  n_tokens: number;
-  /** the text's first 80 characters */
-  preview: string;
-  truncated: boolean;
-  /** made by another model: this server cannot open it */
-  other_model: boolean;
-}
+/** `T` with `number | null` read as `number`. The server sends null for a value the model made inf or
+ * NaN; the page code that reads the answers typed with this (charts, the generation side, the lens and
+ * compare panels) draws a null as nothing or NaN at run time but does not narrow it in its types yet.
+ * Every key still comes from the generated type: only this narrowing is the page's. */
+export type AssumeFinite<T> = [T] extends [number | null]
+  ? [T] extends [null]
+    ? T
+    : number
+  : T extends readonly (infer U)[]
+    ? AssumeFinite<U>[]
+    : T extends object
+      ? { [K in keyof T]: AssumeFinite<T[K]> }
+      : T;
 
 export const COMPONENTS = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"] as const;
 export type Component = (typeof COMPONENTS)[number];
 
-/** POST /api/trace and GET /api/traces/{id}. Arrays are indexed by token position t. */
-export interface Trace {
-  id: string;
-  tokens: string[];
-  /** [T] each token's exact bytes (hex); byte pieces are merged for display (lib/tokens mergeTokens) */
-  token_bytes?: string[];
-  /** [T] true when the token is not valid UTF-8 alone (part of a character) */
-  partial?: boolean[];
-  /** Numeric arrays are ArrayLike: plain arrays from JSON, typed-array views from the binary envelope
-   * (lib/envelope); both carry null where the model produced NaN or ±inf. */
+/** Keys of a trace whose numbers the binary envelope (lib/envelope) delivers as typed-array views. */
+type TraceArrays = "token_ids" | "topk_ids" | "topk_probs" | "entropy" | "loss" | "true_prob" | "norms" | "attn_entropy";
+
+/** POST /api/trace and GET /api/traces/{id} (TraceSummary). Arrays are indexed by token position t.
+ * Numeric arrays are ArrayLike: plain arrays from JSON, typed-array views from the binary envelope; both
+ * carry null where the model produced NaN or ±inf. topk_*: [T][k], the prediction made AT position t
+ * for token t+1 (the page shows it at token t+1); norms: "blocks.{l}.hook_{component}" -> [T];
+ * attn_entropy: [layer][head][T]. */
+export interface Trace extends Omit<TraceSummary, TraceArrays> {
   token_ids: ArrayLike<number>;
-  offsets: [number, number][];
-  /** [T][k]: the prediction made AT position t for token t+1 (the page shows it at token t+1: each token
-   * shows the prediction that produced it) */
   topk_ids: ArrayLike<number>[];
-  topk_probs: ArrayLike<number>[];
-  topk_tokens: string[][];
+  topk_probs: ArrayLike<number>[]; // null (inf/NaN) read as a number by the prediction rows
   entropy: ArrayLike<number | null>;
-  /** loss of the actual token t+1; null at the last token */
   loss: ArrayLike<number | null>;
   true_prob: ArrayLike<number | null>;
-  /** "blocks.{l}.hook_{component}" -> [T] */
   norms: Record<string, ArrayLike<number | null>>;
-  /** [layer][head][T] */
   attn_entropy: ArrayLike<number | null>[][];
-  model: ModelInfo;
-  text: string;
-  chat: boolean;
-  /** hook points whose whole arrays the trace kept */
-  kept?: string[];
-  /** hook points where the model produced inf or NaN ("logits" when the predictions did) */
-  nonfinite?: string[];
 }
 
 export type StepNorms = Record<Component, number[]>;
 
-/** One `token` event of /api/generate. */
-export interface GenStep {
-  index: number;
-  position: number;
-  token: string;
-  token_id: number;
-  /** the token's exact bytes (hex): byte pieces are merged into characters for display */
-  token_bytes?: string;
-  prob: number;
-  topk_tokens: string[];
-  topk_probs: number[];
-  topk_ids: number[];
-  entropy: number;
-  /** the distribution the token was drawn from (after temperature, top-k, top-p; a one-hot for
-   * greedy), most likely first; the topk_* above are the raw temperature-1 prediction */
-  sampled_prob: number;
-  sampled_topk_ids: number[];
-  sampled_topk_probs: number[];
-  /** labels of sampled_topk_ids, when the server sends them (else read from topk_tokens) */
-  sampled_topk_tokens?: string[];
-  /** component -> [layer] */
+/** One `token` event of /api/generate (GenerateToken); norms: component -> [layer], keyed by the page's
+ * components. */
+export interface GenStep extends Omit<AssumeFinite<GenerateToken>, "norms"> {
   norms: StepNorms;
-  /** [layer][head] */
-  attn_entropy: number[][];
-  /** the heatmap's colour scale over every step so far (analysis.scales: sequential from 0) */
-  attn_entropy_scale?: ColourScale;
 }
 
-export interface GenParams {
-  prompt: string;
-  max_new_tokens: number;
-  temperature: number;
-  top_p: number;
-  top_k: number;
-  seed: number | null;
-}
+/** POST /api/generate's body: the page always sends every field. */
+export type GenParams = Required<GenerateRequest>;
 
-export interface Pattern {
-  shape: number[];
+/** GET /api/traces/{id}/attention as the page reads it: float16 bytes decoded (the JSON form's `data`
+ * is nested lists). */
+export interface Pattern extends Omit<PatternJson, "data"> {
   data: Float32Array;
-}
-
-/** GET /api/components: one selectable hook point; `hook` may hold "{l}" for the layer. */
-export interface HookPoint {
-  hook: string;
-  point?: string;
-  per_head: boolean;
-  per_layer: boolean;
 }
 
 export interface Limits {
@@ -131,70 +88,35 @@ export interface Limits {
   max: number;
 }
 
-/** A metric's colour scale, computed by the server (lmpeek.analysis.scales): the page only draws it. */
-export interface ColourScale {
-  /** sequential: one-signed values from their floor; diverging: signed values, divider exactly 0 */
-  kind: "sequential" | "diverging";
-  min: number;
-  divider: number;
-  max: number;
-  mode: string;
-  /** token indices the limits were computed without (the first token with skip_first; the selected one for cos-tokens) */
-  left_out: number[];
-  /** token indices whose value lies outside [min, max] */
-  clipped: number[];
-}
-
 /** GET /api/traces/{id}/metric: one Explore metric's values with its scale (and a second trace's, `with=`). */
-export interface MetricData {
-  name: string;
-  values: (number | null)[];
-  scale: ColourScale;
-  values_with?: (number | null)[];
-  scale_with?: ColourScale;
+export type MetricData = Metric;
+/** GET /api/traces/{id}/activations */
+export type Activations = ScaledValues;
+/** GET /api/health; an older server sends no `queue` (lib/health reads that as idle). */
+export interface Health extends Omit<HealthAnswer, "queue"> {
+  queue?: HealthAnswer["queue"];
 }
 
-export interface Activations {
-  values: (number | null)[];
-  scale: ColourScale;
-}
-
-export interface Histogram {
+/** GET /api/traces/{id}/histogram; edges and median read as numbers by lib/charts. */
+export interface Histogram extends Omit<HistogramAnswer, "edges" | "median"> {
   edges: number[];
-  token: number[];
   median: number[];
-  outliers: { low: number | null; high: number | null; dims: number[]; values: number[] };
 }
 
-export interface VectorData {
-  hook: string;
-  head: number | null;
-  token: number;
-  shape: number[];
-  data: number[];
+/** GET /api/traces: one stored trace, newest first. created (Unix seconds) and n_tokens are null for a
+ * row the store's catalogue lacks them for; StoredTraces.svelte reads them as numbers. */
+export interface StoredTrace extends Omit<StoredTraceAnswer, "created" | "n_tokens"> {
+  created: number;
+  n_tokens: number;
 }
-
-export interface LogitLens {
-  tokens: string[][];
-  probs: number[][];
-  ids: number[][];
-  /** with ?target=: that token's rank (1 = most likely) and probability after each layer */
-  target?: { id: number; token: string; ranks: number[]; probs: (number | null)[] };
-}
-
-export interface Sample {
-  id: string;
-  title: string;
-  kind: string;
-  chars: number;
-}
-
-export interface Compare {
-  layers: number;
-  mean_norm_a: number[];
-  mean_norm_b: number[];
-  diff: number[];
-}
+/** GET /api/traces/{id}/vector */
+export type VectorData = Vector;
+/** GET /api/traces/{id}/logit_lens; with ?target=: that token's rank (1 = most likely) and probability after each layer */
+export type LogitLens = AssumeFinite<Lens>;
+/** GET /api/compare */
+export type Compare = AssumeFinite<Comparison>;
+/** GET /api/traces/{id}/qk: the products q_i·k_i behind one attention score (the neuron view). */
+export type QkTerms = QkAnswer;
 
 export type Rope = "full" | "applied" | "not_applied";
 
@@ -206,36 +128,4 @@ export interface AttentionGrid {
   pool: number;
   start: number;
   end: number;
-}
-
-/** One way of scoring a query/key pair (GET /api/traces/{id}/qk): after RoPE ("rotated", what the model
- * scores with), before it ("unrotated"), or a model without RoPE ("plain"). */
-export interface QkPart {
-  name: "rotated" | "unrotated" | "plain";
-  q_hook: string;
-  k_hook: string;
-  q: (number | null)[];
-  k: (number | null)[];
-  /** q_i × k_i per dimension of the head */
-  products: (number | null)[];
-  dot: number | null;
-  /** dot × scale (softcapped where the model caps): what the softmax sees */
-  score: number | null;
-  /** every key's score for this query (null: masked) and their softmax */
-  scores: (number | null)[];
-  weights: (number | null)[];
-}
-
-export interface QkTerms {
-  layer: number;
-  head: number;
-  kv_head: number;
-  query: number;
-  key: number;
-  scale: number;
-  softcap: number | null;
-  window: number | null;
-  parts: QkPart[];
-  /** the model's pattern row for the query (keys 0..query) */
-  pattern_row: (number | null)[];
 }
