@@ -141,7 +141,13 @@ class GenerationRun:
             yield step, colour_scale(np.asarray(maxima), "magnitude", "raw")
 
     def store(self) -> str:
-        return self.session.store_generation(self.prompt.token_ids, self.generated)
+        """Store the trace of the prompt and the tokens generated so far; returns its id. It comes from
+        the generation's own forwards (capture.generation_record): no second forward runs."""
+        record = self.steps.record
+        if record is None or record.positions != len(self.prompt.token_ids) + len(self.generated):
+            return self.session.store_generation(self.prompt.token_ids, self.generated)
+        t, resid = record.result()
+        return self.session.store.put(t, resid)
 
 
 def _check_index(name: str, value: int, n: int, what: str = "") -> None:
@@ -216,7 +222,7 @@ class Session:
 
         model = self.model
         tokens = tokenize(model.tokenizer, prompt, model.context_length)
-        return GenerationRun(self, tokens, generate(model, prompt, **sampling))
+        return GenerationRun(self, tokens, generate(model, prompt, record=True, **sampling))
 
     def store_generation(self, prompt_ids: np.ndarray, generated: list[int]) -> str:
         """Store the trace of a prompt and the tokens generated after it; returns its id."""

@@ -148,12 +148,12 @@ def test_a_full_queue_answers_503_with_retry_after(server):
 
 def test_a_failing_generation_ends_with_an_error_event(server, monkeypatch):
     """Any failure inside a stream ends it with an `error` event (never a cut connection)."""
-    import lmpeek.capture.trace as capture_trace
+    from lmpeek.store.traces import TraceStore
 
     def broken(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(capture_trace, "trace_with_resid", broken)
+    monkeypatch.setattr(TraceStore, "put", broken)  # storing the whole text's trace fails
     with httpx.stream("POST", f"{server.url}/api/generate", json={"prompt": "hi", "max_new_tokens": 3},
                       timeout=30) as r:  # fmt: skip
         events = _events(r)

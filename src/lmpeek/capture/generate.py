@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lmpeek import validate
+from lmpeek.capture.generation_record import GenerationRecord
 from lmpeek.capture.hooks import attach, capturing
 from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
@@ -56,9 +57,10 @@ class Generation(Iterator[Step]):
     `seed` it samples with: the one given, or the random one drawn when none was (pass it back as
     `seed=` to repeat the run). Greedy runs (temperature 0) ignore the seed."""
 
-    def __init__(self, steps: Iterator[Step], seed: int) -> None:
+    def __init__(self, steps: Iterator[Step], seed: int, record: GenerationRecord | None = None) -> None:
         self._steps = steps
         self.seed = seed
+        self.record = record
 
     def __next__(self) -> Step:
         return next(self._steps)
@@ -80,6 +82,7 @@ def generate(
     seed: int | None = None,
     show_k: int = 10,
     stop_at_eos: bool = True,
+    record: bool = False,
 ) -> Generation:
     """Yield one `Step` per new token, using the KV cache (the prefix is never re-run).
 
@@ -87,7 +90,9 @@ def generate(
     sampled after temperature, top_k (0 = off) and top_p (1 = off) filtering, reproducibly for a seed.
     `prompt` with `<eot>` separators is chat-formatted, ending with an open assistant turn.
     Returns a `Generation`: iterate it for the steps; its `.seed` is the seed used (drawn at random
-    when `seed` is None), so a sampled run can be repeated.
+    when `seed` is None), so a sampled run can be repeated. `record`: also collect the trace of the whole
+    text from the same forwards (`Generation.record.result()` once the steps are done), so storing it
+    costs no second forward.
     """
     require_model(model)
     max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 1, 100_000)
@@ -107,13 +112,15 @@ def generate(
     if seed is None:  # drawn from torch's global generator: torch.manual_seed makes it repeatable too
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     # validation above runs at call time; the steps run lazily as the caller iterates
-    steps = _steps(model, tok.token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos)
-    return Generation(steps, seed)
+    rec = GenerationRecord(model, tok.token_ids) if record else None
+    sampling = (temperature, top_p, top_k, seed)
+    steps = _steps(model, tok.token_ids, max_new_tokens, *sampling, show_k, stop_at_eos, rec)
+    return Generation(steps, seed, rec)
 
 
 @torch.inference_mode()
 def _steps(
-    model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos
+    model, token_ids, max_new_tokens, temperature, top_p, top_k, seed, show_k, stop_at_eos, record=None
 ) -> Iterator[Step]:
     device = model.device
     # sampling runs on the CPU (see `_sampling_probs`): a seed gives the same tokens anywhere
@@ -126,8 +133,13 @@ def _steps(
     cache = hf_compat.new_kv_cache(model.hf.config)
     with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
-    with capturing(model.hf):  # the prompt runs through the same attention as every later step
-        out = model.hf(input_ids=ids, **with_cache)
+    if record is None:
+        with capturing(model.hf):  # the prompt runs through the same attention as every later step
+            out = model.hf(input_ids=ids, **with_cache)
+    else:
+        with attach(model.bound, record.forward(Summaries(model.bound))):
+            out = model.hf(input_ids=ids, **with_cache)
+        record.add(out.logits[0])
     logits = out.logits[0, -1]
     position = ids.shape[1]
     warned = False
@@ -145,8 +157,13 @@ def _steps(
         prob = float(torch.softmax(logits.float(), -1)[next_id])
         ids = torch.tensor([[next_id]], device=device)
         summaries = Summaries(model.bound, last_only=True)
-        with attach(model.bound, summaries.handlers()):
+        handlers = summaries.handlers() if record is None else record.forward(summaries)
+        if record is not None:
+            record.chosen(next_id, logits)
+        with attach(model.bound, handlers):
             out = model.hf(input_ids=ids, **with_cache)
+        if record is not None:
+            record.add(out.logits[0])
         logits = out.logits[0, -1]
         if not warned and (bad := summaries.nonfinite()):
             warned = True  # once per generation: every step of a broken model would repeat it
