@@ -33,7 +33,8 @@ def test_run_block_equals_the_full_forward(arch):
             np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
     # the model is whole again afterwards
     assert len(m.bound.module(m.bound.adapter.blocks)) == m.n_layers == m.hf.config.num_hidden_layers
-    np.testing.assert_allclose(lmpeek.trace(m, TEXT).entropy, t.entropy, rtol=1e-6)
+    # (same keep: without patterns attention takes the fused kernel, equal only to float rounding)
+    np.testing.assert_allclose(lmpeek.trace(m, TEXT, keep=["blocks.*"]).entropy, t.entropy, rtol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])

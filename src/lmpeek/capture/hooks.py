@@ -6,7 +6,11 @@ Two mechanisms, both using the model's own code (no copied forward passes):
   It calls the model's own `eager_attention_forward` (so the pattern is exactly transformers' eager
   pattern) and hands (q after RoPE, k after RoPE, v, pattern) to whoever listens for that module.
   This is the one place where RoPE'd Q/K exist as tensors, and eager is the only implementation that
-  materialises the pattern; sdpa would silently return none.
+  materialises the pattern; sdpa would silently return none. Plain causal attention takes lmpeek's
+  kernels instead of eager (same numbers, see attention_kernel): torch's fused kernel where neither a
+  pattern nor the entropy is wanted (or the entropy too, with FUSED_ENTROPY); the blocked kernel
+  otherwise, and where softcap, a sliding window or autograd rule the fused one out; eager for
+  anything else.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmpeek.capture.attention_kernel import attention_entropy, causal_attention
+from lmpeek.capture.attention_kernel import (
+    attention_entropy,
+    causal_attention,
+    fused_applies,
+    fused_causal_attention,
+)
 from lmpeek.errors import UnsupportedArchitecture
 from lmpeek.models import hf_compat
 from lmpeek.models.adapters import Bound, Tap, normalized
@@ -47,6 +56,14 @@ class _AttentionListener:
 
 
 _NOBODY = _AttentionListener()
+
+# Attention entropy from torch's fused kernel (`fused_causal_attention`: one flash call with Q, K padded
+# and values [V | K]) instead of the blocked kernel. Both are exact to 1e-5; measured on this 2-core CPU
+# (default model, benchmarks/trace_overhead.py, interleaved medians) the blocked kernel is faster: whole
+# trace 1.09x vs 1.16x a plain sdpa forward at 512 tokens, 1.17x vs 1.28x at 2,048; per layer 5.4 vs
+# 8.6 ms and 65 vs 78 ms. So off here. Without an entropy listener (recomputed slices, runs that keep
+# no summaries) the fused kernel runs anyway: one flash call, 4.5 vs 5.4 ms, 40 vs 65 ms.
+FUSED_ENTROPY = False
 
 # id(attention module) -> listener; filled only inside `attach`
 _listeners: dict[int, _AttentionListener] = {}
@@ -81,16 +98,26 @@ def _attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
         listener.rot_q(query.transpose(1, 2))
     if listener.rot_k is not None:
         listener.rot_k(key.transpose(1, 2))
-    if _plain_causal(module, query, key, attention_mask, kwargs):
-        # the blocked kernel also when nobody listens: eager would build [B, H, T, T] (4x slower at 4k
-        # tokens), and hooked and unhooked runs then compute attention the same way
-        scaling = kwargs.get("scaling")
+    want_pattern = listener.pattern is not None or bool(kwargs.get("output_attentions"))
+    plain = _plain_causal(module, query, key, attention_mask, kwargs)
+    scaling = kwargs.get("scaling")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    softcap = kwargs.get("softcap")
+    if (
+        plain
+        and not want_pattern
+        and (FUSED_ENTROPY or listener.entropy is None)
+        and fused_applies(query, key, value, attention_mask, softcap, kwargs.get("sliding_window"))
+    ):
+        # torch's fused kernel: the plain sdpa forward's own (and its log-sum-exp for the entropy)
+        out, entropy = fused_causal_attention(query, key, value, scaling, listener.entropy is not None)
+        weights = None
+    elif plain:
+        # the blocked kernel: patterns, the entropy (see FUSED_ENTROPY), and what the fused kernel
+        # cannot do (softcap, windows, autograd); eager would build [B, H, T, T] (4x slower at 4k tokens)
         out, entropy, weights = causal_attention(
-            query, key, value, attention_mask,
-            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
-            softcap=kwargs.get("softcap"),
-            want_pattern=listener.pattern is not None or bool(kwargs.get("output_attentions")),
-        )  # fmt: skip
+            query, key, value, attention_mask, scaling=scaling, softcap=softcap, want_pattern=want_pattern
+        )
     else:  # anything unusual: the model's own eager attention, entropy from its pattern
         out, weights = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
         entropy = attention_entropy(weights) if listener.entropy is not None else None

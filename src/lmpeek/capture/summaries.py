@@ -12,8 +12,13 @@ COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
 
 def norms(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each vector (float32): x [..., D] -> [...]."""
-    return torch.linalg.vector_norm(x.float(), dim=-1)
+    """L2 norm of each vector (float32): x [..., D] -> [...].
+
+    As sqrt(x·x): torch.linalg.vector_norm over the last dim of [512, 576] takes 3.4 ms on this CPU,
+    the dot product 0.06 ms, and a trace takes 5 norms per layer (vector_norm was 6% of a 512-token
+    trace of the default model). Same float32 sums, so the same overflow to inf past ~1.8e19."""
+    x = x.float().contiguous()  # the dot product's fast path wants rows in contiguous memory
+    return torch.linalg.vecdot(x, x).sqrt_()
 
 
 def norm_name(layer: int, component: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import warnings
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 
 from lmpeek import validate
 from lmpeek.capture.hooks import attach
-from lmpeek.capture.predictions import next_token_stats
+from lmpeek.capture.predictions import NextToken, chunked_next_token_stats, next_token_stats
 from lmpeek.capture.summaries import Summaries, merge
 from lmpeek.capture.tokens import from_ids, token_labels_fn, tokenize
 from lmpeek.errors import InvalidInput
@@ -73,7 +75,6 @@ def decode_topk(tokenizer, topk_ids: np.ndarray) -> list[list[str]]:
     return [[one(i) for i in row] for row in topk_ids.tolist()]
 
 
-@torch.inference_mode()
 def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: Iterable[str] = ()) -> Trace:
     """Run `model` once on `text` and return a Trace (see Trace for the fields and shapes).
 
@@ -82,6 +83,18 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
     user/assistant turns. `keep`: hook names or glob patterns whose full arrays to keep, e.g.
     `["blocks.*.attn.hook_pattern", "blocks.3.hook_resid_post"]`.
     """
+    return _trace(model, text, top_k, keep)
+
+
+@torch.inference_mode()
+def _trace(
+    model: LoadedModel,
+    text: str | Sequence[int],
+    top_k: int,
+    keep: Iterable[str],
+    more: Callable[[int], dict[str, Any]] | None = None,
+) -> Trace:
+    """`trace`; `more(T)`, given the number of tokens, returns extra handlers for the forward."""
     require_model(model)
     top_k = validate.integer("top_k", top_k, 1, vocab_size(model))
     if isinstance(text, str):
@@ -91,12 +104,12 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
     keep_names = resolve_keep(model, keep)
     summaries = Summaries(model.bound)
     kept: dict[str, np.ndarray] = {}
-    handlers = merge(summaries.handlers(), {n: _keeper(kept, n) for n in keep_names})
-    ids = torch.as_tensor(tok.token_ids, device=model.device)[None]
-    with attach(model.bound, handlers):
-        logits = model.hf(input_ids=ids, use_cache=False).logits[0]  # [T, V]
-    stats = next_token_stats(logits, tok.token_ids, top_k)
-    del logits
+    handlers = merge(
+        summaries.handlers(),
+        {n: _keeper(kept, n) for n in keep_names},
+        more(len(tok.token_ids)) if more else {},
+    )
+    stats = _forward(model, tok.token_ids, top_k, handlers)
     nonfinite = _check_finite(model, summaries, stats)
     return Trace(
         text=tok.text,
@@ -119,6 +132,65 @@ def trace(model: LoadedModel, text: str | Sequence[int], top_k: int = 10, keep: 
     )
 
 
+# CausalLMs whose head, applied chunk by chunk, did not reproduce the logits their forward returned
+_FULL_LOGITS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def _forward(model: LoadedModel, token_ids: np.ndarray, top_k: int, handlers) -> NextToken:
+    """One forward with `handlers` attached, and the prediction statistics of every position.
+
+    The logits of a 4,096-token trace of the default model are [4096, 49152] float32, 0.8 GB: most of
+    what a trace would hold. So the forward is asked for the last position's logits only
+    (`logits_to_keep=1`), the final norm's output (the head's input) is kept from a hook, and the head
+    runs on one chunk of rows at a time inside `chunked_next_token_stats`. The last row the forward
+    returned checks that the head lmpeek applies is the model's (unembedding, then Gemma's final
+    softcap where configured); a model whose CausalLM does more than that (a logit scale, say) gets a
+    full-logits forward instead, from then on: its first trace runs the forward twice, once."""
+    hf = model.hf
+    ids = torch.as_tensor(token_ids, device=model.device)[None]
+    T = ids.shape[1]
+    if hf in _FULL_LOGITS or "logits_to_keep" not in inspect.signature(hf.forward).parameters:
+        return _forward_full(model, ids, token_ids, top_k, handlers)
+    final: dict[str, torch.Tensor] = {}
+    with attach(model.bound, merge(handlers, {"ln_final.hook_out": lambda x: final.__setitem__("h", x)})):
+        last = hf(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]  # [V]
+    hidden = final.pop("h")[0]  # [T, D]
+    head = _head(model)
+    if not _same_logits(head(hidden[T - 1 :])[0].float(), last.float()):
+        _FULL_LOGITS.add(hf)
+        del hidden
+        return _forward_full(model, ids, token_ids, top_k, handlers)
+    return chunked_next_token_stats(lambda a, b: head(hidden[a:b]), T, token_ids, top_k)
+
+
+def _same_logits(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """Equal up to the rounding of a matmul over a different number of rows; inf and NaN (a model that
+    overflows) where the model has them. A head that is not the model's is off by far more."""
+    finite = theirs[torch.isfinite(theirs)]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
+    return torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4 * (1 + scale), equal_nan=True)
+
+
+def _forward_full(model: LoadedModel, ids: torch.Tensor, token_ids, top_k: int, handlers) -> NextToken:
+    with attach(model.bound, handlers):
+        logits = model.hf(input_ids=ids, use_cache=False).logits[0]  # [T, V]
+    return next_token_stats(logits, token_ids, top_k)
+
+
+def _head(model: LoadedModel):
+    """final hidden states [n, D] -> logits [n, V], as the CausalLM's forward computes them."""
+    unembed = model.bound.module(model.bound.adapter.unembed)
+    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    if cap is None:
+        return unembed
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        # Gemma 2/3: the same three steps as their forward, so the numbers are the same
+        return torch.tanh(unembed(h) / cap) * cap
+
+    return head
+
+
 def _check_finite(model: LoadedModel, summaries: Summaries, stats) -> list[str]:
     """Where the forward produced inf or NaN (from the norms the hooks computed anyway, and the
     predictions), with a NonFiniteWarning naming the first place."""
@@ -137,7 +209,7 @@ def _check_finite(model: LoadedModel, summaries: Summaries, stats) -> list[str]:
             f"is in trace.nonfinite. The model's own {dtype} arithmetic overflowed or its weights hold "
             f"inf/NaN; lmpeek shows these values as missing (null) and saves them only when told to"
         ),
-        stacklevel=4,  # _check_finite, trace, torch's inference_mode wrapper, the caller
+        stacklevel=5,  # _check_finite, _trace, torch's inference_mode wrapper, trace(_with_resid), the caller
     )
     return [name for name, _ in found]
 
@@ -156,9 +228,18 @@ def trace_with_resid(
     both overflows (Gemma 3's stream reaches 1e5) and leaves recomputed hook points 6e-3 × max|ref|
     off on the default model; bfloat16 7e-2 (benchmarks/resid_format.py)."""
     names = resid_names(model)
-    t = trace(model, text, top_k=top_k, keep=names)
-    first = t.tensors[names[0]]
-    resid = np.empty((len(names), *first.shape), dtype=np.float32)
-    for i, n in enumerate(names):  # row by row: each kept array is freed once copied
-        resid[i] = t.tensors.pop(n)
-    return t, resid
+    held: dict[str, np.ndarray] = {}
+
+    def writers(T: int) -> dict[str, Any]:
+        # one [L+1, T, D] array, allocated before the forward, each row written in place by its hook:
+        # per-row copies kept through the forward would pin the allocator's heap under the forward's
+        # temporaries (a 4,096-token trace of the default model peaked 1 GB higher that way)
+        resid = held["resid"] = np.empty((len(names), T, model.d_model), dtype=np.float32)
+
+        def write(i: int):
+            return lambda x: resid.__setitem__(i, x[0].detach().to("cpu", torch.float32).numpy())
+
+        return {n: write(i) for i, n in enumerate(names)}
+
+    t = _trace(model, text, top_k, (), writers)
+    return t, held["resid"]
