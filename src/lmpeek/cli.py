@@ -377,7 +377,9 @@ def export_cmd(
         typer.Option(
             "--include",
             help="Also embed, comma-separated: attention=LAYER:HEAD (repeatable), lens (the logit lens of "
-            "every token).",
+            "every token), grid (the Attention tab's model view of its first window), grid=START:END (the "
+            "model view of tokens START..END-1), qk=LAYER:HEAD:QUERY (the neuron view of that query "
+            "against every key).",
         ),
     ] = "",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,
@@ -392,10 +394,11 @@ def export_cmd(
 
     inc = Include.parse(include)  # a bad --include fails before the model loads
     m = _load(model, trust_remote_code)
-    for layer, head in inc.attention:
+    heads = [(f"attention={lay}:{h}", lay, h) for lay, h in inc.attention]
+    heads += [(f"qk={lay}:{h}:{q}", lay, h) for lay, h, q in inc.qk]
+    for item, layer, head in heads:
         if layer >= m.n_layers or head >= m.n_heads:
-            _fail(f"--include attention={layer}:{head}: {m.name} has layers 0..{m.n_layers - 1}, "
-                  f"heads 0..{m.n_heads - 1}")  # fmt: skip
+            _fail(f"--include {item}: {m.name} has layers 0..{m.n_layers - 1}, heads 0..{m.n_heads - 1}")
     with Session(m) as session:
         stored = session.trace(text, top_k=top_k)
         page = export_html(session, stored.id, inc)

@@ -463,18 +463,27 @@ class Trace:
 
     # --- views: the same page as the app, self-contained (lmpeek.views.export) ---------------------------
 
-    def to_html(self, path: str | Path | None = None, include: str | None = None, model: Any = None) -> str:
+    def to_html(
+        self,
+        path: str | Path | None = None,
+        include: str | None = None,
+        model: Any = None,
+        view: str = "explore",
+    ) -> str:
         """This trace as one self-contained HTML file (the app's Explore view, offline); written to
         `path` if given. With `model`, the text is run again on it so `include` ("attention=L:H,…",
-        "lens") can be embedded; without, the file shows what the trace holds."""
+        "lens", "grid", "grid=START:END", "qk=L:H:Q") can be embedded; without, the file shows what
+        the trace holds. `view`: the tab it opens on, "explore" or "attention"."""
         from lmpeek.views.export import trace_html
 
-        page = trace_html(self, model=model, include=include)
+        page = trace_html(self, model=model, include=include, view=view)
         if path is not None:
             Path(path).write_text(page, encoding="utf-8")
         return page
 
     def _repr_html_(self) -> str:
+        """The export inline in a notebook output: as tall as its content where the output runs
+        scripts (views.export.iframe_html), 640 px and resizable where not."""
         from lmpeek.views.export import iframe_html, trace_html
 
         return iframe_html(trace_html(self))

@@ -178,7 +178,8 @@ def test_export_says_what_it_lacks(browser, tmp_path):
         page.get_by_test_id("tab-attention").click()
         model_view = page.get_by_test_id("attention-model-view")
         model_view.get_by_test_id("panel-error").wait_for()
-        assert "export" in model_view.get_by_test_id("panel-error").inner_text().lower()
+        said = model_view.get_by_test_id("panel-error").inner_text()
+        assert "not in this export" in said and "--include grid=0:" in said  # names what adds it
         # the embedded head (layer 1, head 0) draws its lines from the recorded pattern
         page.get_by_test_id("attention-layer").select_option("1")
         page.get_by_test_id("attention-query-token").and_(page.locator("[data-token='12']")).click()

@@ -41,7 +41,7 @@ def test_the_notebook_executes(notebook):
     widget_out = nb.cells[1].outputs[0]
     assert "application/vnd.jupyter.widget-view+json" in widget_out["data"]
     html = nb.cells[2].outputs[0]["data"]["text/html"]
-    assert html.startswith("<iframe srcdoc=")  # shows without a kernel extension (nbconvert, VS Code)
+    assert "<iframe srcdoc=" in html  # shows without a kernel extension (nbconvert, VS Code)
 
 
 @pytest.fixture(scope="module")

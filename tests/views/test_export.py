@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import html
 import json
 import re
 import struct
@@ -15,7 +15,16 @@ import lmpeek
 from lmpeek.capture.trace import Trace
 from lmpeek.errors import InvalidInput
 from lmpeek.session import Session
-from lmpeek.views.export import Include, export_html, record_pack, request_key, static_pack
+from lmpeek.views.export import (
+    Include,
+    export_html,
+    grid_windows,
+    record_pack,
+    request_key,
+    shuffle,
+    static_pack,
+    window_around,
+)
 from lmpeek.views.widget import app_for
 
 TEXT = "The capital of France is Paris. Über 😀"
@@ -42,16 +51,31 @@ def unpack(pack: bytes) -> tuple[dict, bytes]:
 
 
 def block(page: str, name: str = "data") -> bytes:
-    """One of the page's data blocks (id lmpeek-data / lmpeek-bundle): gzip, then base64."""
+    """One of the page's data blocks (id lmpeek-data / lmpeek-bundle): gzip, then base85 in the page's
+    alphabet (decoded here digit by digit, apart from the exporter's numpy encoder)."""
     import gzip
 
-    text = re.search(rf'id="lmpeek-{name}" data-encoding="gzip\+base64">(.*?)</script>', page, re.S).group(1)
-    return gzip.decompress(base64.b64decode(text))
+    m = re.search(
+        rf'id="lmpeek-{name}" data-encoding="gzip\+base85"\s+data-length="(\d+)">(.*?)</script>', page, re.S
+    )
+    alphabet = json.loads(re.search(r"const ALPHABET = (\"[^\n]*\");", page).group(1))
+    digit = {c: i for i, c in enumerate(alphabet)}
+    text, raw = m.group(2).strip(), bytearray()
+    for i in range(0, len(text), 5):
+        v = 0
+        for c in text[i : i + 5]:
+            v = v * 85 + digit[c]
+        raw += v.to_bytes(4, "big")
+    return gzip.decompress(bytes(raw[: int(m.group(1))]))
 
 
 def body(header: dict, data: bytes, key: str) -> bytes:
+    """A recorded answer: its parts joined, byte planes put back (the page's transport.ts recordedBody)."""
     r = header["responses"][key]
-    return data[r["offset"] : r["offset"] + r["length"]]
+    out = bytearray(b"".join(data[o : o + n] for o, n in r["parts"]))
+    for o, n, size in r.get("shuffled", []):
+        out[o : o + n] = np.frombuffer(bytes(out[o : o + n]), np.uint8).reshape(size, n // size).T.tobytes()
+    return bytes(out)
 
 
 def test_request_key_matches_the_page():
@@ -62,9 +86,87 @@ def test_request_key_matches_the_page():
 
 def test_include_parses_and_refuses_unknown_items():
     inc = Include.parse("attention=0:1, attention=3:2,lens")
-    assert inc.attention == [(0, 1), (3, 2)] and inc.lens
+    assert inc.attention == [(0, 1), (3, 2)] and inc.lens and not inc.grid and not inc.qk
+    inc = Include.parse(["grid", "grid=64:128", "qk=1:2:7"])
+    assert inc.grid and inc.windows == [(64, 128)] and inc.qk == [(1, 2, 7)]
     with pytest.raises(InvalidInput, match="unknown --include item 'heads'"):
         Include.parse("heads")
+    with pytest.raises(InvalidInput, match="END > START"):
+        Include.parse("grid=5:5")
+
+
+def test_the_grid_windows_are_the_ones_the_page_asks():
+    # web/src/lib/attention.ts windowAround: the Attention tab opens on 64 tokens around token 0
+    assert grid_windows(10, Include(grid=True)) == [(0, 10)]
+    assert grid_windows(500, Include(grid=True, windows=[(100, 164), (0, 64), (480, 999)])) == [
+        (0, 64), (100, 164), (480, 500)
+    ]  # fmt: skip
+    assert window_around(500, 250, 64) == (218, 282) and window_around(500, 499, 64) == (436, 500)
+    with pytest.raises(InvalidInput, match="has 500 tokens"):
+        grid_windows(500, Include(windows=[(500, 600)]))
+
+
+def test_pack_holds_the_attention_overview_the_page_asks_for(session, stored):
+    from lmpeek.session_attention import attention_grid, qk
+    from lmpeek.views.asgi import fetch_sync
+
+    T = len(stored.trace)
+    header, data = unpack(record_pack(session, stored.id, Include.parse("grid,grid=2:6,qk=1:2:5")))
+    app = app_for(session)
+    # the model view: the route's bytes and headers, under the key web/src/lib/api.ts asks
+    for start, end in ((0, T), (2, 6)):
+        key = request_key(
+            "GET", f"/api/traces/{stored.id}/attention_grid", {"start": start, "end": end, "size": 64}
+        )
+        r = header["responses"][key]
+        assert r["headers"]["x-window"] == f"{start},{end}" and r["headers"]["x-pool"] == "1"
+        g = attention_grid(session, stored.id, start, end, 64)
+        assert r["headers"]["x-shape"] == ",".join(map(str, g.patterns.shape))
+        np.testing.assert_array_equal(np.frombuffer(body(header, data, key), "<f2"), g.patterns.ravel())
+    # the neuron view of query 5: every key it sees, each the route's answer, its numbers the Session's
+    keys = sorted(k for k in header["responses"] if "/qk?" in k)
+    assert len(keys) == 6
+    for k in range(6):
+        key = request_key("GET", f"/api/traces/{stored.id}/qk", {"layer": 1, "head": 2, "query": 5, "key": k})
+        got = json.loads(body(header, data, key))
+        assert body(header, data, key) == fetch_sync(app, "GET", key.split(" ", 1)[1])[1]
+        want = qk(session, stored.id, 1, 2, 5, k)
+        assert got["parts"][0]["dot"] == pytest.approx(float(want.parts[0].terms.dot), rel=1e-6)
+        np.testing.assert_allclose(got["pattern_row"][:6], want.pattern_row[:6], rtol=1e-6)
+    # a head or a query out of range is refused when exporting, not shown as an error in the page
+    with pytest.raises(InvalidInput, match="qk"):
+        record_pack(session, stored.id, Include.parse("qk=0:99:1"))
+    with pytest.raises(InvalidInput, match="tokens"):
+        record_pack(session, stored.id, Include.parse(f"qk=0:0:{T}"))
+
+
+def test_repeated_parts_are_stored_once_and_envelopes_shuffled(session):
+    stored = session.trace(" ".join([TEXT] * 8))  # long enough for its values arrays to be parts
+    header, data = unpack(record_pack(session, stored.id))
+    metric = [r for k, r in header["responses"].items() if "/metric?" in k]
+    values = {tuple(r["parts"][1]) for r in metric}  # '{"name":…,"values":' [values] ',"scale":…}'
+    assert len(metric) == 18 and len(values) == 3  # loss, entropy, prob: one values array each
+    env = header["responses"][f"GET /api/traces/{stored.id}"]
+    assert env["shuffled"] and all(size in (2, 4) for _, _, size in env["shuffled"])
+    first = env["parts"][0][0]
+    assert data[first : first + 4] == b"LMPK"  # the envelope's own header is left as it is
+    from lmpeek.views.asgi import fetch_sync
+
+    want = fetch_sync(
+        app_for(session), "GET", f"/api/traces/{stored.id}", {"accept": "application/vnd.lmpeek.trace"}
+    )
+    assert body(header, data, f"GET /api/traces/{stored.id}") == want[1]
+    assert shuffle(b"abcdef", 2) == b"acebdf"
+
+
+def test_views_do_not_import_the_server():
+    import subprocess
+    import sys
+
+    code = ("import sys, lmpeek.views.export as e, lmpeek.views.widget; from lmpeek.schema import Trace; "
+            "print(sorted(m for m in sys.modules if m.startswith('lmpeek.server')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_pack_holds_the_apps_own_answers(session, stored):
@@ -112,7 +214,9 @@ def test_html_is_self_contained_and_cannot_break_out_of_its_scripts(session, sto
     assert header["trace_id"] == stored.id
     bundle = block(page, "bundle").decode()
     assert "export default" in bundle or "export{" in bundle.replace(" ", "")
-    assert set(blocks[0].strip()) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    alphabet = json.loads(re.search(r"const ALPHABET = (\"[^\n]*\");", page).group(1))
+    assert len(set(alphabet)) == 85 and not set(alphabet) & set("<&\"'\\") and "<!--" not in blocks[0]
+    assert set(blocks[0].strip()) <= set(alphabet) and set(blocks[1].strip()) <= set(alphabet)
 
 
 def test_a_trace_alone_packs_what_it_holds():
@@ -150,7 +254,9 @@ def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
     header, _ = unpack(block(page))
     assert list(header["attention"]) == ["1,0"]
     assert any("/logit_lens?" in k for k in header["responses"])
-    for bad, msg in (("heads=1", "unknown --include item"), ("attention=9:0", "has layers 0..1")):
+    bad_items = (("heads=1", "unknown --include item"), ("attention=9:0", "has layers 0..1"),
+                 ("qk=0:9:1", "--include qk=0:9:1: tiny:llama has"), ("qk=0:0:999", "tokens"))  # fmt: skip
+    for bad, msg in bad_items:
         r = CliRunner().invoke(app, ["export", TEXT, "-m", "tiny:llama", "-o", str(out), "--include", bad])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output
 
@@ -158,8 +264,15 @@ def test_cli_export_writes_one_file_and_refuses_bad_includes(tmp_path):
 def test_a_trace_renders_itself_inline_and_to_a_file(session, tmp_path):
     t = lmpeek.trace(session.model, "Hello again")
     frame = t._repr_html_()
-    opening = frame.split(">", 1)[0]
-    assert frame.startswith("<iframe srcdoc=") and " src=" not in opening and "&lt;script" in frame
+    iframe = re.search(r"<iframe [^>]*>", frame).group(0)
+    assert iframe.startswith("<iframe srcdoc=") and " src=" not in iframe and "&lt;script" in frame
+    # where an output runs no script: a fixed height to start from, and the user can drag it taller
+    box = re.match(r'<div id="(lmpeek-[0-9a-f]+)" style="([^"]*)"', frame)
+    assert "height: 640px" in box.group(2) and "resize: vertical" in box.group(2)
+    # where it does: the page inside says how tall it is, the script beside the iframe sets the box
+    script = frame.rsplit("<script>", 1)[1]
+    assert f'getElementById("{box.group(1)}")' in script and 'lmpeek !== "height"' in script
+    assert "parent.postMessage" in html.unescape(frame) and "ResizeObserver" in html.unescape(frame)
     page = t.to_html(tmp_path / "t.html")
     assert (tmp_path / "t.html").read_text() == page
     with pytest.raises(InvalidInput, match="needs model="):

@@ -89,6 +89,14 @@ def test_show_modes(model, session):
     assert show(live.trace_id, model=session).trace_id == live.trace_id
     gen = show("Write a haiku", model=model, view="generate")
     assert gen.view == "generate" and gen.prompt == "Write a haiku"
+    # the Attention tab first, with a model (live) or of a Trace alone (what it holds)
+    attn = show("Some text", model=model, view="attention")
+    assert attn.live and attn.view == "attention" and session.get(attn.trace_id).text == "Some text"
+    assert show(t, view="attention").view == "attention"
+    with pytest.raises(ValueError, match="one of 'explore', 'attention', 'generate'"):
+        show("Some text", model=model, view="heads")
+    with pytest.raises(ValueError, match="needs model="):
+        show(t, view="generate")
     with pytest.raises(ValueError, match="needs model="):
         show("text without a model")
     assert isinstance(Trace.from_bytes(t.to_bytes()), Trace)

@@ -9,12 +9,18 @@ import { Api } from "./lib/api";
 import { decodePack, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
 
 export type Host = "app" | "widget" | "static";
+export type View = "generate" | "explore" | "attention";
+
+/** A view name from outside (a widget trait, an export's page): anything unknown is Explore. */
+export function viewOf(v: unknown): View {
+  return v === "generate" || v === "attention" ? v : "explore";
+}
 
 export interface RenderData {
   /** base URL of the lmpeek API; "" = same origin */
   api?: string;
-  /** the tab to open first */
-  view?: "generate" | "explore";
+  /** the tab to open first (an export or a Trace alone has no Generate tab: Explore instead) */
+  view?: View;
   /** keep the view state (tabs, selection, controls) in the URL's hash, so a reload restores it */
   urlState?: boolean;
   /** an export's recorded responses (lmpeek/views/export.py): no server, only what was recorded */
@@ -51,7 +57,7 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
     host,
     openTrace: trace,
     prompt: data.prompt,
-    initialView: host === "static" ? "explore" : (data.view ?? (trace ? "explore" : "generate")),
+    initialView: host === "static" && data.view !== "attention" ? "explore" : (data.view ?? (trace ? "explore" : "generate")),
     urlState: data.urlState ?? false,
   } as const;
   const app = mount(App, { target: el, props });
@@ -80,13 +86,13 @@ function renderWidget({ model, el }: WidgetArgs): () => void {
   // widget's height only caps the token pane, which scrolls inside
   el.style.setProperty("--lmpeek-pane-max", `${Number(model.get("height")) || 640}px`);
   el.style.position = "relative";
-  if (!live && pack && pack.length) return mountApp(el, { pack, host: "static" });
+  if (!live && pack && pack.length) return mountApp(el, { pack, host: "static", view: viewOf(model.get("view")) });
   const kernel = widgetFetcher(model);
   const stop = mountApp(el, {
     client: new Api("", kernel.fetch),
     host: "widget",
     trace: String(model.get("trace_id") ?? "") || undefined,
-    view: model.get("view") === "generate" ? "generate" : "explore",
+    view: viewOf(model.get("view")),
     prompt: String(model.get("prompt") ?? "") || undefined,
   });
   return () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Api } from "../src/lib/api";
-import { attentionSlice, decodePack, requestKey, staticFetcher, widgetFetcher, type Pack, type WidgetModel } from "../src/lib/transport";
+import { attentionSlice, decodePack, recordedBody, requestKey, staticFetcher, widgetFetcher, type Pack, type WidgetModel } from "../src/lib/transport";
 
 /** A pack as lmpeek/views/export.py writes it. */
 function makePack(header: Record<string, unknown>, bodies: Uint8Array[]): Uint8Array {
@@ -45,7 +45,7 @@ describe("staticFetcher", () => {
   const bytes = makePack(
     {
       trace_id: "t1",
-      responses: { "GET /api/health": { status: 200, headers: { "content-type": "application/json" }, offset: 0, length: body.length } },
+      responses: { "GET /api/health": { status: 200, headers: { "content-type": "application/json" }, parts: [[0, 10], [10, body.length - 10]] } },
       attention: { "0,1": { T: 2, offset: 24 } }, // after the 18-byte body, padded to 8
     },
     [body, new Uint8Array(tri.buffer)],
@@ -64,13 +64,21 @@ describe("staticFetcher", () => {
     expect([...col.data]).toEqual([1, 0.5]);
   });
   it("says what is not in the export, and that nothing can run", async () => {
-    await expect(client.attention("t1", 3, 0, { query: 0 })).rejects.toThrow(/not in this export: attention of layer 3 head 0\. Include it\./);
+    await expect(client.attention("t1", 3, 0, { query: 0 })).rejects.toThrow(/not in this export: attention of layer 3 head 0 \(--include attention=3:0\)\. Include it\./);
     await expect(client.logitLens("t1", 0)).rejects.toThrow(/not in this export: logit_lens/);
     await expect(client.trace("hello")).rejects.toThrow(/exported file/);
+    await expect(client.attentionGrid("t1", { start: 32, end: 96 }, 64)).rejects.toThrow(/the model view of tokens 32–95 \(--include grid=32:96\)/);
+    await expect(client.qk("t1", { layer: 1, head: 2, query: 7, key: 3 })).rejects.toThrow(/q·k terms of layer 1 head 2 for query #7 \(--include qk=1:2:7\)/);
+  });
+  it("joins a body's parts and puts shuffled byte planes back", () => {
+    const data = new Uint8Array([9, 9, 1, 3, 5, 2, 4, 6, 7]);
+    const hit = { status: 200, headers: {}, parts: [[0, 2], [2, 6], [8, 1]] as [number, number][], shuffled: [[2, 6, 2]] as [number, number, number][] };
+    expect([...recordedBody(hit, data)]).toEqual([9, 9, 1, 2, 3, 4, 5, 6, 7]);
+    expect([...recordedBody({ ...hit, shuffled: undefined }, data)]).toEqual([9, 9, 1, 3, 5, 2, 4, 6, 7]);
   });
   it("refuses a damaged or newer pack", () => {
     expect(() => decodePack(new Uint8Array([1, 2, 3, 4, 0, 0, 0, 0]))).toThrow(/not an lmpeek export/);
-    const newer = makePack({ version: "2.0", trace_id: "x", responses: {}, attention: {} }, []);
+    const newer = makePack({ version: "3.0", trace_id: "x", responses: {}, attention: {} }, []);
     expect(() => decodePack(newer)).toThrow(/newer lmpeek/);
   });
 });

@@ -1,6 +1,7 @@
 """The per-token metrics the Explore view colours tokens by: what kind of number each is, how the ones a
 trace's summary holds are read, and their colour scales (analysis.scales). Numpy only: the Session
-computes the values that need the model, an export of a Trace alone uses `summary_metric`."""
+computes the values that need the model, an export of a Trace alone uses `summary_metric_json`.
+`metric_json` is the one formatter of GET …/metric's answer: the route and the exporter both use it."""
 
 from __future__ import annotations
 
@@ -63,3 +64,31 @@ def metric(
     indices of arrays[i] left out of the limits by definition (a token's cosine with itself)."""
     scales = colour_scales(list(arrays), QUANTITY[name], mode, skip_first=skip_first, leave_out=list(leaves))
     return Metric(name, list(arrays), scales)
+
+
+def _json_floats(a: np.ndarray) -> list:
+    """An array as a list of Python floats, non-finite values as None (JSON has no NaN: the page reads
+    null as 'no value'). Same as lmpeek.server.finite.floats, kept here so views need no server."""
+    a = np.asarray(a, dtype=np.float64)
+    ok = np.isfinite(a)
+    return a.tolist() if ok.all() else np.where(ok, a, None).tolist()
+
+
+def metric_json(m: Metric) -> dict[str, Any]:
+    """What GET …/metric answers for a Metric: the values of one trace (and of a second, `with`) and
+    their colour scales."""
+    out: dict[str, Any] = {
+        "name": m.name,
+        "values": _json_floats(m.values[0]),
+        "scale": m.scales[0].to_json(),
+    }
+    if len(m.values) > 1:
+        out["values_with"] = _json_floats(m.values[1])
+        out["scale_with"] = m.scales[1].to_json()
+    return out
+
+
+def summary_metric_json(trace: Any, name: str, mode: str, skip_first: bool) -> dict[str, Any]:
+    """The route's answer for loss / entropy / prob, which the trace alone answers (no model needed):
+    what an export of a Trace alone records."""
+    return metric_json(metric(name, [summary_metric(trace, name)], [[]], mode, skip_first))

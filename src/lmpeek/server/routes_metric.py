@@ -12,31 +12,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query
 
-from lmpeek.analysis.metrics import QUANTITY, Metric, summary_metric
-from lmpeek.analysis.metrics import metric as make_metric
+from lmpeek.analysis.metrics import QUANTITY, metric_json
 from lmpeek.server import guard
-from lmpeek.server.finite import floats
 from lmpeek.server.guard import TraceId
 from lmpeek.server.responses import Metric as MetricResponse
 from lmpeek.server.responses import typed
 from lmpeek.server.routes_analysis import _lost_values_ok
-
-
-def metric_json(m: Metric) -> dict[str, Any]:
-    """What GET .../metric answers for a Metric: the values of one trace (and of a second, `with`) and
-    their colour scales."""
-    out: dict[str, Any] = {"name": m.name, "values": floats(m.values[0]), "scale": m.scales[0].to_json()}
-    if len(m.values) > 1:
-        out["values_with"] = floats(m.values[1])
-        out["scale_with"] = m.scales[1].to_json()
-    return out
-
-
-def summary_metric_body(trace, name: str, mode: str, skip_first: bool) -> dict[str, Any]:
-    """The route's answer for loss / entropy / prob, which the trace alone answers (no model needed):
-    what an export of a Trace alone records."""
-    return metric_json(make_metric(name, [summary_metric(trace, name)], [[]], mode, skip_first))
-
 
 Int = Annotated[int | None, Query(ge=0)]
 

@@ -7,26 +7,34 @@ records the answers: the trace envelope, the model's description, the colour met
 always uses (web/src/lib/transport.ts: staticFetcher), so an export shows the numbers the app shows;
 a question the export did not record is answered with a message naming the `include` that adds it.
 
-File layout: two `<script type="application/octet-stream">` blocks, gzip then base64 (the page inflates
-them with the browser's DecompressionStream): the bundle (made a module through a Blob URL on load,
-since an inline module cannot hand its exports to another script) and the data. Nothing is spliced
-into JavaScript source, and base64 cannot end a <script> block early.
+File layout: two `<script type="application/octet-stream">` blocks, gzip then base85 (`_base85`: 5
+characters per 4 bytes, not base64's 4 per 3, 6% smaller; the page inflates them with the browser's
+DecompressionStream): the bundle (made a module through a Blob URL on load, since an inline module
+cannot hand its exports to another script) and the data. Nothing is spliced into JavaScript source,
+and the alphabet has no `<`, so a block cannot end early.
 
 Data block ("pack"): b"LMPX", uint32 little-endian header length, the JSON header, then the bodies.
-Header: {"format": "lmpeek.export", "version": "1.0", "trace_id", "hint", "responses": {"GET
-/path?sorted-query": {"status", "headers", "offset", "length"}}, "attention": {"layer,head": {"T",
-"offset"}}}. An attention head is stored as its causal triangle (row q holds keys 0..q) in float16:
-T(T+1) bytes, half of the full [T, T].
+Header: {"format": "lmpeek.export", "version": "2.0", "trace_id", "hint", "responses": {"GET
+/path?sorted-query": {"status", "headers", "parts": [[offset, length], …]}}, "attention": {"layer,head":
+{"T", "offset", "scales"}}}. A body is its parts joined; a JSON body's long number arrays are parts of
+their own, stored once however many answers repeat them (the 18 metric answers share 3 `values`
+arrays; the q·k answers of one query share its scores and weights). An attention head is stored as
+its causal triangle (row q holds keys 0..q) in float16: T(T+1) bytes, half of the full [T, T].
+
+`include` (Include.parse; `--include` of `lmpeek export`): attention=L:H (a head: the Explore metric
+and the Attention tab's head view), lens (the logit lens of every token), grid (the Attention tab's
+model view of the window it opens on), grid=START:END (the model view of that window: what the tab
+asks while it shows tokens START..END-1), qk=L:H:Q (the neuron view of query Q against every key).
 """
 
 from __future__ import annotations
 
-import base64
 import gzip
 import html
 import json
 import re
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,14 +45,14 @@ import numpy as np
 from lmpeek.errors import InvalidInput
 
 FORMAT = "lmpeek.export"
-VERSION = "1.0"
+VERSION = "2.0"  # 2: a response body is a list of parts (1: one offset and length)
 MAGIC = b"LMPX"
 ENVELOPE = "application/vnd.lmpeek.trace"
 HINT = (
     "Export again with e.g. `lmpeek export TEXT -o FILE --include attention=0:1,lens`, "
     "or open the text in lmpeek serve"
 )
-_HEADERS_KEPT = ("content-type", "x-shape", "x-nonfinite", "retry-after")
+_HEADERS_KEPT = ("content-type", "x-shape", "x-nonfinite", "x-window", "x-pool", "retry-after")
 
 
 def request_key(method: str, path: str, params: dict[str, Any] | None = None) -> str:
@@ -60,24 +68,70 @@ class Include:
 
     attention: list[tuple[int, int]] = field(default_factory=list)  # (layer, head)
     lens: bool = False
+    grid: bool = False  # the Attention tab's model view of the window it opens on
+    windows: list[tuple[int, int]] = field(default_factory=list)  # more model-view windows (start, end)
+    qk: list[tuple[int, int, int]] = field(default_factory=list)  # (layer, head, query): every key <= query
 
     @classmethod
     def parse(cls, spec: str | Sequence[str] | None) -> Include:
-        """'attention=0:1,attention=3:2,lens' (or a list of such items)."""
+        """'attention=0:1,attention=3:2,lens,grid,grid=64:128,qk=1:2:7' (or a list of such items)."""
         inc = cls()
         items: Iterable[str] = spec.split(",") if isinstance(spec, str) else (spec or [])
         for raw in items:
             item = raw.strip()
             if not item:
                 continue
-            m = re.fullmatch(r"attention=(\d+):(\d+)", item)
-            if m:
+            if m := re.fullmatch(r"attention=(\d+):(\d+)", item):
                 inc.attention.append((int(m.group(1)), int(m.group(2))))
             elif item == "lens":
                 inc.lens = True
+            elif item == "grid":
+                inc.grid = True
+            elif m := re.fullmatch(r"grid=(\d+):(\d+)", item):
+                start, end = int(m.group(1)), int(m.group(2))
+                if end <= start:
+                    raise InvalidInput(f"--include {item}: the window START:END needs END > START")
+                inc.windows.append((start, end))
+            elif m := re.fullmatch(r"qk=(\d+):(\d+):(\d+)", item):
+                inc.qk.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
             else:
-                raise InvalidInput(f"unknown --include item '{item}': use attention=LAYER:HEAD or lens")
+                raise InvalidInput(
+                    f"unknown --include item '{item}': use attention=LAYER:HEAD, lens, grid, grid=START:END "
+                    "or qk=LAYER:HEAD:QUERY"
+                )
         return inc
+
+
+# The Attention tab's first window (web/src/views/AttentionView.svelte: width 64 around the selected
+# token, 0 when a page opens) and its thumbnail size (web/src/lib/attention.ts THUMB_CELLS)
+GRID_WIDTH = 64
+THUMB_CELLS = 64
+
+
+def window_around(T: int, token: int, width: int) -> tuple[int, int]:
+    """web/src/lib/attention.ts windowAround: `width` tokens holding `token`, as centred as T allows."""
+    w = max(1, min(width, T))
+    t = max(0, min(token, T - 1))
+    start = max(0, min(t - w // 2, T - w))
+    return start, start + w
+
+
+def grid_windows(T: int, include: Include) -> list[tuple[int, int]]:
+    """The model-view windows an export records: the one the Attention tab opens on (`grid`), then
+    each `grid=START:END` clamped to the text."""
+    out = [window_around(T, 0, GRID_WIDTH)] if include.grid else []
+    for start, end in include.windows:
+        if start >= T:
+            raise InvalidInput(f"--include grid={start}:{end}: the text has {T} tokens (0..{T - 1})")
+        win = (start, min(end, T))
+        if win not in out:
+            out.append(win)
+    return out
+
+
+# a flat JSON array of numbers (or nulls) long enough to be worth storing once: the metric answers
+# repeat their `values` in every scale mode, the q·k answers of one query repeat its scores and weights
+_ARRAY = re.compile(rb"\[[-+0-9.eEnul,]{512,}\]")
 
 
 class _Recorder:
@@ -86,6 +140,7 @@ class _Recorder:
         self.responses: dict[str, dict[str, Any]] = {}
         self.bodies: list[bytes] = []
         self.size = 0
+        self.stored: dict[bytes, int] = {}  # bytes -> offset: a repeated part is stored once
 
     def add_body(self, body: bytes) -> int:
         offset = self.size
@@ -96,6 +151,13 @@ class _Recorder:
             self.bodies.append(b"\0" * pad)
             self.size += pad
         return offset
+
+    def add_part(self, part: bytes) -> list[int]:
+        """[offset, length] of `part`, stored once however many responses hold it."""
+        offset = self.stored.get(part)
+        if offset is None:
+            offset = self.stored[part] = self.add_body(part)
+        return [offset, len(part)]
 
     def record(self, path: str, params: dict[str, Any] | None = None, accept: str | None = None) -> int:
         from lmpeek.views.asgi import fetch_sync
@@ -109,13 +171,59 @@ class _Recorder:
         self.put(key, head.status, headers, body)
         return head.status
 
+    def detail(self, path: str, params: dict[str, Any] | None = None) -> str:
+        """The error message of a recorded answer (its `detail`, or the body as text)."""
+        r = self.responses[request_key("GET", path, params)]
+        body = b"".join(self.bodies)
+        text = b"".join(body[o : o + n] for o, n in r["parts"]).decode("utf-8", "replace")
+        try:
+            return str(json.loads(text).get("detail", text))
+        except (ValueError, AttributeError):
+            return text[:300]
+
     def put(self, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.responses[key] = {"status": status, "headers": headers, "offset": self.add_body(body),
-                               "length": len(body)}  # fmt: skip
+        """A response; a JSON body is kept as parts (its long number arrays apart), each part stored
+        once; an envelope's buffers are byte-shuffled (see `shuffle_envelope`). The page joins and
+        unshuffles them back into the same bytes (transport.ts recordedBody)."""
+        kind = headers.get("content-type", "")
+        cuts = [0]
+        if kind.startswith("application/json"):
+            for m in _ARRAY.finditer(body):
+                cuts += [m.start(), m.end()]
+        cuts.append(len(body))
+        regions: list[list[int]] = []
+        if kind.startswith(ENVELOPE) and status == 200:
+            body, regions = shuffle_envelope(body)
+        parts = [self.add_part(body[a:b]) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+        self.responses[key] = {"status": status, "headers": headers, "parts": parts}
+        if regions:
+            self.responses[key]["shuffled"] = regions
 
     def put_json(self, path: str, data: Any, params: dict[str, Any] | None = None) -> None:
         body = json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
         self.put(request_key("GET", path, params), 200, {"content-type": "application/json"}, body)
+
+
+def shuffle(data: bytes, itemsize: int) -> bytes:
+    """Byte planes: every value's first byte, then every second byte… (the exponent bytes of floats
+    repeat much more than their mantissas, so gzip finds them: about 11% off a 4,096-token envelope)."""
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, itemsize).T.tobytes()
+
+
+def shuffle_envelope(body: bytes) -> tuple[bytes, list[list[int]]]:
+    """An envelope (lmpeek.schema) with each of its buffers of 2-, 4- or 8-byte items shuffled in
+    place, and the [offset, nbytes, itemsize] of each (buffers sharing bytes share one region)."""
+    from lmpeek.schema import decode
+
+    out = bytearray(body)
+    regions = []
+    for spec in {s["offset"]: s for s in decode(body).header["buffers"].values()}.values():
+        size = {"float16": 2, "float32": 4, "int32": 4, "float64": 8}.get(spec["dtype"], 1)
+        offset, n = int(spec["offset"]), int(spec["nbytes"])
+        if size > 1 and n >= 2 * size:
+            out[offset : offset + n] = shuffle(body[offset : offset + n], size)
+            regions.append([offset, n, size])
+    return bytes(out), sorted(regions)
 
 
 def record_pack(session: Any, trace_id: str, include: Include | None = None, app: Any = None) -> bytes:
@@ -144,6 +252,11 @@ def record_pack(session: Any, trace_id: str, include: Include | None = None, app
     if include.lens:
         for params in lens_requests(session, trace_id):
             rec.record(params.pop("__path__"), params)
+    for params in attention_requests(session, trace_id, include):
+        path = params.pop("__path__")
+        status = rec.record(path, params, accept=params.pop("__accept__", None))
+        if status != 200:  # a head or token out of range: say so now, not in the page
+            raise InvalidInput(f"--include: {path.rsplit('/', 1)[1]} {params}: {rec.detail(path, params)}")
     header = {"format": FORMAT, "version": VERSION, "trace_id": trace_id, "hint": HINT,
               "responses": rec.responses, "attention": attention}  # fmt: skip
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
@@ -184,6 +297,26 @@ def default_requests(session: Any, trace_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def attention_requests(session: Any, trace_id: str, include: Include) -> list[dict[str, Any]]:
+    """The Attention tab's questions an `include` answers, as web/src/lib/api.ts asks them: the model
+    view of each window (attentionGrid: start, end, size), and the neuron view of query Q against every
+    key it sees (qk: layer, head, query, key)."""
+    T = len(session.get(trace_id))
+    out: list[dict[str, Any]] = []
+    for start, end in grid_windows(T, include):
+        out.append({"__path__": f"/api/traces/{trace_id}/attention_grid", "start": start, "end": end,
+                    "size": THUMB_CELLS, "__accept__": "application/octet-stream"})  # fmt: skip
+    for layer, head, query in include.qk:
+        if query >= T:
+            raise InvalidInput(f"--include qk={layer}:{head}:{query}: the text has {T} tokens (0..{T - 1})")
+        path = f"/api/traces/{trace_id}/qk"
+        out += [
+            {"__path__": path, "layer": layer, "head": head, "query": query, "key": k}
+            for k in range(query + 1)
+        ]
+    return out
+
+
 def lens_requests(session: Any, trace_id: str) -> list[dict[str, Any]]:
     """The logit lens of every token as the page asks for it: how the prediction of token t formed,
     read at position t - 1 and following token t's id (web/src/components/LogitLensPanel.svelte)."""
@@ -199,36 +332,73 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="lmpeek {version}">
 <title>{title}</title>
-<style>html, body {{ margin: 0; height: 100%; background: #fff; }} #lmpeek {{ height: 100%; }}</style>
+<style>html, body {{ margin: 0; height: 100%; background: #fff; }} #lmpeek {{ height: 100%; }}
+.inline, .inline body, .inline #lmpeek {{ height: auto; }}</style>
 </head>
 <body>
 <div id="lmpeek"></div>
-<script type="application/octet-stream" id="lmpeek-data" data-encoding="gzip+base64">{data}</script>
-<script type="application/octet-stream" id="lmpeek-bundle" data-encoding="gzip+base64">{bundle}</script>
+<script type="application/octet-stream" id="lmpeek-data" data-encoding="gzip+base85"
+  data-length="{data_length}">{data}</script>
+<script type="application/octet-stream" id="lmpeek-bundle" data-encoding="gzip+base85"
+  data-length="{bundle_length}">{bundle}</script>
 <script type="module">
-// both blocks are gzip, then base64 (the browser's own DecompressionStream: no library, no network)
+// both blocks are gzip, then base85: 5 characters per 4 bytes, big-endian, in this alphabet (the
+// browser's own DecompressionStream inflates them: no library, no network)
+const ALPHABET = {alphabet};
+const digit = new Uint8Array(128);
+for (let i = 0; i < 85; i++) digit[ALPHABET.charCodeAt(i)] = i;
 const bytes = (id) => {{
-  const b64 = document.getElementById(id).textContent.trim();
-  const raw = Uint8Array.fromBase64
-    ? Uint8Array.fromBase64(b64)
-    : Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  return new Response(new Blob([raw]).stream().pipeThrough(new DecompressionStream("gzip")));
+  const block = document.getElementById(id);
+  const text = block.textContent.trim();
+  const n = Number(block.dataset.length);
+  const raw = new Uint8Array(Math.ceil(n / 4) * 4);
+  const view = new DataView(raw.buffer);
+  for (let i = 0, j = 0; j < raw.length; i += 5, j += 4) {{
+    let v = 0;
+    for (let k = 0; k < 5; k++) v = v * 85 + digit[text.charCodeAt(i + k)];
+    view.setUint32(j, v);
+  }}
+  return new Response(new Blob([raw.subarray(0, n)]).stream().pipeThrough(new DecompressionStream("gzip")));
 }};
 const code = await bytes("lmpeek-bundle").blob();
 const {{ render }} = await import(URL.createObjectURL(new Blob([code], {{ type: "text/javascript" }})));
 const pack = new Uint8Array(await bytes("lmpeek-data").arrayBuffer());
-render(document.getElementById("lmpeek"), {{ pack, view: "explore" }});
+const inline = window.parent !== window;
+// inline in a notebook output (iframe_html): as tall as the content, which the output is told
+if (inline) document.documentElement.classList.add("inline");
+render(document.getElementById("lmpeek"), {{ pack, view: {view} }});
+if (inline) {{
+  const height = () => Math.ceil(document.body.getBoundingClientRect().height);  // not the viewport's
+  const post = () => parent.postMessage({{ lmpeek: "height", height: height() }}, "*");
+  new ResizeObserver(post).observe(document.body);
+  post();
+}}
 </script>
 </body>
 </html>
 """
 
 
-def _gzip_base64(data: bytes) -> str:
-    """gzip (level 9, no timestamp: the same input gives the same file) then base64: the only characters
-    in a data block are A-Z a-z 0-9 + / =, which cannot end a <script> block early. gzip roughly halves
-    the envelope (float32 norms and probabilities) and takes the bundle from ~280 kB to ~85 kB."""
-    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
+# printable ASCII but " ' < > \\ & ` / and -: no `<` (nothing can close the <script> block or open a
+# comment in it) and nothing a JavaScript string literal would need escaped
+_ALPHABET = "".join(c for c in map(chr, range(33, 127)) if c not in "\"'<>\\&`/-")
+assert len(_ALPHABET) == 85
+
+
+def _base85(data: bytes) -> str:
+    """5 characters of _ALPHABET per 4 bytes (big-endian; the last group padded with zeros: the page
+    is told the length)."""
+    words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype=">u4").astype(np.int64)
+    digits = np.empty((len(words), 5), dtype=np.uint8)
+    for i in range(4, -1, -1):
+        words, digits[:, i] = np.divmod(words, 85)
+    return np.frombuffer(_ALPHABET.encode("ascii"), dtype=np.uint8)[digits].tobytes().decode("ascii")
+
+
+def _gzip(data: bytes) -> bytes:
+    """gzip level 9, no timestamp: the same input gives the same file. It roughly halves the bundle
+    (~300 kB to ~93 kB); a trace's floats shrink less (see shuffle_envelope)."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
 
 
 def export_html(
@@ -237,48 +407,80 @@ def export_html(
     include: Include | str | None = None,
     title: str | None = None,
     app: Any = None,
+    view: str = "explore",
 ) -> str:
     """The whole HTML file for one stored trace of `session` (`app`: the server asking for it, whose
-    routes answer; default: an app over the Session, as the notebook widget has)."""
+    routes answer; default: an app over the Session, as the notebook widget has). `view`: the tab it
+    opens on, "explore" or "attention"."""
     inc = include if isinstance(include, Include) else Include.parse(include)
     trace = session.get(trace_id)
     return page_html(
         record_pack(session, trace_id, inc, app),
         title or f"lmpeek · {session.model.name} · {trace.text[:60]}",
+        view,
     )
 
 
-def trace_html(trace: Any, model: Any = None, include: Include | str | None = None) -> str:
+def trace_html(
+    trace: Any, model: Any = None, include: Include | str | None = None, view: str = "explore"
+) -> str:
     """A Trace as an HTML file: with `model` (a LoadedModel or Session) it is run again so that
     `include` (attention heads, the lens) can be recomputed; without, what the Trace holds."""
     if model is None:
         if include:
             raise InvalidInput("include= needs model=…: a Trace alone holds no attention patterns or lens")
         name = trace.model.get("name", "a model") if isinstance(trace.model, dict) else "a model"
-        return page_html(static_pack(trace), f"lmpeek · {name} · {trace.text[:60]}")
+        return page_html(static_pack(trace), f"lmpeek · {name} · {trace.text[:60]}", view)
     from lmpeek.views.widget import session_for
 
     session = session_for(model)
-    return export_html(session, session.trace(trace.token_ids).id, include)
+    return export_html(session, session.trace(trace.token_ids).id, include, view=view)
 
 
-def page_html(pack: bytes, title: str) -> str:
+VIEWS = ("explore", "attention")  # what an export can open on (no Generate: nothing runs in a file)
+
+
+def page_html(pack: bytes, title: str, view: str = "explore") -> str:
     from lmpeek import __version__
     from lmpeek.views.bundle import bundle_js
 
+    if view not in VIEWS:
+        raise InvalidInput(f"an export opens on {' or '.join(VIEWS)}, not {view!r}")
     return _PAGE.format(
         version=__version__,
         title=html.escape(title),
-        data=_gzip_base64(pack),
-        bundle=_gzip_base64(bundle_js().encode("utf-8")),
+        view=json.dumps(view),
+        data=_base85(data := _gzip(pack)),
+        data_length=len(data),
+        bundle=_base85(code := _gzip(bundle_js().encode("utf-8"))),
+        bundle_length=len(code),
+        alphabet=json.dumps(_ALPHABET),
     )
 
 
-def iframe_html(page: str, height: int = 640) -> str:
+def iframe_html(page: str, height: int = 640, max_height: int = 1600) -> str:
     """The page inline in a notebook output (`_repr_html_`): an iframe whose srcdoc is the page, never a
-    link to a local file, so VS Code, Colab and nbconvert's HTML show it without a kernel extension."""
-    return (f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: {int(height)}px; '
-            'border: 1px solid #e3e5e8; border-radius: 4px" sandbox="allow-scripts"></iframe>')  # fmt: skip
+    link to a local file, so VS Code, Colab and nbconvert's HTML show it without a kernel extension.
+
+    Its height follows the content: the page posts its height ({"lmpeek": "height"}) and the script
+    beside the iframe sets it (at most `max_height`; the page scrolls inside past that). Where an
+    output's scripts do not run, the box stays `height` px and its bottom edge can be dragged."""
+    box = f"lmpeek-{uuid.uuid4().hex[:12]}"
+    frame = (f'<div id="{box}" style="height: {int(height)}px; resize: vertical; overflow: hidden; '
+             'border: 1px solid #e3e5e8; border-radius: 4px">'
+             f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: 100%; border: 0; '
+             'display: block" sandbox="allow-scripts"></iframe></div>')  # fmt: skip
+    script = (
+        "<script>(function () {"
+        f'var box = document.getElementById("{box}"); if (!box) return;'
+        'var frame = box.querySelector("iframe");'
+        'window.addEventListener("message", function (e) {'
+        'if (e.source !== frame.contentWindow || !e.data || e.data.lmpeek !== "height") return;'
+        "var h = Math.ceil(Number(e.data.height));"
+        f'if (h > 0) box.style.height = Math.min({int(max_height)}, h) + "px";'
+        "});})();</script>"
+    )
+    return frame + script
 
 
 def static_pack(trace: Any) -> bytes:
@@ -292,9 +494,9 @@ def static_pack(trace: Any) -> bytes:
     rec.put_json("/api/health", health)
     rec.put_json("/api/components", [])
     rec.put_json("/api/samples", [])
+    from lmpeek.analysis.metrics import summary_metric_json
     from lmpeek.analysis.scales import MODES
     from lmpeek.schema import encode_trace
-    from lmpeek.server.routes_metric import summary_metric_body
 
     envelope = encode_trace(trace, precision="compact", trace_id=trace_id)
     rec.put(request_key("GET", f"/api/traces/{trace_id}"), 200, {"content-type": ENVELOPE}, envelope)
@@ -302,7 +504,7 @@ def static_pack(trace: Any) -> bytes:
         for mode in MODES:
             for skip in (True, False):
                 params = {"name": name, "mode": mode, "skip_first": "true" if skip else "false"}
-                answer = summary_metric_body(trace, name, mode, skip)
+                answer = summary_metric_json(trace, name, mode, skip)
                 rec.put_json(f"/api/traces/{trace_id}/metric", answer, params)
     header = {"format": FORMAT, "version": VERSION, "trace_id": trace_id, "hint": HINT.replace(
         "Export again", "Show it with a model (lmpeek.show(trace, model=…))"), "responses": rec.responses,

@@ -105,17 +105,21 @@ class Widget(anywidget.AnyWidget):
             self.send({"kind": "end", "id": rid})
 
 
+VIEWS = ("explore", "attention", "generate")
+
+
 def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640) -> Widget:
     """Show a text, a Trace or a stored trace id in a notebook.
 
     `x`: a text (needs `model`), a `Trace` (with `model`, it is run again on that model so any layer
     can be recomputed; without, the widget shows what the Trace holds), or a trace id of `model`'s
-    Session. `model`: a LoadedModel, a Session, or a source for `lmpeek.load`. `view="generate"` opens
-    the Generate view with `x` as the prompt, streaming from the model."""
+    Session. `model`: a LoadedModel, a Session, or a source for `lmpeek.load`. `view`: the tab shown
+    first: "explore", "attention" (the trace's attention overview: model, head and neuron views) or
+    "generate" (`x` is the prompt, streamed from the model)."""
     from lmpeek.capture.trace import Trace
 
-    if view not in ("explore", "generate"):
-        raise ValueError(f"view must be 'explore' or 'generate', got {view!r}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
     if model is None:
         if not isinstance(x, Trace):
             raise ValueError(
@@ -123,7 +127,9 @@ def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640)
             )
         from lmpeek.views.export import static_pack
 
-        return Widget(None, view="explore", pack=static_pack(x), height=height)
+        if view == "generate":
+            raise ValueError("view='generate' needs model=… (a Trace alone cannot generate)")
+        return Widget(None, view=view, pack=static_pack(x), height=height)
     session = session_for(model)
     if view == "generate":
         return Widget(session, view="generate", prompt=str(x), height=height)
@@ -133,7 +139,7 @@ def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640)
         trace_id = x
     else:
         trace_id = session.trace(x).id
-    return Widget(session, view="explore", trace_id=trace_id, height=height)
+    return Widget(session, view=view, trace_id=trace_id, height=height)
 
 
 def _is_stored(session: Any, x: str) -> bool:

@@ -85,8 +85,11 @@ export function widgetFetcher(model: WidgetModel): { fetch: Fetcher; close: () =
 interface Recorded {
   status: number;
   headers: Record<string, string>;
-  offset: number;
-  length: number;
+  /** the body: these [offset, length] slices of the data joined (a repeated part is stored once) */
+  parts: [number, number][];
+  /** [offset, nbytes, itemsize] in the body: byte planes to put back (an envelope's buffers: the
+   * exporter stores each value's first bytes together, then its second…, which gzip packs better) */
+  shuffled?: [number, number, number][];
 }
 
 interface PackHeader {
@@ -116,7 +119,7 @@ export function decodePack(bytes: Uint8Array): Pack {
   const n = new DataView(bytes.buffer, bytes.byteOffset + 4, 4).getUint32(0, true);
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n))) as PackHeader;
   const major = Number(String(header.version).split(".")[0]);
-  if (header.format !== "lmpeek.export" || major > 1) throw new Error(`this export needs a newer lmpeek (format ${header.version})`);
+  if (header.format !== "lmpeek.export" || major > 2) throw new Error(`this export needs a newer lmpeek (format ${header.version})`);
   return { header, data: bytes.subarray(8 + n) };
 }
 
@@ -155,21 +158,59 @@ export function attentionSlice(tri: Uint16Array, T: number, which: { query?: num
   return { shape: [T, T], data: out };
 }
 
+/** A recorded body: its parts joined. */
+export function recordedBody(hit: Recorded, data: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(hit.parts.reduce((n, [, len]) => n + len, 0));
+  let at = 0;
+  for (const [offset, len] of hit.parts) {
+    out.set(data.subarray(offset, offset + len), at);
+    at += len;
+  }
+  for (const [offset, nbytes, size] of hit.shuffled ?? []) {
+    const planes = out.slice(offset, offset + nbytes);
+    const n = nbytes / size;
+    for (let b = 0; b < size; b++) {
+      const plane = planes.subarray(b * n, (b + 1) * n);
+      for (let i = 0, j = offset + b; i < n; i++, j += size) out[j] = plane[i];
+    }
+  }
+  return out;
+}
+
+const GRID = /^\/api\/traces\/([^/]+)\/attention_grid$/;
+const QK = /^\/api\/traces\/([^/]+)\/qk$/;
+
+/** What an unrecorded request would have needed: words for the message and the `--include` item that
+ * adds it (lmpeek/views/export.py Include), or null when no include adds it. */
+function wanted(u: URL): { what: string; item: string } | null {
+  const p = u.searchParams;
+  if (GRID.test(u.pathname)) {
+    const [start, end] = [p.get("start") ?? "0", p.get("end") ?? "?"];
+    return { what: `the model view of tokens ${start}–${Number(end) - 1}`, item: `grid=${start}:${end}` };
+  }
+  if (QK.test(u.pathname)) {
+    const [l, h, q] = [p.get("layer"), p.get("head"), p.get("query")];
+    return { what: `the q·k terms of layer ${l} head ${h} for query #${q}`, item: `qk=${l}:${h}:${q}` };
+  }
+  if (ATTENTION.test(u.pathname)) {
+    const [l, h] = [p.get("layer"), p.get("head")];
+    return { what: `attention of layer ${l} head ${h}`, item: `attention=${l}:${h}` };
+  }
+  return null;
+}
+
 /** A fetch answered from an export's recorded responses. */
 export function staticFetcher(pack: Pack): Fetcher {
   const { header, data } = pack;
-  const missing = (what: string) =>
-    json(404, { detail: `not in this export: ${what}. ${header.hint}` });
+  const missing = (what: string, item?: string) =>
+    json(404, { detail: `not in this export: ${what}${item ? ` (--include ${item})` : ""}. ${header.hint}` });
   return async (url, init) => {
     const method = (init?.method ?? "GET").toUpperCase();
     if (method !== "GET") {
       return json(405, { detail: "this is an exported file: there is no model here to run new text. Open the text in lmpeek (lmpeek serve) to run it." });
     }
     const hit = header.responses[requestKey(method, url)];
-    if (hit) {
-      const body = data.slice(hit.offset, hit.offset + hit.length);
-      return new Response(body, { status: hit.status, headers: hit.headers });
-    }
+    if (hit) return new Response(recordedBody(hit, data), { status: hit.status, headers: hit.headers });
     const u = new URL(url, "http://lmpeek.invalid");
     const name = u.searchParams.get("name");
     if (METRIC.test(u.pathname) && (name === "attn-from" || name === "attn-to")) {
@@ -184,7 +225,7 @@ export function staticFetcher(pack: Pack): Fetcher {
       const scale = emb?.scales?.[`${name},${p.get("skip_first") ?? "false"}`];
       if (!emb || !scale || (p.get("rope") ?? "full") !== "full" || mode !== "raw" || p.has("with")) {
         const why = !emb ? "" : mode !== "raw" ? ` in the ${mode} scale (exports hold the raw one)` : " with these options";
-        return missing(`attention of layer ${layer} head ${head}${why}`);
+        return missing(`attention of layer ${layer} head ${head}${why}`, emb ? undefined : `attention=${layer}:${head}`);
       }
       const tri = new Uint16Array(data.slice(emb.offset, emb.offset + emb.T * (emb.T + 1)).buffer);
       const s = attentionSlice(tri, emb.T, name === "attn-from" ? { query: token } : { key: token });
@@ -199,7 +240,7 @@ export function staticFetcher(pack: Pack): Fetcher {
       const head = Number(p.get("head"));
       const rope = p.get("rope") ?? "full";
       const emb = header.attention[`${layer},${head}`];
-      if (!emb || rope !== "full") return missing(`attention of layer ${layer} head ${head}${rope !== "full" ? ` (rope=${rope})` : ""}`);
+      if (!emb || rope !== "full") return missing(`attention of layer ${layer} head ${head}${rope !== "full" ? ` (rope=${rope})` : ""}`, emb ? undefined : `attention=${layer}:${head}`);
       const n = (emb.T * (emb.T + 1)) / 2;
       const tri = new Uint16Array(data.slice(emb.offset, emb.offset + 2 * n).buffer);
       const which = { query: p.has("query") ? Number(p.get("query")) : undefined, key: p.has("key") ? Number(p.get("key")) : undefined };
@@ -209,6 +250,8 @@ export function staticFetcher(pack: Pack): Fetcher {
         headers: { "content-type": "application/octet-stream", "x-shape": s.shape.join(","), "x-nonfinite": "0" },
       });
     }
+    const need = wanted(u);
+    if (need) return missing(need.what, need.item);
     return missing(u.pathname.replace(/^\/api\/traces\/[^/]+\//, "").replace(/^\/api\//, "") || u.pathname);
   };
 }
