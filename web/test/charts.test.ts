@@ -38,9 +38,9 @@ describe("chart helpers", () => {
   it("histogramBars draws into an offset plot box", () => {
     const h = { nonfinite: 0, edges: [-1, 0, 1, 2], token: [0, 2, 4], median: [1, 1, 0], outliers: { low: null, high: null, dims: [], values: [] } };
     const b = histogramBars(h, 30, 40, 10, 5);
-    expect(b.x(-1)).toBe(10);
-    expect(b.x(2)).toBe(40);
-    expect(b.token.map((r) => [r.x, r.y, r.h])).toEqual([[20, 25, 20], [30, 5, 40]]);
-    expect([b.lo, b.hi, b.most]).toEqual([-1, 2, 4]);
+    expect(b!.x(-1)).toBe(10);
+    expect(b!.x(2)).toBe(40);
+    expect(b!.token.map((r) => [r.x, r.y, r.h])).toEqual([[20, 25, 20], [30, 5, 40]]);
+    expect([b!.lo, b!.hi, b!.most]).toEqual([-1, 2, 4]);
   });
 });

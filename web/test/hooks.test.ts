@@ -67,10 +67,10 @@ describe("charts", () => {
   });
   it("histogramBars shares one y scale and skips empty bins", () => {
     const b = histogramBars({ nonfinite: 0, edges: [-1, 0, 1, 2], token: [0, 2, 4], median: [1, 1, 0], outliers: { low: null, high: null, dims: [], values: [] } }, 30, 40);
-    expect(b.token.map((r) => [r.x, r.h])).toEqual([[10, 20], [20, 40]]);
-    expect(b.median.map((r) => [r.x, r.h])).toEqual([[0, 10], [10, 10]]);
-    expect(b.zero).toBe(10);
-    expect(b.x(2)).toBe(30);
+    expect(b!.token.map((r) => [r.x, r.h])).toEqual([[10, 20], [20, 40]]);
+    expect(b!.median.map((r) => [r.x, r.h])).toEqual([[0, 10], [10, 10]]);
+    expect(b!.zero).toBe(10);
+    expect(b!.x(2)).toBe(30);
   });
   it.each([
     [null, 0],

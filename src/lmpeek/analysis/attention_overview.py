@@ -45,7 +45,7 @@ class QkTerms:
     dot: float
     score: float  # what the softmax sees for this key: dot × scale (then softcapped, if the model caps)
     scores: np.ndarray  # [query + 1] the scores of every key the query can see; -inf where masked
-    weights: np.ndarray  # [query + 1] softmax(scores): the pattern row
+    weights: np.ndarray  # [query + 1] softmax(scores): the pattern row; all NaN if a score is NaN/+inf
 
 
 def qk_terms(
@@ -59,7 +59,9 @@ def qk_terms(
     """q [d]: the query token's vector; keys [query + 1, d]: every key up to and including the query's
     own position (the last row); `key` indexes into them. Scores are dot × scale, then
     tanh(s / softcap) × softcap where the model caps logits; keys outside a sliding `window` get -inf.
-    Computed in float64 (the model's own kernel uses float32: they agree to rounding)."""
+    Where a score is NaN or +inf (a model that overflowed), every weight is NaN, as the model's softmax
+    makes them; the scores are returned as they are. Computed in float64 (the model's own kernel uses
+    float32: they agree to rounding)."""
     q64 = np.asarray(q, dtype=np.float64)
     k64 = np.asarray(keys, dtype=np.float64)
     if k64.ndim != 2 or k64.shape[1] != q64.shape[0]:
@@ -72,12 +74,19 @@ def qk_terms(
         scores = np.tanh(scores / softcap) * softcap
     if window:
         scores[: max(0, n - window)] = -np.inf  # the query is key n-1; it sees the last `window` keys
-    e = np.exp(scores - scores[np.isfinite(scores)].max())
+    top = scores.max()  # NaN if any score is NaN; +inf if one overflowed; -inf if none is left
+    if np.isfinite(top):
+        e = np.exp(scores - top)
+        weights = e / e.sum()
+    else:
+        # a score the model lost (inf or NaN, e.g. from an inf in the residual stream) makes its softmax
+        # row NaN as well, as in the model's own kernel: NaN weights (null in JSON), not a made-up row
+        weights = np.full(n, np.nan)
     products = q64 * k64[key]
     return QkTerms(
         products=products,
         dot=float(products.sum()),
         score=float(scores[key]),
         scores=scores,
-        weights=e / e.sum(),
+        weights=weights,
     )

@@ -3,7 +3,28 @@ import { TRACE_MEDIA_TYPE, traceFromEnvelope } from "./envelope";
 import { decodeFloat16, parseShape } from "./float16";
 import { readSse, type SseEvent } from "./sse";
 import type { Fetcher } from "./transport";
-import type { Activations, AttentionGrid, Compare, GenParams, Health, Histogram, HookPoint, LogitLens, MetricData, Pattern, QkTerms, Rope, Sample, StoredTrace, Trace, VectorData } from "./types";
+import type {
+  Activations,
+  AttentionGrid,
+  Compare,
+  GenParams,
+  Health,
+  Histogram,
+  HookPoint,
+  LogitLens,
+  MetricData,
+  Neurons,
+  Pattern,
+  QkTerms,
+  Rope,
+  Sample,
+  SampleText,
+  Scatter,
+  StoredTrace,
+  Trace,
+  Values,
+  VectorData,
+} from "./types";
 
 /** Query parameters: undefined and null are left out. */
 export function query(params: Record<string, string | number | null | undefined>): string {
@@ -212,7 +233,7 @@ export class Api {
     id: string,
     p: { hook: string; head: number | null; token: number; kind: "tokens" | "previous" | "residual" },
     signal?: AbortSignal,
-  ): Promise<{ values: (number | null)[] }> {
+  ): Promise<Values> {
     return this.traceGet(id, "similarity", p, signal);
   }
 
@@ -224,7 +245,7 @@ export class Api {
     id: string,
     p: { hook: string; head: number | null; x?: number; y?: number; a?: number; b?: number },
     signal?: AbortSignal,
-  ): Promise<{ x: (number | null)[]; y: (number | null)[] }> {
+  ): Promise<Scatter> {
     return this.traceGet(id, "scatter", p, signal);
   }
 
@@ -233,11 +254,12 @@ export class Api {
     return this.traceGet(id, "logit_lens", { token, k, target }, signal);
   }
 
-  neurons(id: string, layer: number, token: number, k = 10, signal?: AbortSignal): Promise<{ indices: number[]; values: number[] }> {
+  /** The k MLP neurons most active at `token`; a value is null where the model made it inf or NaN. */
+  neurons(id: string, layer: number, token: number, k = 10, signal?: AbortSignal): Promise<Neurons> {
     return this.traceGet(id, "neurons", { layer, token, k }, signal);
   }
 
-  neuron(id: string, layer: number, index: number, signal?: AbortSignal): Promise<{ values: (number | null)[] }> {
+  neuron(id: string, layer: number, index: number, signal?: AbortSignal): Promise<Values> {
     return this.traceGet(id, "neuron", { layer, index }, signal);
   }
 
@@ -245,7 +267,7 @@ export class Api {
     return this.json("/api/samples");
   }
 
-  sample(id: string): Promise<Sample & { text: string }> {
+  sample(id: string): Promise<SampleText> {
     return this.json(`/api/samples/${encodeURIComponent(id)}`);
   }
 

@@ -18,28 +18,96 @@ export function linear(d0: number, d1: number, r0: number, r1: number): (v: numb
   return (v) => r0 + ((v - d0) / span) * (r1 - r0);
 }
 
+/** A number the chart can place: not null (the server's inf/NaN), not undefined, finite. */
+export function isNum(v: number | null | undefined): v is number {
+  return typeof v === "number" && Number.isFinite(v);
+}
+
 /** Bars for a histogram's token and median counts on a shared y scale, in the plot box whose top-left
- * corner is (left, top); x maps values to pixels, y counts. */
+ * corner is (left, top); x maps values to pixels, y counts. null when the bins have no range (the
+ * server sends null edges when the vector has no finite value: nothing can be placed). A bin whose
+ * edges or count is missing is left out, a gap: never a bar of 0. */
 export function histogramBars(h: Histogram, width: number, height: number, left = 0, top = 0) {
   const n = Math.min(h.token.length, h.median.length, h.edges.length - 1);
   const lo = h.edges[0];
   const hi = h.edges[n];
+  if (!(n > 0) || !isNum(lo) || !isNum(hi)) return null;
   const x = linear(lo, hi, left, left + width);
   let most = 0;
-  for (let i = 0; i < n; i++) most = Math.max(most, h.token[i] ?? 0, h.median[i] ?? 0);
+  for (let i = 0; i < n; i++) for (const c of [h.token[i], h.median[i]]) if (isNum(c)) most = Math.max(most, c);
   const y = linear(0, most || 1, top + height, top);
-  const bars = (counts: number[]): Bar[] => {
+  const bars = (counts: ArrayLike<number | null>): Bar[] => {
     const out: Bar[] = [];
     for (let i = 0; i < n; i++) {
-      const c = counts[i] ?? 0;
-      if (!(c > 0)) continue;
-      const x0 = x(h.edges[i]);
-      const x1 = x(h.edges[i + 1]);
+      const c = counts[i];
+      const a = h.edges[i];
+      const b = h.edges[i + 1];
+      if (!isNum(c) || !(c > 0) || !isNum(a) || !isNum(b)) continue;
+      const x0 = x(a);
+      const x1 = x(b);
       out.push({ x: x0, y: y(c), w: Math.max(0.5, x1 - x0 - 0.3), h: top + height - y(c), i });
     }
     return out;
   };
   return { token: bars(h.token), median: bars(h.median), x, y, lo, hi, most, zero: lo < 0 && hi > 0 ? x(0) : null };
+}
+
+/** A polyline's `points` for a series with gaps: one string per run of consecutive values the chart
+ * can place (isNum), so a missing value (null: inf/NaN) breaks the line instead of pulling it to 0 or
+ * writing NaN into the SVG. A run of one value has no line (its dot shows it). */
+export function lineRuns(values: ArrayLike<number | null>, x: (i: number) => number, y: (v: number) => number): string[] {
+  const runs: string[] = [];
+  let run: string[] = [];
+  for (let i = 0; i <= values.length; i++) {
+    const v = i < values.length ? values[i] : null;
+    if (isNum(v)) {
+      run.push(`${x(i)},${y(v)}`);
+      continue;
+    }
+    if (run.length > 1) runs.push(run.join(" "));
+    run = [];
+  }
+  return runs;
+}
+
+/** The largest |v| over the values the chart can place; 0 when there is none. */
+export function absMax(values: ArrayLike<number | null>): number {
+  let m = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (isNum(v)) m = Math.max(m, Math.abs(v));
+  }
+  return m;
+}
+
+export interface SignedBar {
+  /** the index (the layer) */
+  i: number;
+  x: number;
+  w: number;
+  y: number;
+  h: number;
+  /** the value; null: missing (inf/NaN), drawn as a hatched box over the plot's height */
+  v: number | null;
+}
+
+/** Bars from a zero line for signed values over a plot [left, left + width] × [0, height], the y scale
+ * symmetric (±m, m the largest |value|). A missing value gets a box over the whole height, to be drawn
+ * hatched: not a bar of 0, which would read as "no difference". */
+export function signedBars(values: ArrayLike<number | null>, left: number, width: number, height: number) {
+  const m = Math.max(1e-9, absMax(values));
+  const y = linear(-m, m, height, 0);
+  const bw = width / Math.max(1, values.length);
+  const bars: SignedBar[] = [];
+  for (let i = 0; i < values.length; i++) {
+    const raw = values[i];
+    const v = isNum(raw) ? raw : null;
+    const x = left + i * bw + 0.5;
+    const w = Math.max(1, bw - 1);
+    if (v === null) bars.push({ i, x, w, y: 0, h: height, v });
+    else bars.push({ i, x, w, y: Math.min(y(v), y(0)), h: Math.abs(y(v) - y(0)), v });
+  }
+  return { y, bw, m, bars };
 }
 
 /** Extent of the finite numbers (null when none), padded by `pad` of the span on each side. */

@@ -32,7 +32,7 @@ export interface Tab {
 /** One prediction row as the bars draw it. */
 export interface PredBar {
   token: string;
-  prob: number;
+  prob: number | null;
   id: number;
   cls: string;
   note: string;

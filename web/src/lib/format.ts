@@ -19,3 +19,15 @@ export function fmtPct(p: number | null | undefined): string {
   if (p > 0 && p < 0.001) return "<0.1%";
   return `${(p * 100).toFixed(1)}%`;
 }
+
+/** How long ago a Unix time (seconds) was: "12 s ago", "5 min ago", "3 h ago", else the date
+ * (YYYY-MM-DD, UTC). "age unknown" when there is no time (null: the store's catalogue lacks it), never an
+ * age computed from 0. `now`: Unix seconds. */
+export function fmtAgo(created: number | null | undefined, now: number = Date.now() / 1000): string {
+  if (created === null || created === undefined || !Number.isFinite(created)) return "age unknown";
+  const s = Math.max(0, now - created);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(created * 1000).toISOString().slice(0, 10);
+}

@@ -101,7 +101,8 @@ export function drawnMap(info: MetricInfo, scale: Pick<ColourScale, "kind"> | nu
 export interface PredRow {
   token: string;
   id: number;
-  prob: number;
+  /** null: the model made it inf or NaN */
+  prob: number | null;
   /** the token that actually came (the selected token itself) */
   actual: boolean;
   /** not among the top n: appended so the actual token is always shown */
@@ -122,10 +123,10 @@ export function predictionRows(trace: Trace, t: number, n = 5): PredRow[] {
   const id = trace.token_ids[t];
   const rows: PredRow[] = [];
   for (let i = 0; i < Math.min(n, ids.length); i++) {
-    rows.push({ token: toks[i], id: ids[i], prob: probs[i], actual: ids[i] === id, extra: false });
+    rows.push({ token: toks[i], id: ids[i], prob: probs[i] ?? null, actual: ids[i] === id, extra: false });
   }
   if (!rows.some((r) => r.actual)) {
-    rows.push({ token: trace.tokens[t], id, prob: trace.true_prob[at] ?? NaN, actual: true, extra: true });
+    rows.push({ token: trace.tokens[t], id, prob: trace.true_prob[at] ?? null, actual: true, extra: true });
   }
   return rows;
 }
@@ -142,11 +143,18 @@ export function clampIndex(v: number, n: number): number {
   return Math.min(n - 1, Math.max(0, Math.round(v)));
 }
 
-/** Mean of a [layer][head] matrix (mean attention entropy of one generated token). */
-export function mean2d(m: number[][]): number {
+/** Mean of a [layer][head] matrix (mean attention entropy of one generated token) over its finite
+ * values (null: inf/NaN left out); NaN when there is none. */
+export function mean2d(m: ArrayLike<ArrayLike<number | null>>): number {
   let s = 0;
   let n = 0;
-  for (const row of m) for (const v of row) if (Number.isFinite(v)) (s += v), n++;
+  for (let i = 0; i < m.length; i++) {
+    const row = m[i];
+    for (let j = 0; j < row.length; j++) {
+      const v = row[j];
+      if (v !== null && Number.isFinite(v)) (s += v), n++;
+    }
+  }
   return n ? s / n : NaN;
 }
 

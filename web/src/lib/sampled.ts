@@ -3,7 +3,8 @@
 
 export interface ProbRow {
   token: string;
-  prob: number;
+  /** null: the model made it inf or NaN (shown as "–" with no bar) */
+  prob: number | null;
   id?: number;
   /** extra classes: "chosen", "actual", "extra", "removed" */
   cls?: string;
@@ -14,17 +15,17 @@ export interface ProbRow {
 export interface StepDists {
   token_id: number;
   topk_ids: number[];
-  topk_probs: number[];
+  topk_probs: (number | null)[];
   topk_tokens: string[];
   sampled_topk_ids: number[];
-  sampled_topk_probs: number[];
+  sampled_topk_probs: (number | null)[];
   sampled_topk_tokens?: string[];
 }
 
 /** A bar's width in percent of its track: probabilities on a fixed 0–100 % scale (never scaled to the
  * largest shown, which would make a 3 % winner look as sure as a 99 % one). */
-export function barPercent(prob: number): number {
-  if (!Number.isFinite(prob) || prob <= 0) return 0;
+export function barPercent(prob: number | null | undefined): number {
+  if (prob === null || prob === undefined || !Number.isFinite(prob) || prob <= 0) return 0;
   return Math.min(1, prob) * 100;
 }
 
@@ -41,7 +42,7 @@ export function sampledRows(step: StepDists): ProbRow[] {
   return step.sampled_topk_ids.map((id, i) => ({
     id,
     token: labelOf(step, id, i),
-    prob: step.sampled_topk_probs[i],
+    prob: step.sampled_topk_probs[i] ?? null,
     cls: id === step.token_id ? "chosen" : "",
   }));
 }
@@ -53,6 +54,6 @@ export function rawRows(step: StepDists): ProbRow[] {
   return step.topk_ids.map((id, i) => {
     const removed = !kept.has(id);
     const cls = [id === step.token_id ? "chosen" : "", removed ? "removed" : ""].filter(Boolean).join(" ");
-    return { id, token: step.topk_tokens[i], prob: step.topk_probs[i], cls, note: removed ? "filtered out" : "" };
+    return { id, token: step.topk_tokens[i], prob: step.topk_probs[i] ?? null, cls, note: removed ? "filtered out" : "" };
   });
 }

@@ -24,24 +24,13 @@ export type {
   ColourScale,
   HookPoint,
   ModelInfo,
+  Neurons,
   QkPart,
   Sample,
   SampleText,
+  Scatter,
+  Values,
 } from "./api-types";
-
-/** `T` with `number | null` read as `number`. The server sends null for a value the model made inf or
- * NaN; the page code that reads the answers typed with this (charts, the generation side, the lens and
- * compare panels) draws a null as nothing or NaN at run time but does not narrow it in its types yet.
- * Every key still comes from the generated type: only this narrowing is the page's. */
-export type AssumeFinite<T> = [T] extends [number | null]
-  ? [T] extends [null]
-    ? T
-    : number
-  : T extends readonly (infer U)[]
-    ? AssumeFinite<U>[]
-    : T extends object
-      ? { [K in keyof T]: AssumeFinite<T[K]> }
-      : T;
 
 export const COMPONENTS = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"] as const;
 export type Component = (typeof COMPONENTS)[number];
@@ -57,7 +46,7 @@ type TraceArrays = "token_ids" | "topk_ids" | "topk_probs" | "entropy" | "loss" 
 export interface Trace extends Omit<TraceSummary, TraceArrays> {
   token_ids: ArrayLike<number>;
   topk_ids: ArrayLike<number>[];
-  topk_probs: ArrayLike<number>[]; // null (inf/NaN) read as a number by the prediction rows
+  topk_probs: ArrayLike<number | null>[];
   entropy: ArrayLike<number | null>;
   loss: ArrayLike<number | null>;
   true_prob: ArrayLike<number | null>;
@@ -65,11 +54,12 @@ export interface Trace extends Omit<TraceSummary, TraceArrays> {
   attn_entropy: ArrayLike<number | null>[][];
 }
 
-export type StepNorms = Record<Component, number[]>;
+/** component -> [layer]; null where the model made the norm inf or NaN. */
+export type StepNorms = Record<Component, (number | null)[]>;
 
 /** One `token` event of /api/generate (GenerateToken); norms: component -> [layer], keyed by the page's
- * components. */
-export interface GenStep extends Omit<AssumeFinite<GenerateToken>, "norms"> {
+ * components. Probabilities, entropies and norms are null where the model made them inf or NaN. */
+export interface GenStep extends Omit<GenerateToken, "norms"> {
   norms: StepNorms;
 }
 
@@ -97,24 +87,19 @@ export interface Health extends Omit<HealthAnswer, "queue"> {
   queue?: HealthAnswer["queue"];
 }
 
-/** GET /api/traces/{id}/histogram; edges and median read as numbers by lib/charts. */
-export interface Histogram extends Omit<HistogramAnswer, "edges" | "median"> {
-  edges: number[];
-  median: number[];
-}
+/** GET /api/traces/{id}/histogram; edges are null when the vector has no finite value (nonfinite: how
+ * many dimensions were inf/NaN). */
+export type Histogram = HistogramAnswer;
 
 /** GET /api/traces: one stored trace, newest first. created (Unix seconds) and n_tokens are null for a
- * row the store's catalogue lacks them for; StoredTraces.svelte reads them as numbers. */
-export interface StoredTrace extends Omit<StoredTraceAnswer, "created" | "n_tokens"> {
-  created: number;
-  n_tokens: number;
-}
+ * row the store's catalogue lacks them for. */
+export type StoredTrace = StoredTraceAnswer;
 /** GET /api/traces/{id}/vector */
 export type VectorData = Vector;
 /** GET /api/traces/{id}/logit_lens; with ?target=: that token's rank (1 = most likely) and probability after each layer */
-export type LogitLens = AssumeFinite<Lens>;
+export type LogitLens = Lens;
 /** GET /api/compare */
-export type Compare = AssumeFinite<Comparison>;
+export type Compare = Comparison;
 /** GET /api/traces/{id}/qk: the products q_i·k_i behind one attention score (the neuron view). */
 export type QkTerms = QkAnswer;
 
