@@ -124,6 +124,14 @@ def test_export_button_downloads_the_active_trace(browser, page, tmp_path):
         tokens = offline.get_by_test_id("explore-tokens").get_by_test_id("token")
         tokens.nth(len(data["tokens"]) - 1).wait_for()
         assert tokens.count() == len(data["tokens"])
+        # the button's file also holds the Attention tab: every layer x head and the q·k terms of the
+        # selected token (token 0 of head 0:0 here: the page's starting selection)
+        offline.get_by_test_id("tab-attention").click()
+        grid = offline.get_by_test_id("attention-grid")
+        grid.wait_for()
+        n = int(grid.get_attribute("data-layers")) * int(grid.get_attribute("data-heads"))
+        assert offline.get_by_test_id("attention-thumb").count() == n
+        offline.get_by_test_id("qk-part").first.wait_for()
     finally:
         context.close()
     assert not blocked

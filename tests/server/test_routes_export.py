@@ -23,3 +23,16 @@ def test_export_route_refuses_bad_input(client):
     out = client.get(f"/api/traces/{trace['id']}/export", params={"include": "attention=9:0"})
     assert out.status_code == 422 and "layer must be <" in out.json()["detail"]
     assert client.get("/api/traces/0123456789abcdef/export").status_code == 404
+
+
+def test_export_route_takes_the_attention_overview(client):
+    trace = client.post("/api/trace", json={"text": "The capital of France is Paris."}).json()
+    url = f"/api/traces/{trace['id']}/export"
+    r = client.get(url, params={"include": "attention=1:0,grid,qk=1:0:3"})
+    assert r.status_code == 200
+    header, _ = unpack(block(r.text))
+    keys = list(header["responses"])
+    assert any("/attention_grid" in k for k in keys)
+    assert sum("/qk?" in k and "query=3" in k for k in keys) == 4  # keys 0..3
+    out = client.get(url, params={"include": "qk=1:0:999"})
+    assert out.status_code == 400 and "the text has" in out.json()["detail"]

@@ -10,6 +10,9 @@ from fastapi.responses import Response
 
 from lmpeek.server.guard import TraceId
 
+# one item of `lmpeek export --include` (views.export.Include.parse says what each means)
+_ITEM = r"(attention=\d{1,4}:\d{1,4}|lens|grid|grid=\d{1,6}:\d{1,6}|qk=\d{1,4}:\d{1,4}:\d{1,6})"
+
 
 def add_export_routes(app: FastAPI, holder, traces) -> None:
     @app.get("/api/traces/{trace_id}/export", responses={200: {"content": {"text/html": {}}}})
@@ -19,8 +22,9 @@ def add_export_routes(app: FastAPI, holder, traces) -> None:
             str,
             Query(
                 max_length=300,
-                pattern=r"^((attention=\d{1,4}:\d{1,4}|lens)(,(attention=\d{1,4}:\d{1,4}|lens))*)?$",
-                description="attention=LAYER:HEAD (comma-separated, repeatable), lens",
+                pattern=rf"^({_ITEM}(,{_ITEM})*)?$",
+                description="comma-separated: attention=LAYER:HEAD, lens, grid, grid=START:END, "
+                "qk=LAYER:HEAD:QUERY (see `lmpeek export --include`)",
             ),
         ] = "",
     ) -> Response:
