@@ -215,3 +215,17 @@ def test_iqr_outliers_edge_cases():
     assert act.iqr_outliers(np.array([])).range_ == (0.0, 0.0)
     with pytest.raises(ValueError, match="one vector"):
         act.iqr_outliers(X)
+
+
+def test_histogram_leaves_inf_and_nan_out_of_the_range_and_the_counts():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 40)).astype(np.float32)
+    y = x.copy()
+    y[2, 3], y[1, 5] = np.nan, np.inf
+    h = act.histogram(y, 2)
+    assert h.token.sum() == 39 and np.isfinite(h.edges).all()
+    # the other values fall where numpy puts them over the same edges
+    want, _ = np.histogram(np.delete(y[2], 3).clip(h.edges[0], h.edges[-1]), bins=h.edges)
+    np.testing.assert_array_equal(h.token, want)
+    nothing = act.histogram(np.full((3, 4), np.nan), 0)
+    assert nothing.token.sum() == 0 and np.isfinite(nothing.edges).all()

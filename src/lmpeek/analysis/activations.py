@@ -79,25 +79,35 @@ def histogram(x: np.ndarray, t: int, bins: int = 64) -> Histogram:
     `iqr_outliers`): a few massive activations (some tokens' residual streams reach 10^4) would
     otherwise squeeze everything else into one bin. A constant range is widened by 0.5 on each side.
     Bins are half-open [a, b) except the last, which holds its right edge (as numpy.histogram); values
-    outside the range are counted in the first or last bin, so every token's counts sum to D; the
-    outliers themselves are listed by `iqr_outliers`. `median` [bins] is, for each bin, the median over
+    outside the range are counted in the first or last bin, so every token's counts sum to its number
+    of finite dimensions (inf and NaN are not counted anywhere); the outliers themselves are listed by
+    `iqr_outliers`. `median` [bins] is, for each bin, the median over
     tokens of that bin's count (so it need not sum to D).
     """
     x = _matrix(x)
     t = _token(t, x.shape[0])
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    p_lo, p_hi = np.percentile(x, [1, 99])
-    own_lo, own_hi = iqr_outliers(x[t]).range_
-    lo, hi = min(float(p_lo), own_lo), max(float(p_hi), own_hi)
+    finite = np.isfinite(x)
+    lo, hi = np.inf, -np.inf
+    if finite.any():  # inf/NaN (a broken model's) neither set the range nor land in a bin
+        p_lo, p_hi = np.percentile(x[finite], [1, 99])
+        lo, hi = float(p_lo), float(p_hi)
+    own = x[t][finite[t]]
+    if own.size:
+        own_lo, own_hi = iqr_outliers(own).range_
+        lo, hi = min(lo, own_lo), max(hi, own_hi)
+    if not np.isfinite(lo):
+        lo, hi = 0.0, 0.0
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
     T = x.shape[0]
     # bin of every value, clipped into the edge bins; the last edge belongs to the last bin
-    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)  # [T, D]
+    idx = np.clip(np.searchsorted(edges, np.where(finite, x, lo), side="right") - 1, 0, bins - 1)  # [T, D]
     idx += np.arange(T)[:, None] * bins  # one block of bins per token
-    counts = np.bincount(idx.ravel(), minlength=T * bins).reshape(T, bins)
+    counts = np.bincount(idx.ravel(), weights=finite.ravel(), minlength=T * bins).reshape(T, bins)
+    counts = counts.astype(np.int64)
     return Histogram(edges=edges, token=counts[t], median=np.median(counts, axis=0))
 
 
