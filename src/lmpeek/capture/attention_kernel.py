@@ -125,11 +125,9 @@ def causal_attention(
             e[..., kv - tq :].masked_fill_(tri, 0.0)
         s = e.sum(-1, keepdim=True)
         entropy[:, :, :, a:b] = s[..., 0].log() - torch.linalg.vecdot(e, scores) / s[..., 0]
-        if pattern is None and not grad and query.dtype == torch.float32:
-            # normalise the [tq, d] output rather than the [tq, Tk] weights: one pass less
-            ev = torch.matmul(e.view(B, Hkv, G * tq, kv), value[:, :, :kv]).view(B, Hkv, G, tq, -1)
-            out[:, :, :, a:b] = ev.div_(s)
-            continue
+        # the weights are normalised before the matmul in every case (normalising the [tq, d] output
+        # instead saves a pass but moves the stream ~1e-7 relative per layer away from eager attention
+        # and from this kernel's own pattern-keeping path: tests/server/test_float_range.py)
         p = (e / s).to(query.dtype)
         out[:, :, :, a:b] = torch.matmul(p.view(B, Hkv, G * tq, kv), value[:, :, :kv]).view(B, Hkv, G, tq, -1)
         if pattern is not None:

@@ -11,7 +11,7 @@ import torch
 
 from lmpeek import validate
 from lmpeek.capture.generation_record import GenerationRecord
-from lmpeek.capture.hooks import attach, capturing
+from lmpeek.capture.hooks import attach
 from lmpeek.capture.predictions import next_token_stats
 from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
 from lmpeek.capture.tokens import token_bytes_fn, tokenize
@@ -133,12 +133,12 @@ def _steps(
     cache = hf_compat.new_kv_cache(model.hf.config)
     with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
-    if record is None:
-        with capturing(model.hf):  # the prompt runs through the same attention as every later step
-            out = model.hf(input_ids=ids, **with_cache)
-    else:
-        with attach(model.bound, record.forward(Summaries(model.bound))):
-            out = model.hf(input_ids=ids, **with_cache)
+    # the prompt runs through the same attention kernel as every later step, with or without a record
+    # (a forward that wants no entropy takes the fused kernel, whose rounding differs)
+    summaries = Summaries(model.bound)
+    with attach(model.bound, summaries.handlers() if record is None else record.forward(summaries)):
+        out = model.hf(input_ids=ids, **with_cache)
+    if record is not None:
         record.add(out.logits[0])
     logits = out.logits[0, -1]
     position = ids.shape[1]
