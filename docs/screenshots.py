@@ -1,6 +1,7 @@
 """Screenshots of the app with the real default model, for the README.
 
-    .venv/bin/python docs/screenshots.py   # docs/generate.png, explore.png, export.png, notebook.png
+    .venv/bin/python docs/screenshots.py   # docs/generate.png, explore.png, attention.png,
+    # export.png, notebook.png
 
 Starts `lmpeek serve default` on a free port and drives Debian's Chromium with Playwright; downloads the
 Explore view's export and opens it from disk (network blocked); then opens a notebook in JupyterLab that
@@ -70,12 +71,27 @@ def main() -> None:
             tokens.nth(12).hover()
             page.wait_for_timeout(300)
             page.screenshot(path=str(HERE / "explore.png"))
+            attention(page)
             export(browser, page)
             notebook(browser)
             browser.close()
     finally:
         server.terminate()
         server.wait(10)
+
+
+def attention(page) -> None:
+    """The Attention tab on the same text: every layer x head, two heads' lines from " Paris", and the
+    q·k products behind one of its scores."""
+    page.get_by_test_id("tab-attention").click()
+    page.get_by_test_id("attention-thumb").nth(0).wait_for(timeout=120_000)
+    page.locator("[data-testid=attention-thumb][data-layer='3'][data-head='2']").click()
+    page.locator("[data-testid=attention-head-toggle][data-head='5']").check()
+    page.get_by_test_id("attention-key-token").nth(2).click()
+    page.wait_for_function("!document.body.innerText.includes('loading ')", timeout=180_000)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(HERE / "attention.png"), full_page=True)
+    page.get_by_test_id("tab-explore").click()
 
 
 def export(browser, page) -> None:

@@ -41,3 +41,10 @@ def test_every_hook_point_kind_is_documented():
 def test_version_matches_pyproject():
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
     assert version and version.group(1) == lmpeek.__version__
+
+
+def test_every_image_the_readme_shows_exists():
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert "docs/attention.png" in images
+    missing = [p for p in images if not (ROOT / p).is_file()]
+    assert not missing, f"README shows images that are not in the repository: {missing}"
