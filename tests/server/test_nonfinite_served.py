@@ -104,6 +104,16 @@ def test_every_route_answers_strict_json(client, trace_json):
     assert nulls > 100  # the model's lost values really went out, as null
 
 
+def test_the_lens_ranks_nothing_where_the_logits_were_lost(client, trace_json):
+    tid, ids = trace_json["id"], trace_json["token_ids"]
+    lens = client.get(f"/api/traces/{tid}/logit_lens", params={"token": 2, "target": ids[3]}).json()
+    target = lens["target"]
+    lost = [p is None for p in target["probs"]]
+    assert any(lost) and [r is None for r in target["ranks"]] == lost
+    kept = [r for r, gone in zip(target["ranks"], lost, strict=True) if not gone]
+    assert all(isinstance(r, int) and r >= 1 for r in kept)
+
+
 def test_binary_attention_counts_what_is_not_finite(client, trace_json):
     url = f"/api/traces/{trace_json['id']}/attention?layer=1&head=0"
     r = client.get(url, headers={"accept": "application/octet-stream"})

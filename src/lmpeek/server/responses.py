@@ -133,7 +133,7 @@ class Scatter(BaseModel):
 class LensTarget(BaseModel):
     id: int
     token: str
-    ranks: list[int]
+    ranks: list[int | None]
     probs: Floats
 
 

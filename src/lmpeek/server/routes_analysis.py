@@ -137,7 +137,9 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
             out["target"] = {
                 "id": rows.target,
                 "token": rows.target_token,
-                "ranks": rows.target_ranks.tolist(),
+                # a layer whose logits were lost (inf/NaN) ranks nothing: null, as its probability
+                "ranks": [int(r) if np.isfinite(p) else None
+                          for r, p in zip(rows.target_ranks, rows.target_probs, strict=True)],  # fmt: skip
                 "probs": _floats(rows.target_probs),
             }
         return out

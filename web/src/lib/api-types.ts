@@ -97,7 +97,7 @@ export interface Lens {
 export interface LensTarget {
   id: number;
   token: string;
-  ranks: number[];
+  ranks: (number | null)[];
   probs: (number | null)[];
 }
 
