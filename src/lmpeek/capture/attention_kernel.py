@@ -124,6 +124,11 @@ def causal_attention(
             e = scores.clamp_min_(-80.0).exp()
             e[..., kv - tq :].masked_fill_(tri, 0.0)
         s = e.sum(-1, keepdim=True)
+        if not grad:
+            # a query whose every key is masked (a pad token's, in a padded batch) gets weights 0 and
+            # output 0 rather than 0/0 = NaN, which the next layer would spread to every query through
+            # 0 × NaN values; any other row holds its best key's exp(0) = 1, so s >= 1 is untouched
+            s.clamp_min_(1.0)
         entropy[:, :, :, a:b] = s[..., 0].log() - torch.linalg.vecdot(e, scores) / s[..., 0]
         # the weights are normalised before the matmul in every case (normalising the [tq, d] output
         # instead saves a pass but moves the stream ~1e-7 relative per layer away from eager attention
