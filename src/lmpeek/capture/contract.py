@@ -13,6 +13,11 @@ before trusting the numbers. The references:
    q_norm(hook_q) == hook_q_normed, a norm's output is a per-feature affine map of hook_normalized);
 3. TransformerLens 4 where it is installed (`pip install lmpeek[parity]`): every hook name both
    expose, run on a copy of the model (skipped above 2 GiB of weights unless asked for).
+
+and the recompute path the app uses for stored traces (`contract_recompute`): every block point recomputed
+by `run_block` from the stored float32 residual stream against the full forward's, and the patterns the
+attention views score from the recomputed Q/K against transformers' eager attentions (rows marked
+"(recomputed)").
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmpeek.capture.contract_recompute import recompute_rows
 from lmpeek.capture.hooks import attach
 from lmpeek.capture.tokens import tokenize
 from lmpeek.models import hf_compat
@@ -423,6 +429,7 @@ def check(
         for name, want in plain.items():  # every module input/output point against the eager forward
             if not name.endswith(".input"):
                 rows.add(_kind(name), EAGER, name, got[name], want)
+        recompute_rows(model, tok.token_ids, got, ref.attentions, rows)
         if transformer_lens or (transformer_lens is None and _weight_bytes(model) <= TL_AUTO_MAX_BYTES):
             _transformer_lens_rows(model, ids, got, logits[0], rows)
     return list(rows.rows.values())
