@@ -144,12 +144,46 @@ RemoteOpt = Annotated[
 ]
 
 
-def _load(source: str, trust_remote_code: bool = False):
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype", help="Weights' dtype: float32 (default), bfloat16, float16, auto (the checkpoint's own)."
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="cpu, cuda, cuda:N, mps or auto (default: a GPU if there is one)."),
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Split the model with accelerate: auto, balanced, sequential, or module=device,... "
+        "(device: cpu, disk, N) or a JSON object.",
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option("--max-memory", help="Memory per device for --device-map, e.g. cpu=8GiB,0=20GiB."),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Load even when the memory estimate says the model will not fit.")
+]
+
+
+def _placement(
+    dtype: str | None, device: str | None, device_map: str | None, max_memory: str | None, force: bool
+) -> dict:
+    """The placement flags every command that loads a model takes, as `lmpeek.load` keywords."""
+    return dict(dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, force=force)
+
+
+def _load(source: str, trust_remote_code: bool = False, placement: dict | None = None):
     from lmpeek.api import load
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        model = load(source, trust_remote_code=trust_remote_code)
+        model = load(source, trust_remote_code=trust_remote_code, **(placement or {}))
     for w in caught:
         if "lmpeek" in str(w.message) or "adapter" in str(w.message):
             err.print(f"[yellow]note:[/] {w.message}")
@@ -182,6 +216,11 @@ def trace_cmd(
         bool, typer.Option("--allow-nonfinite", help="Save a trace even if the model produced inf/NaN.")
     ] = False,
     trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Run the model on TEXT once and show, per token, the prediction that produced it (made at the
     previous position, as in the app): its probability, loss, the entropy and top-3 of that prediction."""
@@ -190,7 +229,7 @@ def trace_cmd(
 
     if keep and not save:  # kept tensors only go to disk: without --save they would be dropped unseen
         _fail("--keep needs --save DIR: the tensors it keeps are written to that folder")
-    m = _load(model, trust_remote_code)
+    m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWarning)
         t = trace(m, text, top_k=top_k, keep=keep or ())
@@ -255,12 +294,17 @@ def generate_cmd(
     seed: Annotated[int | None, typer.Option(help="Repeat a run (default: a random seed, printed).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per token.")] = False,
     trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Generate from PROMPT: the text as it streams, then a table of each token's probability (as the
     model predicted it, and in the distribution it was drawn from after temperature / top-k / top-p)."""
     from lmpeek.api import generate
 
-    m = _load(model, trust_remote_code)
+    m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
     steps = generate(
         m, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed
     )
@@ -384,6 +428,11 @@ def export_cmd(
     ] = "",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,
     trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Run the model on TEXT and write one self-contained HTML file of the Explore view: it opens from
     disk, offline, and shows the numbers the app shows."""
@@ -393,7 +442,7 @@ def export_cmd(
     from lmpeek.views.export import Include, export_html
 
     inc = Include.parse(include)  # a bad --include fails before the model loads
-    m = _load(model, trust_remote_code)
+    m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
     heads = [(f"attention={lay}:{h}", lay, h) for lay, h in inc.attention]
     heads += [(f"qk={lay}:{h}:{q}", lay, h) for lay, h, q in inc.qk]
     for item, layer, head in heads:
@@ -418,18 +467,27 @@ def check_cmd(
     text: Annotated[str | None, typer.Option(help="Text to run the check on.")] = None,
     rtol: Annotated[float, typer.Option(help="Tolerance relative to the reference's scale.")] = 1e-4,
     trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Verify every hook point of a model against a plain transformers forward."""
     from lmpeek.api import check
 
-    m = _load(source, trust_remote_code)
+    m = _load(source, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
     rows = check(m, text, rtol=rtol) if text is not None else check(m, rtol=rtol)
     table = Table(
         title=f"{m.name} ({m.architecture}, adapter '{m.bound.adapter.name}')", title_justify="left"
     )
     for col in ("hook point", "compared with", "max |dev|", "scale", "ok", "worst at"):
         table.add_column(col, justify="right" if col in ("max |dev|", "scale") else "left")
+    recomputed = False
     for r in rows:
+        if "(recomputed)" in r.hook and not recomputed:  # the recompute path the app uses: its own group
+            table.add_section()
+            recomputed = True
         table.add_row(
             Text(r.hook),
             Text(r.against),
@@ -483,6 +541,11 @@ def serve_cmd(
         list[str] | None,
         typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
     ] = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Start the web app; the page shows the model's loading progress until it is ready."""
     import os
@@ -512,9 +575,11 @@ def serve_cmd(
             soft_wrap=True,
         )
     _check_source(model)  # before announcing: the model itself loads in the background
+    placement = _placement(dtype, device, device_map, max_memory, force)
+    loader = _check_placement(model, placement)
     _check_port(host, port)
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
-    web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, **edge)
+    web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, loader=loader, **edge)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
@@ -564,6 +629,25 @@ def _check_source(source: str) -> None:
         f"No such file or folder: {name}. A model source is 'default', a folder with config.json, "
         "a .gguf file, or a hub id like 'org/name' that is in the local Hugging Face cache."
     )
+
+
+def _check_placement(source: str, placement: dict):
+    """Refuse, before serving, a model that will not fit (or bad placement flags), printing the
+    memory estimate; then the loader the app runs in the background with the same flags."""
+    from lmpeek.api import TINY_PREFIX, load
+
+    chosen = {k: v for k, v in placement.items() if v not in (None, False)}
+    if not source.strip().startswith(TINY_PREFIX):
+        from lmpeek.models.sources import estimate_source
+
+        with _libraries_quiet():
+            est = estimate_source(source, **chosen)
+        if est is not None:
+            forced = " (does not fit: loading anyway, as forced)" if est.forced else ""
+            err.print(f"[yellow]note:[/] {est.describe()}{forced}", soft_wrap=True)
+    if not chosen:
+        return None
+    return functools.partial(load, progress=False, **chosen)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -39,3 +39,7 @@ class StoreFull(LmpeekError):
     """The trace store cannot take a trace: its disk budget or the disk itself is full."""
 
     status_code = 507
+
+
+class InsufficientMemory(LmpeekError):
+    """A model that will not fit in the memory of the device(s) it is asked to load on."""

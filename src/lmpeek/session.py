@@ -466,11 +466,12 @@ class Session:
             with torch.inference_mode():
                 return norm(torch.as_tensor(v, dtype=torch.float32)).numpy()
 
-        bias = getattr(unembed, "bias", None)
-
         def run():
-            w = unembed.weight.detach().float().numpy()
-            bias_w = None if bias is None else bias.detach().float().numpy()
+            from lmpeek.models.hf_compat import parameter_value
+
+            bias = parameter_value(unembed, "bias")  # offloaded weights are read where they are kept
+            w = parameter_value(unembed, "weight").detach().float().cpu().numpy()
+            bias_w = None if bias is None else bias.detach().float().cpu().numpy()
             return logit_lens(resid, final_norm, w, bias_w, k=k, target=target)
 
         result = self._on_model(run, "lens")

@@ -105,10 +105,15 @@ def _weights_hash(torch: Any, module: Any) -> str:
     heads: list[str] = []
     samples: list[Any] = []
     sums: list[Any] = []
+    from lmpeek.models.hf_compat import offloaded_parameters
+
+    offloaded = offloaded_parameters(module)
     for name, p in module.named_parameters():
         heads.append(f"{name}|{tuple(p.shape)}|{p.dtype}")
+        if p.device.type == "meta" and name in offloaded:  # accelerate keeps it on disk / CPU
+            p = offloaded[name]
         if p.device.type == "meta" or p.element_size() not in _BITS:
-            # offloaded (no values here) or an exotic type: identified by name, shape and dtype
+            # no values anywhere or an exotic type: identified by name, shape and dtype
             samples.append(torch.zeros(0, dtype=torch.float64))
             sums.append(0)
             continue

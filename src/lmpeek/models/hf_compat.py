@@ -201,3 +201,41 @@ def sampling_warpers(temperature: float, top_p: float, top_k: int) -> Any:
     if top_p < 1.0:
         procs.append(TopPLogitsWarper(top_p))
     return procs
+
+
+def _weights_map(module: Any) -> Any:
+    """accelerate's map of the module's offloaded weights (its AlignDevicesHook's), or None."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *(getattr(hook, "hooks", ()) or ())]:  # a SequentialHook holds several
+        if getattr(h, "weights_map", None) is not None:
+            return h.weights_map
+    return None
+
+
+def parameter_value(module: Any, name: str = "weight") -> Any:
+    """The module's parameter with its values: an offloaded one (on "meta" in the model) read
+    through accelerate's weights map, as its module would when it runs. For code that reads weights
+    without calling the module (the logit lens' unembedding)."""
+    p = getattr(module, name, None)
+    if p is None or p.device.type != "meta":
+        return p
+    weights = _weights_map(module)
+    return weights[name] if weights is not None else p
+
+
+def offloaded_parameters(model: Any) -> dict[str, Any]:
+    """name -> value of every parameter accelerate offloaded (kept on "meta" in the model, read from
+    the CPU or an offload folder when its module runs). Values from disk are memory-mapped: reading
+    a sample of one costs little."""
+    out: dict[str, Any] = {}
+    for prefix, module in model.named_modules():
+        weights = _weights_map(module)
+        if weights is None:
+            continue
+        for name, p in module.named_parameters(recurse=False):
+            if p.device.type == "meta":
+                try:
+                    out[f"{prefix}.{name}" if prefix else name] = weights[name]
+                except KeyError:  # not in the map: stays identified by name and shape only
+                    continue
+    return out

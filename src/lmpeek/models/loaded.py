@@ -25,6 +25,8 @@ class LoadedModel:
     # The folder that was actually loaded: lmpeek's converted safetensors copy for "default" and
     # GGUF files, the folder itself, the hub id's snapshot folder; None when nothing was read from disk.
     folder: str | None = None
+    # What loading was estimated to take (models.placement.MemoryEstimate), when it came from disk
+    memory: Any = None
 
     @property
     def architecture(self) -> str:
@@ -44,7 +46,15 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the embedding's device. A model split by accelerate keeps offloaded
+        weights on "meta" and moves inputs itself; its first real device is then the answer."""
+        weight = self.hf.get_input_embeddings().weight
+        if weight.device.type != "meta":
+            return weight.device
+        for p in self.hf.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return torch.device("cpu")
 
     @property
     def context_length(self) -> int | None:

@@ -22,8 +22,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lmpeek.errors import InvalidInput, MissingDefaultModel, SourceNotFound, UnsupportedArchitecture
-from lmpeek.models import hf_compat
+from lmpeek.errors import (
+    InsufficientMemory,
+    InvalidInput,
+    MissingDefaultModel,
+    SourceNotFound,
+    UnsupportedArchitecture,
+)
+from lmpeek.models import hf_compat, placement
 from lmpeek.models.cache import cache_dir, cached_models, ensure_converted, gguf_model_name, read_meta
 
 if TYPE_CHECKING:
@@ -65,6 +71,7 @@ class Resolved:
     source: str  # what the user named: "default", the .gguf file, the folder, the hub id
     folder: str | None  # the folder actually loaded: lmpeek's converted copy (default, gguf), the
     # folder itself, the hub id's snapshot in the Hugging Face cache
+    memory: placement.MemoryEstimate | None = None  # what it was estimated to take, before loading
 
 
 def default_gguf_path() -> pathlib.Path:
@@ -92,25 +99,43 @@ def resolve(
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    device_map: Any = None,
+    max_memory: Any = None,
+    force: bool = False,
+    _estimate_only: bool = False,
 ) -> Resolved:
-    """Load the model and tokenizer that ``source`` names; see the module docstring for sources."""
+    """Load the model and tokenizer that ``source`` names; see the module docstring for sources.
+    ``device_map`` / ``max_memory`` go to accelerate (see ``placement``); before any weight is read,
+    the memory the model will take is estimated and a model that cannot fit is refused unless
+    ``force``."""
     if not isinstance(source, str) or not source.strip():
         raise InvalidInput("Model source is empty: pass 'default', a folder, a .gguf file or a hub id.")
     if "\x00" in source:
         raise InvalidInput("Model source contains a NUL character: no file or hub id can be named that.")
     source = source.strip()
+    device_map = placement.parse_device_map(device_map)
+    if device_map is not None and device not in (None, "auto"):
+        raise InvalidInput(
+            f"pass either device ({device!r}) or device_map ({device_map!r}), not both: a device map "
+            "says where every part of the model goes"
+        )
     opts = _LoadOptions(
         device=parse_device(device),
         dtype=parse_dtype(dtype),
         trust_remote_code=bool(trust_remote_code),
         progress=progress,
+        device_map=device_map,
+        max_memory=placement.parse_max_memory(max_memory),
+        force=bool(force),
+        asked=any(v is not None for v in (dtype, device_map, max_memory)),
+        estimate_only=_estimate_only,
     )
 
     if source == "default":
         gguf = default_gguf_path()
         folder = _converted(gguf, progress=progress, identity=_default_identity())
         model, tokenizer = _load_pretrained(str(folder), opts, label=DEFAULT_NAME)
-        return Resolved(model, tokenizer, DEFAULT_NAME, "default", "default", str(folder))
+        return Resolved(model, tokenizer, DEFAULT_NAME, "default", "default", str(folder), opts.memory)
 
     path = pathlib.Path(source).expanduser()
     if path.exists():
@@ -123,6 +148,13 @@ def resolve(
     )
 
 
+def estimate_source(source: str, **kwargs: Any) -> placement.MemoryEstimate | None:
+    """What `resolve(source, **kwargs)` would take, from the config alone (a GGUF file is converted
+    first, once): raises `InsufficientMemory` (unless force=True) exactly when loading would. None
+    for a model whose code cannot be built on the meta device."""
+    return resolve(source, _estimate_only=True, **kwargs).memory
+
+
 # --- sources ------------------------------------------------------------------------------------
 
 
@@ -132,6 +164,12 @@ class _LoadOptions:
     dtype: Any  # torch.dtype or "auto"
     trust_remote_code: bool
     progress: bool
+    device_map: str | dict[str, Any] | None = None
+    max_memory: dict[Any, int] | None = None
+    force: bool = False
+    asked: bool = False  # the user chose dtype / placement: show the estimate even for a small model
+    estimate_only: bool = False  # stop after the estimate (and the refusal): `estimate_source`
+    memory: placement.MemoryEstimate | None = None  # filled in by _load_pretrained
 
 
 def _resolve_path(path: pathlib.Path, opts: _LoadOptions) -> Resolved:
@@ -143,7 +181,7 @@ def _resolve_path(path: pathlib.Path, opts: _LoadOptions) -> Resolved:
         )
     if (path / "config.json").is_file():
         model, tokenizer = _load_pretrained(str(path), opts, label=str(path))
-        return Resolved(model, tokenizer, path.name, "folder", str(path), str(path))
+        return Resolved(model, tokenizer, path.name, "folder", str(path), str(path), opts.memory)
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return _resolve_gguf(ggufs[0], opts)
@@ -157,12 +195,12 @@ def _resolve_gguf(gguf: pathlib.Path, opts: _LoadOptions) -> Resolved:
     folder = _converted(gguf, progress=opts.progress)
     name = read_meta(folder).get("name") or gguf_model_name(gguf)
     model, tokenizer = _load_pretrained(str(folder), opts, label=str(gguf))
-    return Resolved(model, tokenizer, name, "gguf", str(gguf), str(folder))
+    return Resolved(model, tokenizer, name, "gguf", str(gguf), str(folder), opts.memory)
 
 
 def _resolve_hub(hub_id: str, opts: _LoadOptions) -> Resolved:
     model, tokenizer = _load_pretrained(hub_id, opts, label=hub_id, hub=True)
-    return Resolved(model, tokenizer, hub_id, "hub", hub_id, _hub_snapshot(hub_id))
+    return Resolved(model, tokenizer, hub_id, "hub", hub_id, _hub_snapshot(hub_id), opts.memory)
 
 
 def _hub_snapshot(hub_id: str) -> str | None:
@@ -288,6 +326,9 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
         raise _bad_config(label, err) from err
 
     _check_causal_lm(config, label, opts.trust_remote_code)
+    opts.memory = _estimate(config, opts, label)
+    if opts.estimate_only:
+        return None, None
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
@@ -297,6 +338,10 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
         ) from err
 
     model_kwargs = dict(kwargs, dtype=opts.dtype, attn_implementation="eager")
+    if opts.device_map is not None:
+        model_kwargs.update(device_map=opts.device_map, offload_folder=str(_offload_folder()))
+        if opts.max_memory is not None:
+            model_kwargs["max_memory"] = opts.max_memory
     show_bars = opts.progress
     if not hub:
         weights = list(pathlib.Path(ref).glob("*.safetensors"))
@@ -318,9 +363,54 @@ def _load_pretrained(ref: str, opts: _LoadOptions, *, label: str, hub: bool = Fa
     except Exception as err:  # SafetensorError, size mismatches, impossible shapes from the config
         raise _bad_model_files(label, err) from err
 
-    model.to(opts.device)
+    if opts.device_map is None:  # accelerate placed a mapped model; moving it would undo that
+        model.to(opts.device)
     model.eval()
     return model, tokenizer
+
+
+def _estimate(config, opts: _LoadOptions, label: str) -> placement.MemoryEstimate | None:
+    """Estimate (from the config, nothing loaded), show it for big models or when asked, refuse
+    a model that cannot fit unless forced."""
+    import sys
+
+    try:
+        est = placement.estimate(config, label=label, dtype=opts.dtype, device=opts.device,
+                                 device_map=opts.device_map, max_memory=opts.max_memory,
+                                 trust_remote_code=opts.trust_remote_code)  # fmt: skip
+    except (InvalidInput, InsufficientMemory):
+        raise
+    except Exception as err:  # a remote-code model accelerate cannot build on meta: load unestimated
+        if opts.progress and opts.asked:
+            print(f"lmpeek: no memory estimate for {label} ({type(err).__name__}: {_first_line(err)})",
+                  file=sys.stderr)  # fmt: skip
+        return None
+    placement.require_fit(est, force=opts.force)
+    if opts.estimate_only:
+        return est
+    if opts.progress and (opts.asked or est.weights > placement.SHOW_ABOVE or est.forced):
+        forced = " (does not fit: loading anyway, as forced)" if est.forced else ""
+        print(f"lmpeek: loading {est.describe()}{forced}", file=sys.stderr)
+    return est
+
+
+_OFFLOAD: list[pathlib.Path] = []
+
+
+def _offload_folder() -> pathlib.Path:
+    """Where accelerate may put weights offloaded to disk: one folder per process in lmpeek's cache
+    (not /tmp, often a small RAM disk), removed when the process ends."""
+    if not _OFFLOAD:
+        import atexit
+        import shutil
+        import tempfile
+
+        root = cache_dir() / "offload"
+        root.mkdir(parents=True, exist_ok=True)
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=root))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _OFFLOAD.append(folder)
+    return _OFFLOAD[0]
 
 
 def _bad_config(label: str, err: BaseException) -> SourceNotFound:
@@ -384,12 +474,12 @@ def parse_device(device: str | None) -> str:
     """A device name torch accepts and this machine has ("cuda" when there is one and none is given)."""
     import torch
 
-    if device is None:
+    if device is None or device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise InvalidInput(f"Unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from err
+        raise InvalidInput(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'") from err
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if parsed.index is not None and parsed.index >= count or count == 0:
