@@ -1,6 +1,6 @@
 """A 4,096-token sample of the default model through the app's API: trace time, disk, memory, slices.
 
-    .venv/bin/python benchmarks/long_sample.py [--tokens 4096]
+    .venv/bin/python benchmarks/long_sample.py [--tokens 4096] [--repeat 5]
 
 Runs the FastAPI app in-process (TestClient) with the default model and prints:
   trace        POST /api/trace: one forward with summaries + the residual stream written to disk
@@ -10,7 +10,11 @@ Runs the FastAPI app in-process (TestClient) with the default model and prints:
   slices       latency of what the page asks for afterwards: an attention row / column of one head
                (cold: that head's Q/K recomputed from one block's stored input; warm: cached), one
                token's vector at a hook point, and the summary JSON; plus their response sizes.
-The plain transformers sdpa forward on the same ids is timed too, as the reference.
+The plain transformers sdpa forward on the same ids is timed too, as the reference: with --repeat N
+the plain forward and the HTTP trace run interleaved (plain, trace, plain, trace, ...) and their
+medians give the ratio; the cold/warm attention rows then take N fresh layers (cold: the layer's Q/K
+not yet computed for that trace; warm: another query of the same head) and report medians.
+Targets (issue 11): HTTP trace / plain forward ≤ 1.3×; cold slice ≤ 300 ms, warm ≤ 10 ms.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def _timed(fn, repeat: int = 1):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
 
     import torch
@@ -54,12 +59,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
+
+    def plain_forward() -> None:
+        with torch.inference_mode():
+            plain(torch.tensor([ids]))
+
     with torch.inference_mode():
         plain(torch.tensor([ids[:64]]))
-        t0 = time.perf_counter()
-        plain(torch.tensor([ids]))
-        sdpa_s = time.perf_counter() - t0
-    del plain
 
     rows = []
     with (
@@ -80,6 +86,13 @@ def main() -> None:
         trace_s, r = _timed(lambda: c.post("/api/trace", json={"text": sample}))
         peak_mb = (rss_kb("VmHWM") - base) / 1024
         data = r.json()
+        envelope = {"accept": "application/vnd.lmpeek.trace"}  # what the page asks for
+        plain_times, http_times = [], []
+        for _ in range(args.repeat):  # interleaved: drift in the machine's speed hits both alike
+            plain_times.append(_timed(plain_forward)[0])
+            post = lambda: c.post("/api/trace", json={"text": sample}, headers=envelope)  # noqa: E731
+            http_times.append(_timed(post)[0])
+        sdpa_s, http_s = statistics.median(plain_times), statistics.median(http_times)
         tid, T = data["id"], len(data["tokens"])
         folder = pathlib.Path(store) / tid
         disk = sum(p.stat().st_size for p in folder.iterdir())
@@ -113,9 +126,23 @@ def main() -> None:
             s, resp = _timed(lambda path=path, headers=headers: c.get(path, headers=headers))
             assert resp.status_code == 200, resp.text
             rows.append((name, s, len(resp.content)))
+        cold, warm = [], []
+        for layer in range(min(args.repeat, L)):  # each round a layer not computed yet for this trace
+            row = f"{url}/attention?layer={layer}&head=1&query="
+            cold.append(_timed(lambda row=row: c.get(f"{row}{T - 1}", headers=binary))[0])
+            warm.append(_timed(lambda row=row: c.get(f"{row}{T - 2}", headers=binary))[0])
 
     print(f"default model, {T} tokens (requested {args.tokens}; text re-tokenised to {n_tokens})")
-    print(f"plain transformers sdpa forward: {sdpa_s:.2f} s")
+    print(
+        f"plain transformers sdpa forward: {sdpa_s:.2f} s; "
+        f"HTTP trace (envelope, stream stored): {http_s:.2f} s "
+        f"= {http_s / sdpa_s:.2f}x (medians of {args.repeat}, interleaved; target <= 1.3x)"
+    )
+    print(
+        f"attention row at {T} tokens, medians of {len(cold)} layers: "
+        f"cold {statistics.median(cold) * 1000:.0f} ms "
+        f"(target <= 300), warm {statistics.median(warm) * 1000:.1f} ms (target <= 10)"
+    )
     print(
         f"disk per sample: {disk / 2**20:.0f} MiB (residual stream, float32: {resid_disk / 2**20:.0f} MiB); "
         f"peak memory of the trace request: +{peak_mb:.0f} MB\n"

@@ -298,7 +298,7 @@ class Session:
         """One head's attention pattern [T, T] (float16), or one row (`query`: attention from it) or
         column (`key`: attention to it) as [1, T]. `rope`: recomputed from the full Q/K, from only
         their rotary part ("applied") or only the rest ("not_applied")."""
-        from lmpeek.capture.slices import attention_pattern, head_pattern
+        from lmpeek.capture.slices import as_float16, attention_pattern, head_pattern
 
         t = self.get(trace_id)
         model = self.model
@@ -323,12 +323,12 @@ class Session:
             pattern = self.store.derived(
                 trace_id,
                 ("head_pattern", layer, head),
-                lambda: head_pattern(model, layer, q, k).astype(np.float16),
+                lambda: as_float16(head_pattern(model, layer, q, k)),
             )
         else:  # no stored stream: run the model up to this layer
 
             def compute() -> np.ndarray:
-                return self._on_model(lambda: attention_pattern(model, t.token_ids, layer).astype(np.float16))
+                return self._on_model(lambda: as_float16(attention_pattern(model, t.token_ids, layer)))
 
             pattern = self.store.derived(trace_id, ("pattern", layer), compute)[head]
         if query is not None:
@@ -340,6 +340,7 @@ class Session:
     def _rope_part(self, trace_id: str, layer: int, head: int, part: str) -> np.ndarray:
         """One head's pattern recomputed from part of Q/K (see analysis.attention.rope_parts_pattern)."""
         from lmpeek.analysis.attention import rope_parts_pattern
+        from lmpeek.capture.slices import as_float16
 
         b = self.model.bound
         if not b.rotary_dims:
@@ -353,7 +354,7 @@ class Session:
 
         def calc() -> np.ndarray:
             p = rope_parts_pattern(qk["q"], qk["k"], qk["rot_q"], qk["rot_k"], b.rotary_dims, part, scale, 1)
-            return p[0].astype(np.float16)
+            return as_float16(p[0])
 
         return self.store.derived(trace_id, ("rope", part, layer, head), calc)
 

@@ -84,3 +84,19 @@ def test_head_pattern_from_q_and_k(arch):
                 m, layer, t[f"blocks.{layer}.{q}"][:, h], t[f"blocks.{layer}.{k}"][:, h // group]
             )
             np.testing.assert_allclose(got, t[f"blocks.{layer}.attn.hook_pattern"][h], atol=1e-5)
+
+
+def test_as_float16_is_numpys_conversion_bit_for_bit():
+    from lmpeek.capture.slices import as_float16
+
+    rng = np.random.default_rng(0)
+    scaled = rng.standard_normal(10_000) * 10.0 ** rng.integers(-9, 6, 10_000)  # subnormal .. overflow
+    edges = [0.0, -0.0, np.inf, -np.inf, 65504.0, 65520.0, 1e-8, 6e-8, 5.96e-8, 2.98e-8]
+    values = np.concatenate([scaled, edges]).astype(np.float32)
+    with np.errstate(over="ignore"):  # values past 65,504 become inf, as they should
+        want = values.astype(np.float16)
+    got = as_float16(values)
+    assert got.dtype == np.float16 and got.shape == values.shape
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+    nan = as_float16(np.array([np.nan], dtype=np.float32))
+    assert np.isnan(nan).all()
