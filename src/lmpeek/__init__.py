@@ -26,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from lmpeek.session import Session
 
         return Session
+    if name == "capture":  # lmpeek.capture.activations(...) without importing the package first
+        import importlib
+
+        return importlib.import_module("lmpeek.capture")
     if name == "show":
         from lmpeek.views.widget import show
 
