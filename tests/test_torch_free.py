@@ -13,7 +13,8 @@ TORCH_FREE = ["lmpeek.analysis", "lmpeek.analysis.activations", "lmpeek.analysis
               "lmpeek.analysis.lens", "lmpeek.analysis.neurons", "lmpeek.analysis.scales",
               "lmpeek.analysis.metrics", "lmpeek.schema",
               "lmpeek.views", "lmpeek.views.export", "lmpeek.views.widget", "lmpeek.views.asgi",
-              "lmpeek.store", "lmpeek.store.traces", "lmpeek.models.fingerprint"]  # fmt: skip
+              "lmpeek.store", "lmpeek.store.traces", "lmpeek.models.fingerprint",
+              "lmpeek.features", "lmpeek.features.sources", "lmpeek.features.points"]  # fmt: skip
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)

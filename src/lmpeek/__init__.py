@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"}
-__all__ = sorted(_API | {"Session", "show", "__version__"})
+__all__ = sorted(_API | {"Session", "show", "capture", "features", "__version__"})
 
 
 def __getattr__(name: str) -> Any:
@@ -26,10 +26,10 @@ def __getattr__(name: str) -> Any:
         from lmpeek.session import Session
 
         return Session
-    if name == "capture":  # lmpeek.capture.activations(...) without importing the package first
+    if name in ("capture", "features"):  # lmpeek.capture.activations(...) after a bare import lmpeek
         import importlib
 
-        return importlib.import_module("lmpeek.capture")
+        return importlib.import_module(f"lmpeek.{name}")
     if name == "show":
         from lmpeek.views.widget import show
 
