@@ -38,7 +38,8 @@ _CHECK_TOKENS_PER_TEXT = 64  # several bundled samples (prose, code, chat, ...) 
 def _require_model(model: Any) -> None:
     from lmpeek.capture.trace import require_model
 
-    require_model(model)
+    for m in model if isinstance(model, tuple) else (model,):  # a (base, chat) pair: crosscoders
+        require_model(m)
 
 
 def load(spec: Any, model: Any = None, *, check: bool = True, **options: Any) -> FeatureSource:
@@ -54,7 +55,10 @@ def load(spec: Any, model: Any = None, *, check: bool = True, **options: Any) ->
         return spec
     if model is not None:
         _require_model(model)
-    source = kind_for(spec).load(spec, model, **options)
+    kind = kind_for(spec)
+    if isinstance(model, tuple) and not kind.pair:
+        raise InvalidInput(f"{kind.name} sources read one model: give one model, not a pair")
+    source = kind.load(spec, model, **options)
     if model is not None and check and hasattr(source, "reconstruct"):
         check_reconstruction(model, source)
     return source
@@ -73,9 +77,14 @@ def activations(
 ) -> np.ndarray:
     """Feature activations [T, F] (float32) of `text` (or token ids), from one forward of `model`
     capturing only the hook points the source reads; `features`: only these columns, in this order.
-    `source` may be a loaded source or a spec for `load`."""
+    `source` may be a loaded source or a spec for `load`. A crosscoder reads two models: `model` is
+    then the pair (base_model, chat_model), each run once on the same token ids."""
     _require_model(model)
     source = load(source, model, check=False)
+    if isinstance(model, tuple) or getattr(source, "models", None):  # two models: crosscoder.py
+        from lmpeek.features.crosscoder import pair_activations
+
+        return pair_activations(model, source, text, features)
     idx = _indices(source, features)
     if not source.hooks:  # a function of the text (function.FunctionSource)
         from lmpeek.capture.tokens import tokenize

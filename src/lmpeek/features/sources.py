@@ -77,12 +77,14 @@ class Kind:
     """One kind of feature source: which specs it takes and where its loader lives.
 
     `loader` is "module:function"; the function is called as `fn(spec, model, **options)` and returns
-    a FeatureSource. `example` is shown in the error for a spec no kind takes."""
+    a FeatureSource. `example` is shown in the error for a spec no kind takes. `pair`: its sources read
+    two models, and `model` may be the pair (base, chat) (crosscoders)."""
 
     name: str
     matches: Callable[[Any], bool]
     loader: str
     example: str
+    pair: bool = False
 
     def load(self, spec: Any, model: Any = None, **options: Any) -> FeatureSource:
         module, fn = self.loader.split(":")
@@ -98,6 +100,14 @@ def _is_saelens(spec: Any) -> bool:
     return isinstance(spec, (str, os.PathLike)) and (Path(spec).expanduser() / "cfg.json").is_file()
 
 
+def _is_crosscoder(spec: Any) -> bool:
+    # a folder holding crosscoder weights (file names in crosscoder.py, which imports no torch), or such
+    # a file; tried before SAELens, as a Kissane-layout folder has a cfg.json too
+    from lmpeek.features.crosscoder import weights_file
+
+    return weights_file(spec) is not None
+
+
 def _is_function(spec: Any) -> bool:
     return callable(spec) and not isinstance(spec, (str, os.PathLike, FeatureSource))
 
@@ -105,6 +115,14 @@ def _is_function(spec: Any) -> bool:
 _HERE = "lmpeek.features"
 KINDS: list[Kind] = [
     Kind("neurons", _is_neurons, f"{_HERE}.neurons:load", "'neurons:3' (layer 3's MLP neurons)"),
+    Kind(
+        "crosscoder",
+        _is_crosscoder,
+        f"{_HERE}.crosscoder:load",
+        "a crosscoder folder (dictionary_learning model.safetensors / model_final.pt, or Kissane cfg.json + "
+        "cc_weights.pt)",
+        pair=True,
+    ),
     Kind(
         "saelens",
         _is_saelens,
@@ -132,7 +150,8 @@ def kind_for(spec: Any) -> Kind:
         if path.is_dir():
             raise SourceNotFound(
                 f"feature source folder {str(spec)!r} has no cfg.json: lmpeek reads SAELens folders "
-                f"(cfg.json + sae_weights.safetensors)"
+                f"(cfg.json + sae_weights.safetensors) and crosscoder folders (model.safetensors, "
+                f"model_final.pt, cc_weights.pt)"
             )
         if path.exists() or os.sep in str(spec) or "/" in str(spec):
             raise SourceNotFound(
