@@ -690,6 +690,53 @@ def _edge_settings(host: str, token: str | None, allow_host: list[str], cors_ori
     return {"token": token, "allowed_hosts": hosts, "cors_origins": list(cors_origin)}
 
 
+features_app = typer.Typer(
+    cls=_OneLineErrors,
+    no_args_is_help=True,
+    help="Feature dashboards: build a database of max-activating examples over a corpus.",
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("build")
+@friendly
+@quiet
+def features_build(
+    source: Annotated[
+        list[str], typer.Option("--source", "-s", help="neurons:L or a SAELens folder (repeatable).")
+    ],
+    corpus: Annotated[
+        list[str],
+        typer.Option("--corpus", "-c", help="A folder (.txt, .md, .jsonl, .parquet) or file (repeatable)."),
+    ],
+    model: ModelOpt = "default",
+    out_path: Annotated[str, typer.Option("--out", "-o", help="The database file to write.")] = "features.db",
+    tokens: Annotated[
+        int | None, typer.Option("--tokens", min=1, help="Stop after this many tokens.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    k: Annotated[int, typer.Option("--k", min=1, help="Max-activating examples kept per feature.")] = 20,
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", min=2, help="Tokens per sequence the corpus is cut into.")
+    ] = 128,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
+    trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Run the model over a corpus once and keep, for every feature of every source, its max-activating
+    examples, quantile samples, histogram, top/bottom logits and correlated features (resumable: run the
+    same command again after an interruption)."""
+    from lmpeek.features.builder import build_cli
+
+    m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
+    build_cli(m, source, corpus, out_path, tokens=tokens, batch_size=batch_size, k=k, seq_len=seq_len,
+              overwrite=overwrite, echo=out.print)  # fmt: skip
+
+
 @app.command("models")
 @friendly
 def models_cmd() -> None:

@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from lmpeek.errors import InvalidInput
+from lmpeek.features.builder import build
+from lmpeek.features.db import FeatureDB
 from lmpeek.features.sources import KINDS, FeatureSource, FeatureSourceWarning, Kind, kind_for, register
 
-__all__ = ["KINDS", "FeatureSource", "FeatureSourceWarning", "Kind", "Reconstruction", "activations",
-           "check_reconstruction", "kind_for", "load", "register"]  # fmt: skip
+__all__ = ["KINDS", "FeatureDB", "FeatureSource", "FeatureSourceWarning", "Kind", "Reconstruction",
+           "activations", "build", "check_reconstruction", "kind_for", "load", "register"]  # fmt: skip
 
 # the hook-parity guard: above this fraction of variance unexplained an SAE is not reading what it was
 # trained on (trained SAEs on their own hook point are typically well under 0.3)
