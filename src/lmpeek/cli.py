@@ -737,6 +737,32 @@ def features_build(
               overwrite=overwrite, echo=out.print)  # fmt: skip
 
 
+@features_app.command("export-td")
+@friendly
+@quiet
+def features_export_td(
+    db: Annotated[str, typer.Argument(help="A feature database made by `lmpeek features build`.")],
+    out_path: Annotated[
+        str, typer.Option("--out", "-o", help="The tiny-dashboard SQLite file to write.")
+    ] = "td.db",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Whose tokenizer (default: the database's model).")
+    ] = None,
+    source: Annotated[str, typer.Option("--source", "-s", help="Which source: its number or name.")] = "0",
+    max_examples: Annotated[int | None, typer.Option("--max-examples", min=1)] = None,
+    negatives: Annotated[
+        str, typer.Option(help="clip (tiny-dashboard draws no negative values), nan, or keep.")
+    ] = "clip",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Write a feature database as tiny-dashboard's SQLite file (its own reader opens it)."""
+    from lmpeek.features.formats import export_td_cli
+
+    which: int | str = int(source) if source.strip().isdigit() else source
+    export_td_cli(db, out_path, model=model, source=which, max_examples=max_examples, negatives=negatives,
+                  overwrite=overwrite, echo=out.print)  # fmt: skip
+
+
 @app.command("models")
 @friendly
 def models_cmd() -> None:

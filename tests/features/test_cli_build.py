@@ -51,3 +51,29 @@ def test_features_build_bad_input_is_one_line(tmp_path):
         )
         assert r.exit_code == 2 and message in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_features_export_td_writes_what_the_api_writes(tmp_path):
+    import sqlite3
+
+    from lmpeek.features import to_td_dict
+
+    corpus = _corpus(tmp_path)
+    db = tmp_path / "f.db"
+    model = lmpeek.load("tiny:llama")
+    build(model, ["neurons:1"], [corpus], db, tokens=400, k=4)
+    r = runner.invoke(
+        app, ["features", "export-td", str(db), "-o", str(tmp_path / "td.db"), "-m", "tiny:llama"]
+    )
+    assert r.exit_code == 0, r.output
+    with sqlite3.connect(tmp_path / "td.db") as con:
+        rows = dict(con.execute("SELECT key, examples FROM data_table"))
+    with FeatureDB(db, tokenizer=model.tokenizer) as fdb:
+        want = to_td_dict(fdb)
+    assert sorted(rows) == sorted(want) and len(rows) > 10
+    import json
+
+    first = json.loads(rows[min(rows)])
+    assert [e[1] for e in first] == [list(e[1]) for e in want[min(rows)]]
+    r = runner.invoke(app, ["features", "export-td", str(db), "-o", str(tmp_path / "td.db")])
+    assert r.exit_code == 2 and "exists" in r.stderr  # never overwritten without --overwrite

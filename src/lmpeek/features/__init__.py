@@ -25,10 +25,12 @@ import numpy as np
 from lmpeek.errors import InvalidInput
 from lmpeek.features.builder import build
 from lmpeek.features.db import FeatureDB
+from lmpeek.features.formats import TDFeatures, from_td, neuronpedia_json, to_td_dict, write_td_sqlite
 from lmpeek.features.sources import KINDS, FeatureSource, FeatureSourceWarning, Kind, kind_for, register
 
 __all__ = ["KINDS", "FeatureDB", "FeatureSource", "FeatureSourceWarning", "Kind", "Reconstruction",
-           "activations", "build", "check_reconstruction", "kind_for", "load", "register"]  # fmt: skip
+           "TDFeatures", "activations", "build", "check_reconstruction", "from_td", "kind_for", "load",
+           "neuronpedia_json", "register", "to_td_dict", "write_td_sqlite"]  # fmt: skip
 
 # the hook-parity guard: above this fraction of variance unexplained an SAE is not reading what it was
 # trained on (trained SAEs on their own hook point are typically well under 0.3)

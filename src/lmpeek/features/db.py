@@ -230,6 +230,7 @@ class FeatureDB:
         except Exception:
             self._conn.close()
             raise
+        self.tokenizer = tokenizer  # what labels tokens, also for exports (formats.to_td_dict)
         self._label = None
         if tokenizer is not None:
             from lmpeek.capture.tokens import token_labels_fn
