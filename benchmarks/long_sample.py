@@ -80,13 +80,14 @@ def main() -> None:
             )
         ) as c,
     ):
-        c.post("/api/trace", json={"text": "warm up"})
+        envelope = {"accept": "application/vnd.lmpeek.trace"}  # what the page asks for
+        c.post("/api/trace", json={"text": "warm up"}, headers=envelope)
         base = rss_kb("VmRSS")
         reset_peak()
-        trace_s, r = _timed(lambda: c.post("/api/trace", json={"text": sample}))
+        trace_s, r = _timed(lambda: c.post("/api/trace", json={"text": sample}, headers=envelope))
         peak_mb = (rss_kb("VmHWM") - base) / 1024
-        data = r.json()
-        envelope = {"accept": "application/vnd.lmpeek.trace"}  # what the page asks for
+        newest = c.get("/api/traces").json()[0]["id"]  # the catalogue, newest first
+        data = c.get(f"/api/traces/{newest}").json()  # its id and tokens
         plain_times, http_times = [], []
         for _ in range(args.repeat):  # interleaved: drift in the machine's speed hits both alike
             plain_times.append(_timed(plain_forward)[0])

@@ -11,11 +11,11 @@ import torch
 
 from lmpeek import validate
 from lmpeek.capture.generation_record import GenerationRecord
-from lmpeek.capture.hooks import attach
+from lmpeek.capture.hooks import Attachment, attach
 from lmpeek.capture.predictions import next_token_stats
-from lmpeek.capture.summaries import COMPONENTS, Summaries, norm_name
-from lmpeek.capture.tokens import token_bytes_fn, tokenize
-from lmpeek.capture.trace import decode_topk, require_model, vocab_size
+from lmpeek.capture.summaries import COMPONENTS, StepSummaries, Summaries
+from lmpeek.capture.tokens import token_bytes_fn, token_labels_fn, tokenize
+from lmpeek.capture.trace import require_model, vocab_size
 from lmpeek.errors import InvalidInput
 from lmpeek.models import hf_compat
 from lmpeek.models.loaded import LoadedModel
@@ -130,6 +130,7 @@ def _steps(
     filters = hf_compat.sampling_warpers(1.0, top_p, top_k) if temperature > 0 else None
     eos = set(_eos_ids(model))
     to_bytes = token_bytes_fn(model.tokenizer)
+    label = token_labels_fn(model.tokenizer)  # decode_topk's labels (byte pieces as <0xC3>), cached
     cache = hf_compat.new_kv_cache(model.hf.config)
     with_cache = hf_compat.cache_kwargs(model.hf, cache)
     ids = torch.as_tensor(token_ids, device=device)[None]
@@ -143,6 +144,12 @@ def _steps(
     logits = out.logits[0, -1]
     position = ids.shape[1]
     warned = False
+    # every step attaches the same handlers: resolved once here, registered around each step's forward
+    # only (between two steps the model is the caller's); their buffers are read after each forward
+    step_summaries = StepSummaries(model.bound)
+    attachment = Attachment(model.bound, step_summaries.handlers())
+    kept = None if record is None else [step_summaries.names.index(n) for n in record.names]
+    L = model.n_layers
     for index in range(max_new_tokens):
         if filters is None:
             next_id = int(logits.argmax())
@@ -153,19 +160,22 @@ def _steps(
             next_id = int(torch.multinomial(probs, 1, generator=gen))
             sampled_ids, sampled_probs = _nonzero_topk(probs, show_k)
             sampled_prob = float(probs[next_id])
-        stats = next_token_stats(logits[None], [0], show_k)
+        if record is not None and index > 0 and record.top_k == show_k:
+            stats = record.stats[-1]  # the record's statistics of this same row of logits
+        else:
+            stats = next_token_stats(logits[None], [0], show_k)
         prob = float(torch.softmax(logits.float(), -1)[next_id])
         ids = torch.tensor([[next_id]], device=device)
-        summaries = Summaries(model.bound, last_only=True)
-        handlers = summaries.handlers() if record is None else record.forward(summaries)
         if record is not None:
             record.chosen(next_id, logits)
-        with attach(model.bound, handlers):
+        with attachment.attached():
             out = model.hf(input_ids=ids, **with_cache)
+        norms, attn_entropy, resid = step_summaries.read(kept)
+        bad = step_summaries.nonfinite(norms)
         if record is not None:
-            record.add(out.logits[0])
+            record.add_step(out.logits[0], norms, attn_entropy, resid, bad, step_summaries.names)
         logits = out.logits[0, -1]
-        if not warned and (bad := summaries.nonfinite()):
+        if not warned and bad:
             warned = True  # once per generation: every step of a broken model would repeat it
             _warn_nonfinite(model, bad[0][0], position)
         finished = index == max_new_tokens - 1 or (stop_at_eos and next_id in eos)
@@ -173,22 +183,18 @@ def _steps(
             index=index,
             position=position,
             token_id=next_id,
-            token=decode_topk(model.tokenizer, np.asarray([[next_id]]))[0][0],  # byte pieces as <0xC3>
+            token=label(next_id),
             prob=prob,
-            topk_ids=stats.topk_ids[0],
-            topk_probs=stats.topk_probs[0],
-            topk_tokens=decode_topk(model.tokenizer, stats.topk_ids)[0],
+            topk_ids=stats.topk_ids[0].copy(),  # the record may hold the same stats: a step's own arrays
+            topk_probs=stats.topk_probs[0].copy(),
+            topk_tokens=[label(i) for i in stats.topk_ids[0].tolist()],
             entropy=float(stats.entropy[0]),
             sampled_prob=sampled_prob,
             sampled_topk_ids=sampled_ids,
             sampled_topk_probs=sampled_probs,
-            norms={
-                c: np.array(
-                    [float(summaries.norms[norm_name(layer, c)][0]) for layer in range(model.n_layers)]
-                )
-                for c in COMPONENTS
-            },
-            attn_entropy=summaries.stacked_entropy()[:, :, 0].cpu().numpy(),
+            # float64, as the Python floats they were once built from
+            norms=dict(zip(COMPONENTS, norms.astype(np.float64).reshape(L, -1).T.copy(), strict=True)),
+            attn_entropy=attn_entropy,
             finished=finished,
             token_bytes=to_bytes(next_id),
         )

@@ -26,8 +26,9 @@ from lmpeek.models.loaded import LoadedModel
 
 class GenerationRecord:
     """Collects, forward by forward, what `trace_with_resid` computes in one. Use: `forward(summaries)`
-    gives the handlers to attach to the next forward, `add(logits)` after it, `chosen(id, logits_row)`
-    when the next token is picked, `result()` once done."""
+    gives the handlers to attach to the next forward, `add(logits)` after it (the prompt's forward), or
+    `add_step(...)` with what a step's `StepSummaries` read (a generated token's forward),
+    `chosen(id, logits_row)` when the next token is picked, `result()` once done."""
 
     def __init__(self, model: LoadedModel, prompt_ids: Sequence[int], top_k: int = 10) -> None:
         self.model = model
@@ -36,12 +37,14 @@ class GenerationRecord:
         self.names = resid_names(model)
         self._summaries: Summaries | None = None
         self._kept: dict[str, torch.Tensor] = {}
-        self.norms: dict[str, list[np.ndarray]] = {}
+        self.norm_names: list[str] = []  # hook names, in the order of the first forward's norms
+        self.norms: list[np.ndarray] = []  # [len(norm_names), n] float32 per forward
         self.entropy: list[np.ndarray] = []  # [L, H, n] per forward
         self.resid: list[np.ndarray] = []  # [L+1, n, D] per forward
         self.stats: list = []  # NextToken per forward
         self.loss: list[np.ndarray] = []  # [n] float64 per forward (NaN where the next token is unknown)
         self.nonfinite: list[tuple[int, str]] = []  # (position, hook)
+        self._order: tuple[Sequence[str], np.ndarray] | None = None  # add_step's names -> norm_names rows
 
     @property
     def positions(self) -> int:
@@ -69,8 +72,9 @@ class GenerationRecord:
         ids = self.ids[start : start + n]
         if len(ids) < n:  # a step: its token is the one chosen last, already in self.ids
             raise RuntimeError("add() got more positions than tokens chosen")
-        for name, v in s.norms.items():
-            self.norms.setdefault(name, []).append(v.float().cpu().numpy())
+        if not self.norm_names:
+            self.norm_names = list(s.norms)
+        self.norms.append(torch.stack([s.norms[name].float() for name in self.norm_names]).cpu().numpy())
         self.entropy.append(s.stacked_entropy().float().cpu().numpy())
         self.resid.append(np.stack([self._kept[n_].numpy() for n_ in self.names]))
         stats = next_token_stats(logits, ids, self.top_k)
@@ -78,6 +82,34 @@ class GenerationRecord:
         self.loss.append(stats.loss.astype(np.float64))
         self.nonfinite += [(start + t, name) for name, t in s.nonfinite()]
         self._summaries, self._kept = None, {}
+
+    def add_step(
+        self,
+        logits: torch.Tensor,
+        norms: np.ndarray,
+        entropy: np.ndarray,
+        resid: np.ndarray,
+        nonfinite: list[tuple[str, int]],
+        names: Sequence[str],
+    ) -> None:
+        """After a generated token's forward: its logits [1, V] and what `StepSummaries.read()` gave
+        for it: norms [N] of hook points `names`, attention entropy [L, H], residual stream [L+1, D]
+        (rows of `self.names`); `nonfinite` as `StepSummaries.nonfinite`."""
+        start = self.positions
+        if len(self.ids) <= start:
+            raise RuntimeError("add_step() before chosen(): the step's token is not known")
+        if not self.norm_names:  # no prompt forward came first
+            self.norm_names = list(names)
+        if self._order is None or self._order[0] is not names:
+            where = {n: i for i, n in enumerate(names)}
+            self._order = (names, np.array([where[n] for n in self.norm_names]))
+        self.norms.append(norms[self._order[1], None])
+        self.entropy.append(entropy[:, :, None].copy())
+        self.resid.append(resid[:, None])
+        stats = next_token_stats(logits, self.ids[start : start + 1], self.top_k)
+        self.stats.append(stats)
+        self.loss.append(stats.loss.astype(np.float64))
+        self.nonfinite += [(start + t, name) for name, t in nonfinite]
 
     def chosen(self, token_id: int, logits_row: torch.Tensor) -> None:
         """The token after the last recorded position: its id, and the logits [V] it was chosen from
@@ -113,7 +145,7 @@ class GenerationRecord:
             entropy=entropy,
             loss=loss.astype(np.float32),
             true_prob=np.exp(-loss).astype(np.float32),
-            norms={k: np.concatenate(v) for k, v in self.norms.items()},
+            norms=dict(zip(self.norm_names, np.concatenate(self.norms, axis=1), strict=True)),
             attn_entropy=np.concatenate(self.entropy, axis=2),
             model=model.info(),
             tensors={},
