@@ -38,14 +38,30 @@ def _rows(x: torch.Tensor, i: int, start: int, n: int, pattern: bool) -> np.ndar
     return part.detach().to("cpu", torch.float32).numpy().copy()
 
 
-def _keeper(out: list[dict[str, np.ndarray]], name: str, layout: list[tuple[int, int, int]]) -> Handler:
+class _Captured(Exception):
+    """Raised by the last hook point a batch needs: what the model computes after it (the later
+    layers, the logits over the whole vocabulary) would be thrown away. A corpus pass that reads a
+    middle layer runs a third of the model and none of its unembedding."""
+
+
+def _keeper(
+    out: list[dict[str, np.ndarray]],
+    name: str,
+    layout: list[tuple[int, int, int]],
+    seen: set[str],
+    n_names: int,
+) -> Handler:
     """A handler storing each batch row's part of hook `name` as out[text][name]; layout: (text,
-    first position, length) per row."""
+    first position, length) per row. Once all `n_names` points of the batch are in, it stops the
+    forward (_Captured)."""
     pattern = name.endswith("hook_pattern")
 
     def keep(x: torch.Tensor) -> None:
         for row, (i, start, n) in enumerate(layout):
             out[i][name] = _rows(x, row, start, n, pattern)
+        seen.add(name)
+        if len(seen) == n_names:
+            raise _Captured
 
     return keep
 
@@ -89,11 +105,20 @@ def activations(
 
         layout = list(zip(members, starts, lengths, strict=True))
         device = model.device
-        with attach(model.bound, {n: _keeper(out, n, layout) for n in names}):
-            model.hf(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                use_cache=False,
+        seen: set[str] = set()
+        try:
+            with attach(model.bound, {n: _keeper(out, n, layout, seen, len(names)) for n in names}):
+                model.hf(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=False,
+                )
+        except _Captured:
+            pass
+        missing = set(names) - seen
+        if missing:  # never silently a text without its values
+            raise InvalidInput(
+                f"these hook points were not computed by {model.name}: {', '.join(sorted(missing))}"
             )
     return out

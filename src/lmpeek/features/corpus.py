@@ -8,8 +8,11 @@ A corpus is a path, a text, or a list of them:
 - a folder: every .txt / .md / .jsonl / .parquet file under it (recursively; hidden files and other
   suffixes skipped), in sorted path order, so two runs read the same documents in the same order;
 - a .txt or .md file: one document (UTF-8);
-- a .jsonl file: one document per line, from its "text" field (blank lines skipped);
+- a .jsonl (or gzip-compressed .jsonl.gz) file: one document per line, from its "text" field (blank
+  lines skipped);
 - a .parquet file: one document per row of its "text" column (needs pyarrow; read in row batches);
+- "demo": the bundled demo corpus, the Python 3.11 documentation in sections (1.8 M tokens of the
+  default model; PSF License: see NOTICE and scripts/make_demo_corpus.py), `DEMO`;
 - a `pathlib.Path` is always a path; a `str` is a path when it names an existing file or folder, or
   looks like one (no whitespace, and a '/' or a corpus suffix), which then must exist; any other
   string is the text of one document (handy in tests and notebooks).
@@ -22,6 +25,7 @@ one document. Texts are tokenized without their length limit (the model only eve
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -35,7 +39,9 @@ import numpy as np
 from lmpeek.errors import InvalidInput
 
 TEXT_SUFFIXES = (".txt", ".md")
-SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".jsonl.gz", ".parquet")
+# the bundled demo corpus (scripts/make_demo_corpus.py); the name "demo" stands for it
+DEMO = Path(__file__).resolve().parents[1] / "data" / "corpus" / "python-docs-3.11.jsonl.gz"
 TEXT_FIELD = "text"
 _PARQUET_ROWS = 1024  # rows per read: a parquet file is streamed, never loaded whole
 
@@ -43,7 +49,8 @@ _PARQUET_ROWS = 1024  # rows per read: a parquet file is streamed, never loaded 
 @dataclass(frozen=True)
 class Document:
     text: str
-    path: str  # where it came from: "a/b.txt", "c.jsonl:12" (line), "d.parquet:5" (row), "<text 3>"
+    path: str  # where it came from: "a/b.txt", "c.jsonl:12" (line), "d.parquet:5" (row), "<text 3>",
+    # "demo:library/os.rst#3" (the demo corpus: the section of the documentation)
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,17 @@ def _items(corpus: Any) -> list[Path | str]:
         raise InvalidInput(f"corpus must be a path, a text or a list of them, got {type(corpus).__name__}")
     out: list[Path | str] = []
     for item in corpus:
+        if item == "demo":
+            if not DEMO.is_file():
+                raise InvalidInput(f"the demo corpus is missing from this installation ({DEMO})")
+            item = DEMO
         if isinstance(item, os.PathLike) or (
             isinstance(item, str) and (_looks_like_path(item) or _exists(item))
         ):
             path = Path(item).expanduser()
             if not path.exists():
                 raise InvalidInput(f"corpus path {str(item)!r} does not exist")
-            if path.is_file() and path.suffix.lower() not in SUFFIXES:
+            if path.is_file() and not path.name.lower().endswith(SUFFIXES):
                 raise InvalidInput(
                     f"corpus file {str(item)!r}: lmpeek reads {', '.join(SUFFIXES)} files and folders of them"
                 )
@@ -96,7 +107,9 @@ def _items(corpus: Any) -> list[Path | str]:
 def inputs(corpus: Any) -> list[str]:
     """What the corpus is, for a manifest: each path resolved, each text as "text:" + a short hash."""
     return [
-        str(item.resolve())
+        f"demo:{DEMO.name}"  # not this installation's path: a shipped database names its corpus
+        if isinstance(item, Path) and item.resolve() == DEMO
+        else str(item.resolve())
         if isinstance(item, Path)
         else "text:" + hashlib.blake2b(item.encode(), digest_size=8).hexdigest()
         for item in _items(corpus)
@@ -124,9 +137,13 @@ def _read_text(path: Path) -> str:
 
 def _jsonl(path: Path) -> Iterator[Document]:
     try:
-        handle = path.open(encoding="utf-8")
+        if path.name.lower().endswith(".gz"):
+            handle = gzip.open(path, "rt", encoding="utf-8")
+        else:
+            handle = path.open(encoding="utf-8")
     except OSError as err:
         raise InvalidInput(f"corpus file {path} cannot be read: {err.strerror or err}") from None
+    demo = path.resolve() == DEMO
     with handle:
         try:
             for n, line in enumerate(handle, 1):
@@ -139,9 +156,14 @@ def _jsonl(path: Path) -> Iterator[Document]:
                 text = row.get(TEXT_FIELD) if isinstance(row, dict) else None
                 if not isinstance(text, str):
                     raise InvalidInput(f'{path}:{n} has no "{TEXT_FIELD}" string (a .jsonl corpus needs one)')
-                yield Document(text, f"{path}:{n}")
+                # the demo corpus's documents say where they are in the documentation, and a shipped
+                # database holds no path of the machine that built it
+                where = f"demo:{row.get('path')}" if demo else f"{path}:{n}"
+                yield Document(text, where)
         except UnicodeDecodeError as err:
             raise InvalidInput(f"corpus file {path} is not UTF-8 text ({err.reason})") from None
+        except (OSError, EOFError) as err:  # gzip: not a gzip file, or cut short
+            raise InvalidInput(f"corpus file {path} cannot be read: {err}") from None
 
 
 def _parquet(path: Path) -> Iterator[Document]:
@@ -167,7 +189,7 @@ def _parquet(path: Path) -> Iterator[Document]:
 
 def _from_file(path: Path) -> Iterator[Document]:
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if suffix == ".jsonl" or path.name.lower().endswith(".jsonl.gz"):
         yield from _jsonl(path)
     elif suffix == ".parquet":
         yield from _parquet(path)

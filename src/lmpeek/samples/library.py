@@ -33,6 +33,7 @@ KINDS = (
     "chat",
     "repetition",
     "user",
+    "corpus",  # a document of the demo corpus (samples/corpus.py): found by search, not listed
 )
 ENV_VAR = "LMPEEK_SAMPLES"
 MAX_USER_FILE_BYTES = 5 * 1024 * 1024
@@ -263,7 +264,17 @@ def library(user_folder: str | Path | None = None) -> list[Sample]:
 
 
 def get(sample_id: str, user_folder: str | Path | None = None) -> Sample:
-    """The sample with this id; `UnknownSample` (a `KeyError`) if there is none."""
+    """The sample with this id (a bundled or user sample, or "corpus:…", a document of the demo
+    corpus); `UnknownSample` (a `KeyError`) if there is none."""
+    if sample_id.startswith("corpus:"):
+        from lmpeek.samples import corpus
+
+        doc = corpus.get(sample_id)
+        if doc is None:
+            raise UnknownSample(
+                f"no document {sample_id!r} in the demo corpus (search it: /api/samples/search)"
+            )
+        return Sample(id=doc.id, title=doc.title, kind="corpus", text=doc.text, source=f"corpus {doc.path}")
     if not sample_id.startswith("user:"):
         for sample in _bundled():
             if sample.id == sample_id:
