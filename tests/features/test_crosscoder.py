@@ -341,7 +341,7 @@ def test_pair_activations_equal_encode_of_independently_traced_values(tmp_path, 
     t["threshold"] = np.array(threshold, np.float32)
     folder = write(tmp_path / "cc", {"model.safetensors": t, "config.json": {"trainer": {"layer": 1}}})
 
-    src = features.load(folder, (llama, chat))
+    src = features.load(folder, (llama, chat), check=False)  # random: the guard would warn
     got = features.activations((llama, chat), src, TEXT)
     want = ref_dl(base_trace, chat_trace, t, threshold=threshold)
     assert got.dtype == np.float32 and got.shape == (len(base_trace), F)
@@ -364,7 +364,7 @@ def test_pair_activations_kissane_and_chat_turns(tmp_path, llama, chat):
         tmp_path / "k", {"cfg.json": kissane_cfg(hook="blocks.0.hook_resid_pre"), "cc_weights.pt": t}
     )
     factors = (0.5, 2.0)
-    src = features.load(folder, (llama, chat), scaling_factors=factors)
+    src = features.load(folder, (llama, chat), scaling_factors=factors, check=False)
     hook = "blocks.0.hook_resid_pre"
     text = "Hello there<eot>Hi! How can I help?<eot>What is the capital of France?"  # chat turns
     got = features.activations((llama, chat), src, text)
@@ -468,7 +468,7 @@ def test_bad_crosscoders(tmp_path, llama, chat, case):
     if files:
         write(folder, files)
     if case.startswith("encode"):
-        src = features.load(spec, (llama, chat))
+        src = features.load(spec, (llama, chat), check=False)
         xb, xc = _inputs(t)
         acts = _acts(xb, xc[:-1]) if case == "encode: positions differ" else {f"base:{HOOK}": xb}
         with pytest.raises(InvalidInput) as err:
@@ -495,3 +495,53 @@ def test_finding_a_crosscoder_folder_leaves_torch_out(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["crosscoder", "False"]
+
+
+# --- the reconstruction guard for crosscoders --------------------------------------------------------
+
+
+def _identity_crosscoder(folder, d=D):
+    """Kissane layout, 4d features: for each model l and coordinate i a pair relu(x) and relu(-x) that
+    the decoder adds back with signs: a perfect reconstruction of both models' values."""
+    F4 = 4 * d
+    w_enc = np.zeros((2, d, F4), np.float32)
+    w_dec = np.zeros((F4, 2, d), np.float32)
+    eye = np.eye(d, dtype=np.float32)
+    for layer in range(2):
+        a = layer * 2 * d
+        w_enc[layer, :, a : a + d], w_enc[layer, :, a + d : a + 2 * d] = eye, -eye
+        w_dec[a : a + d, layer], w_dec[a + d : a + 2 * d, layer] = eye, -eye
+    t = {
+        "W_enc": w_enc,
+        "W_dec": w_dec,
+        "b_enc": np.zeros(F4, np.float32),
+        "b_dec": np.zeros((2, d), np.float32),
+    }
+    return write(folder, {"cfg.json": kissane_cfg(n_features=F4), "cc_weights.pt": t})
+
+
+def test_crosscoder_reconstruction_guard(tmp_path, llama, chat):
+    import warnings
+
+    factors = (0.5, 2.0)
+    good = _identity_crosscoder(tmp_path / "identity")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FeatureSourceWarning)
+        src = features.load(good, (llama, chat), scaling_factors=factors)  # the guard runs, silent
+        r = features.check_reconstruction((llama, chat), src)
+    assert r.ok and r.fvu < 1e-10 and 200 <= r.n_tokens <= features.CHECK_TOKENS
+    assert r.l0 == pytest.approx(2 * D, abs=1)  # each coordinate of each model: one of its two features
+    # reconstruct against the formula: decode in the scaled space, then undo the scaling (float64)
+    xb, xc = _inputs(seed=3)
+    t = kissane_tensors(seed=5)
+    folder = write(tmp_path / "k", {"cfg.json": kissane_cfg(), "cc_weights.pt": t})
+    with pytest.warns(FeatureSourceWarning, match="FVU") as caught:  # random weights: a visible warning
+        src = features.load(folder, (llama, chat), scaling_factors=factors)
+    assert len(caught) == 1 and "both models" in str(caught[0].message)
+    target, recon, f = src.reconstruct(_acts(xb, xc))
+    want_f = ref_kissane(xb, xc, t, factors)
+    x_hat = np.einsum("tf,fld->tld", want_f, t["W_dec"].astype(np.float64)) + t["b_dec"]
+    x_hat /= np.array(factors)[None, :, None]
+    assert_close(f, want_f, tol=1e-5, what="features")
+    assert_close(recon, x_hat.reshape(len(xb), -1), tol=1e-4, what="reconstruction")
+    np.testing.assert_array_equal(target, np.concatenate([xb, xc], 1))

@@ -64,8 +64,22 @@ def load(spec: Any, model: Any = None, *, check: bool = True, **options: Any) ->
         raise InvalidInput(f"{kind.name} sources read one model: give one model, not a pair")
     source = kind.load(spec, model, **options)
     if model is not None and check and hasattr(source, "reconstruct"):
+        if bool(getattr(source, "models", None)) != isinstance(model, tuple):
+            return source  # a crosscoder loaded with one model (names checked): nothing to run it on
+        if isinstance(model, tuple) and not _same_tokens(model):
+            return source  # a pair that cannot read one text: activations() says why when asked
         check_reconstruction(model, source)
     return source
+
+
+def _same_tokens(pair: tuple[Any, Any]) -> bool:
+    from lmpeek.features.crosscoder import shared_ids
+
+    try:
+        shared_ids(pair, "The quick brown fox jumps over the lazy dog.")
+    except InvalidInput:
+        return False
+    return True
 
 
 def _indices(source: FeatureSource, features: Iterable[int] | None) -> list[int] | None:
@@ -163,11 +177,20 @@ def check_reconstruction(
             f"{source.name} ({source.kind}) reconstructs nothing: only SAEs and transcoders have an FVU"
         )
     max_tokens = validate.integer("max_tokens", max_tokens, 1, 1_000_000)
-    ids = _check_ids(model, texts, max_tokens)
-    hooks = list(getattr(source, "check_hooks", source.hooks))
+    pair = isinstance(model, tuple) or bool(getattr(source, "models", None))
+    if pair:  # a crosscoder: both models on the chat model's token ids (crosscoder.shared_ids)
+        from lmpeek.features.crosscoder import _pair, pair_hooks
+
+        model = _pair(model, source.name)
+        ids = _check_ids(model[1], texts, max_tokens)
+        all_acts = [pair_hooks(model, source, i.tolist()) for i in ids]
+    else:
+        ids = _check_ids(model, texts, max_tokens)
+        hooks = list(getattr(source, "check_hooks", source.hooks))
+        all_acts = capture(model, [i.tolist() for i in ids], hooks)
     l0 = n = 0
     targets, recons = [], []
-    for acts in capture(model, [i.tolist() for i in ids], hooks):
+    for acts in all_acts:
         target, recon, f = source.reconstruct(acts)
         targets.append(target[1:].astype(np.float64))
         recons.append(recon[1:].astype(np.float64))
@@ -177,9 +200,10 @@ def check_reconstruction(
     err = float(((x - x_hat) ** 2).sum())
     var = float(((x - x.mean(0)) ** 2).sum())
     fvu = err / var if var > 0 else (0.0 if err == 0 else float("inf"))
-    result = Reconstruction(source.name, getattr(source, "hook_out", None) or hooks[0], fvu, l0 / n, n)
+    hook = getattr(source, "hook_out", None) or (f"{source.hook} of both models" if pair else hooks[0])
+    result = Reconstruction(source.name, hook, fvu, l0 / n, n)
     if not result.ok:
-        model_name = getattr(model, "name", "this model")
+        model_name = " and ".join(m.name for m in model) if pair else getattr(model, "name", "this model")
         warnings.warn(
             FeatureSourceWarning(
                 f"{source.name} does not reconstruct {result.hook} of {model_name}: FVU {fvu:.3g} "

@@ -180,6 +180,28 @@ class CrosscoderSource:
         """{"base:HOOK": [T, d], "chat:HOOK": [T, d]} -> [T, F] float32."""
         return self.encode_torch(acts).cpu().numpy()
 
+    def reconstruct(self, acts: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(target, reconstruction, features) for the hook-parity guard: both models' values side by
+        side [T, 2d], their reconstruction x̂_l = (f @ W_dec[l] + b_dec[l]) / mult_l + shift_l (decoded
+        in the normalised space the crosscoder was trained in, then mapped back), and the features
+        [T, F]. f is the thresholded code before the code normalisation c, which only scales what
+        dashboards show."""
+        import torch
+
+        with torch.inference_mode():
+            x = self._input(acts)  # [T, 2, d]
+            f = torch.relu(
+                torch.einsum("tld,ldf->tf", (x - self.shift) * self.mult, self.w["W_enc"]) + self.w["b_enc"]
+            )
+            if self.code is not None and self.threshold is not None:
+                f = f * (f * self.code > self.threshold)
+            x_hat = (
+                torch.einsum("tf,lfd->tld", f, self.w["W_dec"]) + self.w["b_dec"]
+            ) / self.mult + self.shift
+            shown = f if self.code is None else f * self.code
+            T = x.shape[0]
+            return (x.reshape(T, -1).cpu().numpy(), x_hat.reshape(T, -1).cpu().numpy(), shown.cpu().numpy())
+
 
 # --- the model-diff measure ---------------------------------------------------------------------
 
