@@ -332,3 +332,15 @@ def test_no_warning_from_a_plain_load(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         features.load(write_sae(tmp_path / "s", cfg, w))
+
+
+def test_weights_file_named_is_read_as_its_folder(tmp_path):
+    # sae_weights.safetensors given as a file is an SAE (it was once taken for a crosscoder and refused)
+    rng = np.random.default_rng(11)
+    folder = write_sae(tmp_path / "res-l1", v6_cfg("standard", D, 32, "blocks.1.hook_resid_post"),
+                       random_weights(rng, D, 32))  # fmt: skip
+    by_file = features.load(folder / "sae_weights.safetensors")
+    assert by_file.kind == "saelens" and by_file.name == "res-l1"
+    x = rng.standard_normal((5, D)).astype(np.float32)
+    acts = {"blocks.1.hook_resid_post": x}
+    np.testing.assert_array_equal(by_file.encode(acts), features.load(folder).encode(acts))

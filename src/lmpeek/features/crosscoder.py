@@ -353,6 +353,8 @@ def weights_file(spec: Any) -> Path | None:
         return None
     path = Path(spec).expanduser()
     if path.is_file():
+        if path.name == "sae_weights.safetensors":  # SAELens's weights file: an SAE, not a crosscoder
+            return None
         return path if path.suffix in WEIGHT_SUFFIXES else None
     if not path.is_dir():
         return None

@@ -514,6 +514,8 @@ def load(
     """The SAE in folder `spec`. With `model`, its hook names are resolved and its sizes checked
     against the model's; without one, names are mapped as for a sequential (non-parallel) block."""
     folder = Path(spec).expanduser()
+    if folder.name == WEIGHTS_FILE and folder.is_file():  # the weights file named: its folder
+        folder = folder.parent
     if not (folder / CFG_FILE).is_file():
         raise SourceNotFound(
             f"no {CFG_FILE} in {str(spec)!r}: lmpeek reads SAELens folders ({CFG_FILE} + {WEIGHTS_FILE})"

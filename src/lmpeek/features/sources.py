@@ -96,8 +96,14 @@ def _is_neurons(spec: Any) -> bool:
 
 
 def _is_saelens(spec: Any) -> bool:
-    # a folder holding a SAELens cfg.json (any other folder is refused with the reason in `kind_for`)
-    return isinstance(spec, (str, os.PathLike)) and (Path(spec).expanduser() / "cfg.json").is_file()
+    # a folder holding a SAELens cfg.json (any other folder is refused with the reason in `kind_for`),
+    # or its sae_weights.safetensors named as a file (saelens.load reads the folder around it)
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    path = Path(spec).expanduser()
+    if path.name == "sae_weights.safetensors" and path.is_file():
+        path = path.parent
+    return (path / "cfg.json").is_file()
 
 
 def _is_crosscoder(spec: Any) -> bool:
