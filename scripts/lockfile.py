@@ -4,7 +4,7 @@
     python scripts/lockfile.py check                       # pyproject, lock and this environment agree
 
 The lock is installed with `pip install --no-deps -r requirements.lock`, so it must list everything:
-the runtime, dev and parity (test-only) dependencies of pyproject, the build backend (the editable
+the runtime, dev, parity (test-only) and ray dependencies of pyproject, the build backend (the editable
 install runs without build isolation), and the default model's wheel. pyproject keeps honest ranges
 for people who `pip install lmpeek` into their own environment; `check` fails when a pin falls
 outside them.
@@ -35,8 +35,8 @@ HEADER = """\
 """
 
 
-# pyproject extras the lock installs (`make test` needs both); other extras stay optional
-LOCKED_EXTRAS = ("dev", "parity")
+# pyproject extras the lock installs (`make test` needs them all: the Ray build is tested on a local cluster)
+LOCKED_EXTRAS = ("dev", "parity", "ray")
 
 
 def required(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:

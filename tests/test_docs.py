@@ -22,6 +22,9 @@ def test_quick_start_is_two_commands():
 def test_every_command_is_documented():
     for command in app.registered_commands:
         assert f"lmpeek {command.name}" in README, command.name
+    for group in app.registered_groups:  # lmpeek features build, lmpeek sae train, ...
+        for command in group.typer_instance.registered_commands:
+            assert f"lmpeek {group.name} {command.name}" in README, (group.name, command.name)
 
 
 def test_every_architecture_is_documented():

@@ -546,6 +546,17 @@ def serve_cmd(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     force: ForceOpt = False,
+    features: Annotated[
+        list[str] | None,
+        typer.Option("--features", help="A feature database (lmpeek features build) to browse (repeatable)."),
+    ] = None,
+    features_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--features-source",
+            help="A feature source to compute on your text: neurons:L or a SAELens folder.",
+        ),
+    ] = None,
 ) -> None:
     """Start the web app; the page shows the model's loading progress until it is ready."""
     import os
@@ -575,11 +586,16 @@ def serve_cmd(
             soft_wrap=True,
         )
     _check_source(model)  # before announcing: the model itself loads in the background
+    for spec in features_source or []:
+        from lmpeek.features import kind_for
+
+        kind_for(spec)  # a folder that is not there or not a source: one line now, not on the page later
     placement = _placement(dtype, device, device_map, max_memory, force)
     loader = _check_placement(model, placement)
     _check_port(host, port)
+    web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, loader=loader,
+                         features=features or [], feature_sources=features_source or [], **edge)  # fmt: skip
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
-    web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, loader=loader, **edge)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
@@ -726,15 +742,42 @@ def features_build(
     device_map: DeviceMapOpt = None,
     max_memory: MaxMemoryOpt = None,
     force: ForceOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Run on the Ray cluster at this address (host:port); needs lmpeek[ray]."),
+    ] = None,
 ) -> None:
     """Run the model over a corpus once and keep, for every feature of every source, its max-activating
     examples, quantile samples, histogram, top/bottom logits and correlated features (resumable: run the
-    same command again after an interruption)."""
+    same command again after an interruption; with --ray, the same database built on a Ray cluster)."""
     from lmpeek.features.builder import build_cli
 
     m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
+    ray_load = {"trust_remote_code": trust_remote_code, **({"dtype": dtype} if dtype else {})}
     build_cli(m, source, corpus, out_path, tokens=tokens, batch_size=batch_size, k=k, seq_len=seq_len,
-              overwrite=overwrite, echo=out.print)  # fmt: skip
+              overwrite=overwrite, echo=out.print, ray=ray, ray_load=ray_load)  # fmt: skip
+
+
+@features_app.command("export")
+@friendly
+def features_export(
+    db: Annotated[str, typer.Argument(help="A feature database made by `lmpeek features build`.")],
+    feature: Annotated[
+        list[int],
+        typer.Option(
+            "--feature", "-f", min=0, help="A feature to embed (repeatable); the file opens on the first."
+        ),
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="The HTML file to write.")],
+    source: Annotated[
+        str | None, typer.Option("--source", "-s", help="Which source: its id or name (default: the first).")
+    ] = None,
+) -> None:
+    """Write the pages of some features as one self-contained HTML file: it opens from disk, offline, on
+    the first feature's page, with the list of the exported features (no model, no server needed)."""
+    from lmpeek.views.features_export import export_cli
+
+    export_cli(db, feature, source, output, echo=out.print)
 
 
 @features_app.command("export-td")
@@ -761,6 +804,112 @@ def features_export_td(
     which: int | str = int(source) if source.strip().isdigit() else source
     export_td_cli(db, out_path, model=model, source=which, max_examples=max_examples, negatives=negatives,
                   overwrite=overwrite, echo=out.print)  # fmt: skip
+
+
+sae_app = typer.Typer(
+    cls=_OneLineErrors, no_args_is_help=True, help="Sparse autoencoders: train one on a model's hook point."
+)
+app.add_typer(sae_app, name="sae")
+
+
+@sae_app.command("train")
+@friendly
+@quiet
+def sae_train(
+    hook: Annotated[
+        str, typer.Option("--hook", "-H", help="The hook point, e.g. blocks.15.hook_resid_post.")
+    ],
+    corpus: Annotated[
+        list[str],
+        typer.Option(
+            "--corpus", "-c", help="'demo', a folder (.txt, .md, .jsonl, .parquet) or file (repeatable)."
+        ),
+    ],
+    n_features: Annotated[int, typer.Option("--features", "-F", min=1, help="Features (latents).")] = 2048,
+    model: ModelOpt = "default",
+    out_path: Annotated[str, typer.Option("--out", "-o", help="The SAELens folder to write.")] = "sae",
+    arch: Annotated[str, typer.Option("--arch", help="topk or jumprelu.")] = "topk",
+    k: Annotated[int, typer.Option("--k", min=1, help="Active features per token (topk).")] = 32,
+    tokens: Annotated[
+        int | None, typer.Option("--tokens", min=1, help="Tokens to train on (default: the whole corpus).")
+    ] = None,
+    held_out: Annotated[
+        int, typer.Option("--held-out", min=1, help="Last tokens of the corpus kept for the FVU/L0 check.")
+    ] = 8192,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Tokens per step.")] = 256,
+    lr: Annotated[float | None, typer.Option("--lr", help="Default: 1e-3 / sqrt(features / 2048).")] = None,
+    sparsity: Annotated[
+        float, typer.Option("--sparsity-coefficient", help="The L0 penalty's weight (jumprelu).")
+    ] = 2e-3,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Tokens per sequence.")] = 128,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    sae_dtype: Annotated[
+        str, typer.Option("--dtype", help="The written weights' dtype: float32, float16 or bfloat16.")
+    ] = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of resuming.")] = False,
+    trust_remote_code: RemoteOpt = False,
+    model_dtype: Annotated[
+        str | None, typer.Option("--model-dtype", help="The model's weights' dtype (default float32).")
+    ] = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Train a TopK or JumpReLU sparse autoencoder on one hook point over a corpus and write it as a
+    SAELens folder (resumable: run the same command again after an interruption)."""
+    import pathlib
+
+    from lmpeek.features.corpus import documents
+    from lmpeek.features.train import train_cli
+
+    documents([c if c == "demo" else pathlib.Path(c) for c in corpus])  # a bad path fails before loading
+    m = _load(model, trust_remote_code, _placement(model_dtype, device, device_map, max_memory, force))
+    train_cli(m, hook, corpus, n_features, arch=arch, k=k, tokens=tokens, held_out_tokens=held_out,
+              batch_size=batch_size, lr=lr, sparsity_coefficient=sparsity, seq_len=seq_len, seed=seed,
+              dtype=sae_dtype, out=out_path, overwrite=overwrite, echo=out.print)  # fmt: skip
+
+
+@features_app.command("serve")
+@friendly
+def features_serve(
+    db: Annotated[list[str], typer.Argument(help="Feature databases made by `lmpeek features build`.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LMPEEK_TOKEN",
+            help="Require this token from every client (generated when --host is not loopback).",
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also answer to this Host name (repeatable; loopback names always; '*' = any)."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
+    ] = None,
+) -> None:
+    """Browse feature databases without a model: feature lists, search, pages and labels (no torch, no
+    model loaded; `lmpeek serve MODEL --features DB` also computes features on your text)."""
+    from urllib.parse import quote
+
+    import uvicorn
+
+    from lmpeek.server.app import create_app
+
+    edge = _edge_settings(host, token, allow_host or [], cors_origin or [])
+    _check_port(host, port)
+    web_app = create_app(None, features=db, **edge)  # opens every database now: a bad one is one line
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{port}/"
+    if edge["token"] is not None:
+        url += f"?token={quote(edge['token'], safe='')}"
+    names = ", ".join(s["id"] for s in web_app.state.features.sources()["sources"])
+    out.print(f"lmpeek: serving feature databases ({names}) at {url}", soft_wrap=True)
+    uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 @app.command("models")

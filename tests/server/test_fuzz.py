@@ -121,6 +121,7 @@ GENERATE_BODY = {
     "seed": "1",
 }
 
+
 def _body_cases():
     for route, base in (("/api/trace", TRACE_BODY), ("/api/generate", GENERATE_BODY)):
         for field, default in base.items():
@@ -356,4 +357,7 @@ def test_fuzz_the_openapi_spec(client, spec, tids, hooks, mode):
         run()
         assert operation.label in answered, operation.label
     if mode == "positive":  # valid requests reached the routes' work, not only their checks
-        assert sum(200 in codes for codes in answered.values()) >= len(answered) - 2, answered
+        # a feature source's routes need a feature database, which this app has none of: they are fuzzed
+        # with one in test_features_routes.py (and must still answer < 500 here)
+        counted = {k: v for k, v in answered.items() if not k.split(" ")[1].startswith("/api/features/")}
+        assert sum(200 in codes for codes in counted.values()) >= len(counted) - 2, answered

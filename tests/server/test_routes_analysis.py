@@ -135,6 +135,14 @@ def test_samples(client):
     one = client.get(f"/api/samples/{listing[0]['id']}").json()
     assert one["text"] and one["title"] == listing[0]["title"]
     assert client.get("/api/samples/nope").status_code == 404
+    # the demo corpus: found by search, opened as a sample
+    found = client.get("/api/samples/search", params={"q": "context manager", "limit": 3}).json()
+    assert found["documents"] > 1000 and found["total"] >= 3 and len(found["items"]) == 3
+    doc = client.get(f"/api/samples/{found['items'][0]['id']}").json()
+    assert doc["kind"] == "corpus" and len(doc["text"]) == found["items"][0]["chars"]
+    assert client.get("/api/samples/corpus:nope").status_code == 404
+    assert client.get("/api/samples/search", params={"q": "?!"}).status_code == 400
+    assert client.get("/api/samples/search", params={"q": "x" * 201}).status_code == 422
 
 
 @pytest.mark.parametrize(

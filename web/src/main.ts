@@ -6,14 +6,27 @@
 import { mount, unmount } from "svelte";
 import App from "./App.svelte";
 import { Api } from "./lib/api";
-import { decodePack, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
+import { decodePack, hasFeatures, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
 
 export type Host = "app" | "widget" | "static";
-export type View = "generate" | "explore" | "attention";
+export type View = "generate" | "explore" | "attention" | "features";
 
 /** A view name from outside (a widget trait, an export's page): anything unknown is Explore. */
 export function viewOf(v: unknown): View {
-  return v === "generate" || v === "attention" ? v : "explore";
+  return v === "generate" || v === "attention" || v === "features" ? v : "explore";
+}
+
+/** A feature to open in the Features tab: its source's id and index. */
+export interface OpenFeature {
+  source: string;
+  feature: number;
+}
+
+/** A feature from outside (widget traits, an export's pack): a source id and an index ≥ 0, else none. */
+export function featureOf(source: unknown, feature: unknown): OpenFeature | undefined {
+  const f = Number(feature);
+  if (typeof source !== "string" || !source || !Number.isInteger(f) || f < 0) return undefined;
+  return { source, feature: f };
 }
 
 export interface RenderData {
@@ -31,6 +44,8 @@ export interface RenderData {
   trace?: string;
   /** a prompt to put in the Generate view */
   prompt?: string;
+  /** a feature whose page the Features tab opens (view "features") */
+  feature?: OpenFeature;
   host?: Host;
 }
 
@@ -45,19 +60,27 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
   let client = data.client ?? new Api(data.api ?? "");
   let host: Host = data.host ?? "app";
   let trace = data.trace;
+  let feature = data.feature;
+  // a file shows the Features tab only when the exporter recorded its answers (lmpeek/views/features_export.py)
+  let featuresTab = true;
   if (data.pack) {
     const pack = decodePack(data.pack);
     client = new Api("", staticFetcher(pack));
     host = "static";
-    trace = pack.header.trace_id;
+    trace = pack.header.trace_id ?? undefined;
+    feature ??= featureOf(pack.header.open?.source, pack.header.open?.feature);
+    featuresTab = hasFeatures(pack);
   }
+  const staticView = data.view === "attention" || (data.view === "features" && featuresTab) ? data.view : "explore";
   const props = {
     api: data.api ?? "",
     client,
     host,
     openTrace: trace,
+    openFeature: feature,
+    featuresTab,
     prompt: data.prompt,
-    initialView: host === "static" && data.view !== "attention" ? "explore" : (data.view ?? (trace ? "explore" : "generate")),
+    initialView: host === "static" ? staticView : (data.view ?? (trace ? "explore" : "generate")),
     urlState: data.urlState ?? false,
   } as const;
   const app = mount(App, { target: el, props });
@@ -93,6 +116,7 @@ function renderWidget({ model, el }: WidgetArgs): () => void {
     host: "widget",
     trace: String(model.get("trace_id") ?? "") || undefined,
     view: viewOf(model.get("view")),
+    feature: featureOf(model.get("feature_source"), model.get("feature")),
     prompt: String(model.get("prompt") ?? "") || undefined,
   });
   return () => {

@@ -29,8 +29,8 @@ from lmpeek.features.formats import TDFeatures, from_td, neuronpedia_json, to_td
 from lmpeek.features.sources import KINDS, FeatureSource, FeatureSourceWarning, Kind, kind_for, register
 
 __all__ = ["KINDS", "FeatureDB", "FeatureSource", "FeatureSourceWarning", "Kind", "Reconstruction",
-           "TDFeatures", "activations", "build", "check_reconstruction", "from_td", "kind_for", "load",
-           "neuronpedia_json", "register", "to_td_dict", "write_td_sqlite"]  # fmt: skip
+           "TDFeatures", "activations", "build", "check_reconstruction", "export_html", "from_td", "kind_for",
+           "load", "neuronpedia_json", "register", "to_td_dict", "write_td_sqlite"]  # fmt: skip
 
 # the hook-parity guard: above this fraction of variance unexplained an SAE is not reading what it was
 # trained on (trained SAEs on their own hook point are typically well under 0.3)
@@ -215,3 +215,11 @@ def check_reconstruction(
             stacklevel=2,
         )
     return result
+
+
+def export_html(db: Any, features: int | Iterable[int], source: str | None = None) -> str:
+    """Feature pages as one self-contained HTML file that opens offline on the first feature's page
+    (lmpeek.views.features_export: `db` a database path or FeatureDB, `source` its id or name)."""
+    from lmpeek.views.features_export import export_html as export
+
+    return export(db, features, source)

@@ -23,24 +23,38 @@ feature the builder keeps, in memory O(features × (k + sample_size) × window),
   for Pearson correlations against every feature of the same source (sources up to `correlations`
   features: the F × F sums are the one part of the state that grows with F²).
 
+Shards: the batches are grouped into shards of `shard_batches` consecutive batches. Everything above
+merges exactly across shards (counts and histograms add, max/min, the banks keep the best (key, doc,
+pos) of both, which is what admission one batch at a time keeps too) except float64 sums, whose
+rounding depends on the order of additions. So every float64 sum is summed per shard from zero and
+the shard totals are then added in shard order, in every build: a local build closes its shard every
+`shard_batches` batches (`SourceState.close_shard`); a Ray build (`ray=`, features/ray_build.py) runs
+each shard on a fresh state on a worker (`run_shard`) and the driver merges them in shard order
+(`SourceState.merge`). Both add the same float64 numbers in the same order, so they write the same
+database, bit for bit, as long as the model's forward gives the same floats on the workers as here
+(same hardware and thread settings). The shard's sums are a second copy of the float64 sums (the
+F × F one included).
+
 Position 0 of every sequence (the BOS / attention sink, whose activations dwarf all others) is left
 out of every statistic and example unless `skip_first=False`. Top/bottom logits are each feature's
 direct effect through the unembedding (see `logit_effects`). Every `checkpoint_every` batches the
-whole state is written into the database with the documents run so far, in one transaction; running
-the same build again after a crash (kill -9 included) resumes from the last checkpoint and gives the
-same database as an uninterrupted build. The same inputs always give the same database.
+whole state is written into the database with the documents run so far, in one transaction (a Ray
+build: after every shard); running the same build again after a crash (kill -9 included) resumes from
+the last checkpoint and gives the same database as an uninterrupted build, with or without Ray. The
+same inputs always give the same database.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +155,26 @@ class Bank:
         self.key[gi, rank], self.doc[gi, rank], self.pos[gi, rank] = k[idx], d[idx], p[idx]
         self.score[gi, rank], self.win[gi, rank] = s[idx], w[idx]
 
+    def absorb(self, other: Bank) -> None:
+        """Merge a bank over the same groups (another shard's): each group keeps the m best entries
+        of both, ordered as merge() orders them. Exact: (key, doc, pos) are distinct per group, so the
+        m best do not depend on which shard saw an entry first."""
+        m, width = self.m, self.win.shape[-1]
+        step = max(1, (1 << 22) // (2 * m * width))  # groups per chunk: the joined windows stay small
+        for a in range(0, len(self.key), step):
+            g = slice(a, a + step)
+            key = np.concatenate([self.key[g], other.key[g]], 1)
+            doc = np.concatenate([self.doc[g], other.doc[g]], 1)
+            pos = np.concatenate([self.pos[g], other.pos[g]], 1)
+            best = np.lexsort((pos, doc, key), axis=-1)[:, :m]
+            self.key[g] = np.take_along_axis(key, best, 1)
+            self.doc[g] = np.take_along_axis(doc, best, 1)
+            self.pos[g] = np.take_along_axis(pos, best, 1)
+            score = np.concatenate([self.score[g], other.score[g]], 1)
+            self.score[g] = np.take_along_axis(score, best, 1)
+            win = np.concatenate([self.win[g], other.win[g]], 1)
+            self.win[g] = np.take_along_axis(win, best[..., None], 1)
+
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.{f}": getattr(self, f) for f in self.FIELDS}
 
@@ -188,7 +222,8 @@ def _rows(first_doc: int, lengths: list[int], first: int, seed: int) -> _Rows:
 
 
 class SourceState:
-    """Everything kept for one source's F features (see the module docstring)."""
+    """Everything kept for one source's F features (see the module docstring). The float64 sums of the
+    current shard are kept apart in `shard` until close_shard() adds them to the totals."""
 
     SCALARS = ("count", "count_neg", "sum", "sum_sq", "max", "min", "hist")
     MOMENTS = ("shift", "s1", "s2", "sxy")
@@ -212,19 +247,53 @@ class SourceState:
             self.s1 = np.zeros(F, np.float64)
             self.s2 = np.zeros(F, np.float64)
             self.sxy = np.zeros((F, F), np.float64)
+        sums = ("sum", "sum_sq") + (("s1", "s2", "sxy") if corr else ())
+        self.shard = {n: np.zeros_like(getattr(self, n)) for n in sums}
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self, shard: bool = True) -> dict[str, np.ndarray]:
+        """The state by name (a checkpoint's; shard=False leaves out the open shard's sums, which a
+        closed shard sent to the driver does not need)."""
         out = {n: getattr(self, n) for n in self.SCALARS}
         out |= self.top.arrays("top") | self.sample.arrays("sample")
         if self.corr:
             out |= {n: getattr(self, n) for n in self.MOMENTS}
+        if shard:
+            out |= {f"shard.{n}": a for n, a in self.shard.items()}
         return out
 
-    def restore(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def restore(self, arrays: Mapping[str, np.ndarray], shard: bool = True) -> None:
         for n in self.SCALARS + (self.MOMENTS if self.corr else ()):
             _restore(self, n, arrays[n])
         self.top.restore("top", arrays)
         self.sample.restore("sample", arrays)
+        for n, a in self.shard.items():
+            value = arrays[f"shard.{n}"] if shard else np.zeros_like(a)
+            if value.shape != a.shape or value.dtype != a.dtype:
+                raise InvalidInput(f"the checkpoint's shard.{n} has shape {value.shape}: start over")
+            self.shard[n] = value.copy()
+
+    def close_shard(self) -> None:
+        """Add the shard's float64 sums to the totals (see the module docstring: in shard order)."""
+        for n, a in self.shard.items():
+            total = getattr(self, n)
+            total += a
+            a[...] = 0
+
+    def merge(self, other: SourceState) -> None:
+        """Add another shard's closed state (the next one in corpus order): what running its batches
+        here, then close_shard(), would have given."""
+        self.count += other.count
+        self.count_neg += other.count_neg
+        self.hist += other.hist
+        np.maximum(self.max, other.max, out=self.max)
+        np.minimum(self.min, other.min, out=self.min)
+        for n in self.shard:
+            total = getattr(self, n)
+            total += getattr(other, n)  # other's totals are its one shard's sums (0 + sums)
+        if self.corr and np.isnan(self.shift).any():
+            self.shift = other.shift.copy()
+        self.top.absorb(other.top)
+        self.sample.absorb(other.sample)
 
     def _windows(self, acts: np.ndarray, rows: _Rows, r: np.ndarray, f: np.ndarray, first: int) -> np.ndarray:
         """[C, left + 1 + right] activations of feature f[c] around row r[c] (NaN outside the counted
@@ -248,8 +317,9 @@ class SourceState:
         self.count += (x > 0).sum(0)
         self.count_neg += (x < 0).sum(0)
         x64 = x.astype(np.float64)
-        self.sum += x64.sum(0)
-        self.sum_sq += (x64 * x64).sum(0)
+        sums = self.shard  # float64 sums go to the shard's (close_shard adds them up)
+        sums["sum"] += x64.sum(0)
+        sums["sum_sq"] += (x64 * x64).sum(0)
         self.max = np.maximum(self.max, x.max(0))
         self.min = np.minimum(self.min, x.min(0))
         r, f = np.nonzero(x > 0)  # sorted by row, then feature
@@ -268,9 +338,116 @@ class SourceState:
             if np.isnan(self.shift).any():
                 self.shift = x64.mean(0).astype(np.float32)  # any constant gives the same Pearson
             xc = x - self.shift
-            self.s1 += xc.sum(0, dtype=np.float64)
-            self.s2 += np.square(xc, dtype=np.float64).sum(0)
-            self.sxy += xc.T @ xc  # float32 products per batch, summed in float64
+            sums["s1"] += xc.sum(0, dtype=np.float64)
+            sums["s2"] += np.square(xc, dtype=np.float64).sum(0)
+            sums["sxy"] += xc.T @ xc  # float32 products per batch, summed in float64
+
+
+# --- shards: what a local build and a Ray worker both run ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of one build needs besides its sequences (a Ray worker gets it once)."""
+
+    n_features: tuple[int, ...]  # per source
+    corr: tuple[bool, ...]  # per source: correlations kept
+    k: int
+    sample_size: int
+    context: tuple[int, int]
+    first: int  # the first counted position: 1 leaves position 0 out
+    seed: int
+    batch_size: int
+    shift: tuple[np.ndarray | None, ...] | None = None  # the correlation shifts, once known
+    first_batch: tuple[np.ndarray, ...] = ()  # otherwise the build's first batch: its means are the shifts
+
+
+def new_states(job: ShardJob) -> list[SourceState]:
+    return [
+        SourceState(F, job.k, job.sample_size, job.context, corr)
+        for F, corr in zip(job.n_features, job.corr, strict=True)
+    ]
+
+
+def run_batch(model: Any, srcs: list[Any], states: list[SourceState], ids: list[np.ndarray], first_doc: int,
+              first: int, seed: int) -> int:  # fmt: skip
+    """One forward of the sequences `ids` (numbers first_doc, first_doc + 1, ...), every source encoded
+    from the same hook values and added to its state; returns the number of positions counted."""
+    from lmpeek.capture.batched import activations as capture
+
+    hooks = sorted({h for src in srcs for h in src.hooks})
+    acts = capture(model, [s.tolist() for s in ids], hooks, batch_size=len(ids))
+    lengths = [len(s) for s in ids]
+    rows = _rows(first_doc, lengths, first, seed)
+    for src, st in zip(srcs, states, strict=True):
+        joined = {h: np.concatenate([a[h] for a in acts]) for h in src.hooks}
+        x = np.asarray(src.encode(joined), dtype=np.float32)
+        if x.shape != (sum(lengths), st.F):
+            raise InvalidInput(f"{src.name} encoded {list(x.shape)}, expected [{sum(lengths)}, {st.F}]")
+        st.update(x, rows, first)
+    return len(rows.doc)
+
+
+def first_shift(model: Any, srcs: list[Any], job: ShardJob) -> tuple[np.ndarray | None, ...] | None:
+    """The correlation shifts of the build: job.shift, or the first batch's means, computed as a local
+    build computes them (the same batch through the same update)."""
+    if job.shift is not None or not any(job.corr):
+        return job.shift
+    states = new_states(job)
+    run_batch(model, srcs, states, list(job.first_batch), 0, job.first, job.seed)
+    return tuple(st.shift if st.corr else None for st in states)
+
+
+def shard_item(shard: int, first_doc: int, seqs: list[np.ndarray]) -> dict[str, Any]:
+    """One shard as a row of plain values (Ray Data's input): its number, its first sequence's number,
+    the sequences' token ids (int32) and lengths (int64) as bytes."""
+    return {
+        "shard": shard,
+        "first_doc": first_doc,
+        "ids": dbf.blob(np.concatenate(seqs), "<i4"),
+        "lengths": dbf.blob([len(s) for s in seqs], "<i8"),
+    }
+
+
+def run_shard(model: Any, srcs: list[Any], job: ShardJob, item: Mapping[str, Any],
+              shift: tuple[np.ndarray | None, ...] | None) -> bytes:  # fmt: skip
+    """One shard (a shard_item) on fresh states, closed and packed: what a Ray worker returns for the
+    driver to merge (SourceState.merge) in shard order."""
+    ids = dbf.unblob(item["ids"], "<i4")
+    seqs = np.split(ids, np.cumsum(dbf.unblob(item["lengths"], "<i8"))[:-1])
+    states = new_states(job)
+    for st, c in zip(states, shift or (None,) * len(states), strict=True):
+        if c is not None:
+            st.shift = np.array(c, np.float32)
+    first_doc = int(item["first_doc"])
+    for a in range(0, len(seqs), job.batch_size):
+        run_batch(model, srcs, states, seqs[a : a + job.batch_size], first_doc + a, job.first, job.seed)
+    buf = io.BytesIO()
+    arrays = {}
+    for s, st in enumerate(states):
+        st.close_shard()
+        arrays |= {f"{s}.{n}": a for n, a in st.arrays(shard=False).items()}
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_shard(job: ShardJob, data: bytes) -> list[SourceState]:
+    """The states run_shard packed."""
+    states = new_states(job)
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        for s, st in enumerate(states):
+            prefix = f"{s}."
+            st.restore({k[len(prefix) :]: z[k] for k in z.files if k.startswith(prefix)}, shard=False)
+    return states
+
+
+def run_inline(
+    model: Any, srcs: list[Any], job: ShardJob, items: list[dict[str, Any]]
+) -> Iterator[tuple[int, bytes]]:
+    """The shards one after the other in this process, through the same packing as Ray (ray="inline")."""
+    shift = first_shift(model, srcs, job)
+    for item in items:
+        yield int(item["shard"]), run_shard(model, srcs, job, item, shift)
 
 
 # --- model side: where features write, and their logits -------------------------------------------------
@@ -674,10 +851,14 @@ def build(
     correlations: int = 4096,
     n_correlated: int = 5,
     n_logits: int = 10,
+    shard_batches: int = 64,
     checkpoint_every: int = 50,
     seed: int = 0,
     progress: bool | Callable[[BuildProgress], Any] | None = None,
     overwrite: bool = False,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+    ray_load: Mapping[str, Any] | None = None,
 ) -> Path:
     """Build the feature database `out` for `sources` (specs or loaded sources) over `corpus` (paths
     and/or texts: see corpus.py), reading at most `tokens` tokens. Returns the database's path.
@@ -685,11 +866,17 @@ def build(
     k: top examples per feature; context: (left, right) positions of activations kept around each
     example; seq_len: tokens per sequence run; quantiles × per_bin: the quantile examples, drawn from
     a uniform sample of sample_size activations > 0 (default 4 × quantiles × per_bin); correlations:
-    the largest source (in features) whose correlations are computed; progress: a callback taking
+    the largest source (in features) whose correlations are computed; shard_batches: batches per shard
+    (see the module docstring: part of the build, like batch_size); progress: a callback taking
     BuildProgress, or True for a progress bar. An existing `out` from the same build is resumed (or
-    returned, when complete); one from another build is refused unless overwrite=True."""
+    returned, when complete); one from another build is refused unless overwrite=True.
+
+    ray: run the shards on the Ray cluster at this address ("host:port", "ray://host:port", "auto";
+    needs the extra lmpeek[ray]: see features/ray_build.py), with ray_workers model replicas (default:
+    one per GPU, or per CPU without GPUs), each loading the model with lmpeek.load(source, **ray_load)
+    (default: the dtype of `model`'s weights); "inline" runs the same sharded path in this process.
+    The database is the same as without `ray`."""
     from lmpeek import __version__
-    from lmpeek.capture.batched import activations as capture
     from lmpeek.capture.trace import require_model
 
     require_model(model)
@@ -707,10 +894,19 @@ def build(
     correlations = validate.integer("correlations", correlations, 0)
     n_correlated = validate.integer("n_correlated", n_correlated, 1, 1000)
     n_logits = validate.integer("n_logits", n_logits, 1, 1000)
+    shard_batches = validate.integer("shard_batches", shard_batches, 1)
     checkpoint_every = validate.integer("checkpoint_every", checkpoint_every, 1)
     seed = validate.integer("seed", seed, 0, 2**32 - 1)
     if left + right + 1 > 65535:
         raise InvalidInput("context windows are at most 65,535 positions")
+    if ray is not None and (not isinstance(ray, str) or not ray.strip()):
+        raise InvalidInput(f"ray must be a cluster address such as '127.0.0.1:6379', got {ray!r}")
+    if ray_workers is not None:
+        ray_workers = validate.integer("ray_workers", ray_workers, 1)
+    if ray is not None and ray.strip() != "inline":
+        from lmpeek.features import ray_build
+
+        ray_build.preflight(ray.strip(), model)  # no Ray, no cluster: refused before the corpus is read
     srcs = _load_sources(model, sources)
     seqs = _limited(sequences(model.tokenizer, documents(corpus), seq_len), tokens)  # bad paths fail here
     peek = next(seqs, None)  # an empty corpus is refused before anything is created
@@ -736,6 +932,7 @@ def build(
     build_cfg = {
         "tokens_limit": tokens,
         "batch_size": batch_size,
+        "shard_batches": shard_batches,
         "k": k,
         "context": [left, right],
         "seq_len": seq_len,
@@ -759,90 +956,46 @@ def build(
         "corpus_inputs": corpus_inputs(corpus),
         "build": build_cfg,
     }
-    states = [SourceState(i["n_features"], k, sample_size, (left, right), i["correlations"]) for i in info]
+    job = ShardJob(
+        n_features=tuple(i["n_features"] for i in info),
+        corr=tuple(i["correlations"] for i in info),
+        k=k,
+        sample_size=sample_size,
+        context=(left, right),
+        first=first,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    states = new_states(job)
 
     conn = _open(out, identity, overwrite)
     if conn is None:
         return out
-    report: Callable[[BuildProgress], Any] | None
     bar = None
     try:
-        saved = _load(conn, states)
-        docs_done = int(saved.get("documents", 0))
-        tokens_run = int(saved.get("tokens_run", 0))
-        counted = int(saved.get("tokens", 0))
-        batches = int(saved.get("batches", 0))
-        chain = saved.get("chain", "00" * 16)
-        check = "00" * 16
-        for _ in range(
-            docs_done
-        ):  # the sequences already in the checkpoint: the corpus must not have changed
-            seq = next(seqs, None)
-            if seq is None:
-                break
-            check = _chain(check, seq.ids)
-        if docs_done and check != chain:
-            raise InvalidInput(
-                f"{out}: the corpus differs from the one this build started on (its first {docs_done} "
-                f"sequences changed); remove {out.name} or pass overwrite=True to start over"
-            )
+        run = _Run(conn, states, _load(conn, states), shard_batches, checkpoint_every)
+        run.replay(seqs, out)
         if progress is True:
-            bar = report = _Bar(tokens, tokens_run)
+            bar = run.report = _Bar(tokens, run.tokens_run)
         else:
-            report = progress if callable(progress) else None
-        hooks = sorted({h for src in srcs for h in src.hooks})
-        t0, run_tokens = time.perf_counter(), 0
-        while True:
-            batch = [s for _, s in zip(range(batch_size), seqs, strict=False)]
-            if not batch:
-                break
-            acts = capture(model, [s.ids.tolist() for s in batch], hooks, batch_size=len(batch))
-            lengths = [len(s.ids) for s in batch]
-            rows = _rows(docs_done, lengths, first, seed)
-            for src, st in zip(srcs, states, strict=True):
-                joined = {h: np.concatenate([a[h] for a in acts]) for h in src.hooks}
-                x = np.asarray(src.encode(joined), dtype=np.float32)
-                if x.shape != (sum(lengths), st.F):
-                    raise InvalidInput(
-                        f"{src.name} encoded {list(x.shape)}, expected [{sum(lengths)}, {st.F}]"
-                    )
-                st.update(x, rows, first)
-            conn.executemany(
-                "INSERT INTO documents (doc, tokens, n_tokens, path, part) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (docs_done + j, dbf.blob(s.ids, "<i4"), len(s.ids), s.path, s.part)
-                    for j, s in enumerate(batch)
-                ],
-            )
-            for s in batch:
-                chain = _chain(chain, s.ids)
-            docs_done += len(batch)
-            tokens_run += sum(lengths)
-            run_tokens += sum(lengths)
-            counted += len(rows.doc)
-            batches += 1
-            state = {
-                "documents": docs_done,
-                "tokens_run": tokens_run,
-                "tokens": counted,
-                "batches": batches,
-                "chain": chain,
-            }
-            if batches % checkpoint_every == 0:
-                _save(conn, state, states)
-            if report is not None:
-                elapsed = time.perf_counter() - t0
-                rate = run_tokens / elapsed if elapsed > 0 else 0.0
-                eta = (tokens - tokens_run) / rate if tokens is not None and rate > 0 else None
-                report(BuildProgress(tokens_run, tokens, docs_done, batches, elapsed, rate, eta))
-        _finish(conn, model, srcs, states, info, counted, quantiles, per_bin, n_correlated, n_logits)
+            run.report = progress if callable(progress) else None
+        run.total = tokens
+        batches = _batches(seqs, batch_size)
+        if ray is None:
+            run.local(model, srcs, job, batches)
+        else:
+            run.local(model, srcs, job, batches, shard_end=True)  # finish a shard a checkpoint left open
+            run.sharded(model, srcs, job, batches, ray.strip(), ray_workers, ray_load)
+        for st in states:
+            st.close_shard()
+        _finish(conn, model, srcs, states, info, run.counted, quantiles, per_bin, n_correlated, n_logits)
         dbf.write_manifest(
             conn,
             {
                 "status": "complete",
-                "tokens_run": tokens_run,
-                "tokens": counted,
-                "corpus": {"inputs": identity["corpus_inputs"], "hash": chain, "documents": docs_done},
+                "tokens_run": run.tokens_run,
+                "tokens": run.counted,
+                "corpus": {"inputs": identity["corpus_inputs"], "hash": run.chain, "documents": run.docs},
             },
         )
         conn.execute("DELETE FROM state")
@@ -857,6 +1010,124 @@ def build(
             bar.close()
     conn.close()
     return out
+
+
+def _batches(seqs: Iterator[Sequence], batch_size: int) -> Iterator[list[Sequence]]:
+    while batch := list(itertools.islice(seqs, batch_size)):
+        yield batch
+
+
+class _Run:
+    """One build's way through the corpus: the documents written, the counters, shards closed,
+    checkpoints, progress reports. Local and Ray builds record their batches here alike."""
+
+    def __init__(self, conn: sqlite3.Connection, states: list[SourceState], saved: dict[str, Any],
+                 shard_batches: int, checkpoint_every: int):  # fmt: skip
+        self.conn, self.states = conn, states
+        self.shard_batches, self.checkpoint_every = shard_batches, checkpoint_every
+        self.docs = int(saved.get("documents", 0))
+        self.tokens_run = int(saved.get("tokens_run", 0))
+        self.counted = int(saved.get("tokens", 0))
+        self.batches = int(saved.get("batches", 0))
+        self.chain = saved.get("chain", "00" * 16)
+        self.report: Callable[[BuildProgress], Any] | None = None
+        self.total: int | None = None
+        self.t0, self.run_tokens = time.perf_counter(), 0
+
+    def replay(self, seqs: Iterator[Sequence], out: Path) -> None:
+        """Skip the sequences already in the checkpoint; the corpus must not have changed."""
+        check = "00" * 16
+        for _ in range(self.docs):
+            seq = next(seqs, None)
+            if seq is None:
+                break
+            check = _chain(check, seq.ids)
+        if self.docs and check != self.chain:
+            raise InvalidInput(
+                f"{out}: the corpus differs from the one this build started on (its first {self.docs} "
+                f"sequences changed); remove {out.name} or pass overwrite=True to start over"
+            )
+
+    def done(self, batch: list[Sequence], counted: int, close: bool = True) -> None:
+        """One batch added to the states: its documents, the counters, the shard closed at its end."""
+        self.conn.executemany(
+            "INSERT INTO documents (doc, tokens, n_tokens, path, part) VALUES (?, ?, ?, ?, ?)",
+            [
+                (self.docs + j, dbf.blob(s.ids, "<i4"), len(s.ids), s.path, s.part)
+                for j, s in enumerate(batch)
+            ],
+        )
+        for s in batch:
+            self.chain = _chain(self.chain, s.ids)
+        n = sum(len(s.ids) for s in batch)
+        self.docs += len(batch)
+        self.tokens_run += n
+        self.run_tokens += n
+        self.counted += counted
+        self.batches += 1
+        if close and self.batches % self.shard_batches == 0:
+            for st in self.states:
+                st.close_shard()
+
+    def save(self) -> None:
+        progress = {"documents": self.docs, "tokens_run": self.tokens_run, "tokens": self.counted,
+                    "batches": self.batches, "chain": self.chain}  # fmt: skip
+        _save(self.conn, progress, self.states)
+
+    def tell(self) -> None:
+        if self.report is None:
+            return
+        elapsed = time.perf_counter() - self.t0
+        rate = self.run_tokens / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.tokens_run) / rate if self.total is not None and rate > 0 else None
+        self.report(BuildProgress(self.tokens_run, self.total, self.docs, self.batches, elapsed, rate, eta))
+
+    def local(self, model: Any, srcs: list[Any], job: ShardJob, batches: Iterator[list[Sequence]],
+              shard_end: bool = False) -> None:  # fmt: skip
+        """Run batches here (with shard_end: only up to the end of the current shard)."""
+        if shard_end and self.batches % self.shard_batches == 0:
+            return
+        for batch in batches:
+            counted = run_batch(
+                model, srcs, self.states, [s.ids for s in batch], self.docs, job.first, job.seed
+            )
+            self.done(batch, counted)
+            if self.batches % self.checkpoint_every == 0:
+                self.save()
+            self.tell()
+            if shard_end and self.batches % self.shard_batches == 0:
+                return
+
+    def sharded(self, model: Any, srcs: list[Any], job: ShardJob, batches: Iterator[list[Sequence]],
+                address: str, workers: int | None, load: Mapping[str, Any] | None) -> None:  # fmt: skip
+        """Run the remaining whole shards elsewhere (Ray, or "inline"), merge each in shard order."""
+        shards = []
+        while shard := list(itertools.islice(batches, self.shard_batches)):
+            shards.append(shard)
+        if not shards:
+            return
+        if self.docs:  # the shifts are in the state (restored, or set by a shard run here)
+            job = replace(job, shift=tuple(st.shift if st.corr else None for st in self.states))
+        else:
+            job = replace(job, first_batch=tuple(s.ids for s in shards[0][0]))
+        items, doc = [], self.docs
+        for i, shard in enumerate(shards):
+            seqs = [s.ids for batch in shard for s in batch]
+            items.append(shard_item(i, doc, seqs))
+            doc += len(seqs)
+        if address == "inline":
+            partials = run_inline(model, srcs, job, items)
+        else:
+            from lmpeek.features import ray_build
+
+            partials = ray_build.run(address, job, items, model, srcs, workers=workers, load=load)
+        for i, data in partials:  # in shard order
+            for st, part in zip(self.states, unpack_shard(job, data), strict=True):
+                st.merge(part)
+            for batch in shards[i]:
+                self.done(batch, sum(max(len(s.ids) - job.first, 0) for s in batch), close=False)
+            self.save()
+            self.tell()
 
 
 def _open(out: Path, identity: dict[str, Any], overwrite: bool) -> sqlite3.Connection | None:
@@ -908,7 +1179,8 @@ def _open(out: Path, identity: dict[str, Any], overwrite: bool) -> sqlite3.Conne
 
 
 def _finish(conn, model, srcs, states, info, n, quantiles, per_bin, n_correlated, n_logits) -> None:
-    """The final tables, from the state: features, quantile bins, examples, correlations, logits, vocab."""
+    """The final tables, from the state: features, quantile bins, examples, correlations, logits, vocab,
+    search."""
     mentioned: set[int] = set()
     for s, (src, st) in enumerate(zip(srcs, states, strict=True)):
         feats, bins, examples, corr = _finish_source(s, st, n, quantiles, per_bin, n_correlated)
@@ -933,6 +1205,7 @@ def _finish(conn, model, srcs, states, info, n, quantiles, per_bin, n_correlated
         "INSERT INTO vocab (token, label, bytes) VALUES (?, ?, ?)",
         [(t, byte_label(to_bytes(t)), to_bytes(t)) for t in sorted(mentioned)],
     )
+    dbf.fill_search(conn)  # the FTS5 index over labels (none yet) and each feature's peak tokens
 
 
 # --- the CLI ----------------------------------------------------------------------------------------------
@@ -949,9 +1222,12 @@ def build_cli(
     seq_len: int = 128,
     overwrite: bool = False,
     echo: Callable[[str], Any] = print,
+    ray: str | None = None,
+    ray_load: Mapping[str, Any] | None = None,
 ) -> Path:
     """What `lmpeek features build` runs: load the model and the sources (an SAE is checked against the
-    model and warns when it does not fit), build with a progress bar, say what was written."""
+    model and warns when it does not fit), build with a progress bar (on the Ray cluster at `ray`,
+    whose workers load the model with `ray_load`), say what was written."""
     import lmpeek
 
     m = lmpeek.load(model) if isinstance(model, str) else model  # the CLI loads it with its flags
@@ -967,6 +1243,8 @@ def build_cli(
         seq_len=seq_len,
         progress=True,
         overwrite=overwrite,
+        ray=ray,
+        ray_load=ray_load,
     )
     with dbf.FeatureDB(path) as db:
         names = ", ".join(f"{s['name']} ({s['n_features']:,} features)" for s in db.sources)

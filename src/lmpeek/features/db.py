@@ -1,16 +1,17 @@
 """The feature database: one versioned SQLite file that `features.builder.build` writes and
 `FeatureDB` reads (stdlib sqlite3; numpy only, no torch, no model needed to read it).
 
-Format 1.0. Every number array is a little-endian blob (int32 token ids, float32 activations, int64
+Format 1.1 (1.0 files are read too: their search index is built in memory when opened). Every number
+array is a little-endian blob (int32 token ids, float32 activations, int64
 counts). Tables:
 
     manifest(key, value)        JSON values: format_version, lmpeek_version, status ("building" |
                                 "complete"), model {name, source, fingerprint}, tokenizer (its hash),
                                 sources (as the table), corpus_inputs, corpus {inputs, hash (blake2b chain
                                 over the sequences' int32 ids), documents}, tokens_run, tokens (positions
-                                counted: "tokens seen"), build {tokens_limit, batch_size, k, context
-                                [left, right], seq_len, skip_first, quantiles, per_bin, sample_size, seed,
-                                hist_edges (finite; the last bin runs to inf), correlations (the largest
+                                counted: "tokens seen"), build {tokens_limit, batch_size, shard_batches, k,
+                                context [left, right], seq_len, skip_first, quantiles, per_bin, sample_size,
+                                seed, hist_edges (finite; the last bin runs to inf), correlations (the largest
                                 source correlated), n_correlated, n_logits}; no timestamps, so the same
                                 build gives the same file contents
     sources(source, name, kind, spec, hooks, n_features, hash, logits, correlations)
@@ -44,6 +45,15 @@ counts). Tables:
                                 the most correlated other features of the same source over the counted
                                 positions (Pearson), with the cosine of the two activation vectors
     state(key, value)           the builder's checkpoint (numpy .npy blobs); emptied when complete
+    labels(source, feature, label, notes)
+                                (1.1) what users wrote about a feature; empty after a build. The only
+                                table a reader writes (`FeatureDB.set_label`); a read-only file's labels
+                                go to a JSON sidecar instead (`labels_sidecar`)
+    search                      (1.1) an FTS5 index, one row per feature with a label, notes or top
+                                examples: rowid = source << 32 | feature; columns label, notes and
+                                token (the labels of the tokens at `pos` of its top examples, best
+                                first, repeated as often as they peak), so `token:def` finds features
+                                peaking on "def" and plain words search all three columns
 
 A reader refuses a file whose format has a newer major version than it knows (naming the lmpeek
 that wrote it), and a file whose build has not finished.
@@ -51,17 +61,21 @@ that wrote it), and a file whose build has not finished.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
+import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmpeek.errors import InvalidInput, SourceNotFound
+from lmpeek.errors import InvalidInput, LmpeekError, SourceNotFound
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 MAJOR = 1
 
 # The activation histogram's fixed edges, shared by every feature (so no warm-up decides them and a
@@ -96,7 +110,14 @@ CREATE TABLE correlations (source INTEGER NOT NULL, feature INTEGER NOT NULL, ra
     other INTEGER NOT NULL, pearson REAL NOT NULL, cosine REAL NOT NULL,
     PRIMARY KEY (source, feature, rank)) WITHOUT ROWID;
 CREATE TABLE state (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE labels (source INTEGER NOT NULL, feature INTEGER NOT NULL, label TEXT NOT NULL,
+    notes TEXT NOT NULL, PRIMARY KEY (source, feature)) WITHOUT ROWID;
+CREATE VIRTUAL TABLE search USING fts5(label, notes, token);
 """
+LABELS_SCHEMA = """CREATE TABLE IF NOT EXISTS {schema}.labels (source INTEGER NOT NULL,
+    feature INTEGER NOT NULL, label TEXT NOT NULL, notes TEXT NOT NULL, PRIMARY KEY (source, feature))
+    WITHOUT ROWID"""
+SEARCH_SCHEMA = "CREATE VIRTUAL TABLE {schema}.search USING fts5(label, notes, token)"
 
 TABLES = (
     "manifest",
@@ -109,7 +130,8 @@ TABLES = (
     "logits",
     "correlations",
     "state",
-)
+    "labels",
+)  # and `search`, the FTS5 index (a virtual table made from examples, vocab and labels)
 
 
 # --- blobs ------------------------------------------------------------------------------------------
@@ -162,7 +184,9 @@ def connect(path: Any) -> sqlite3.Connection:
     if not p.is_file():
         raise SourceNotFound(f"feature database {str(path)!r} does not exist")
     try:
-        conn = sqlite3.connect(f"file:{p}?mode=rw", uri=True)
+        # check_same_thread=False: the server reads one file from its worker threads; FeatureDB
+        # serialises every use of the connection with its own lock
+        conn = sqlite3.connect(f"file:{p}?mode=rw", uri=True, check_same_thread=False)
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
         raise InvalidInput(f"{path} is not an lmpeek feature database ({err})") from None
@@ -200,13 +224,127 @@ def check_version(manifest: dict[str, Any], path: Any) -> None:
         )
 
 
+# --- search and labels --------------------------------------------------------------------------------
+
+
+def search_rowid(source: int, feature: int) -> int:
+    return (int(source) << 32) | int(feature)
+
+
+def peak_tokens(conn: sqlite3.Connection) -> dict[tuple[int, int], np.ndarray]:
+    """(source, feature) -> the token ids at `pos` of its top examples, best first."""
+    docs = {d: unblob(t, "<i4") for d, t in conn.execute("SELECT doc, tokens FROM documents")}
+    rows = np.asarray(
+        conn.execute(
+            "SELECT source, feature, doc, pos FROM examples WHERE kind = 'top' ORDER BY source, feature, rank"
+        ).fetchall(),
+        dtype=np.int64,
+    ).reshape(-1, 4)
+    if not len(rows):
+        return {}
+    order = sorted(docs)  # every document once, concatenated: one gather for all peaks
+    start = dict(zip(order, np.cumsum([0] + [len(docs[d]) for d in order[:-1]]).tolist(), strict=True))
+    flat = np.concatenate([docs[d] for d in order])
+    ids = flat[np.asarray([start[d] for d in rows[:, 2].tolist()], dtype=np.int64) + rows[:, 3]]
+    key = rows[:, 0] * (1 << 32) + rows[:, 1]
+    cut = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
+    return {
+        (int(rows[a, 0]), int(rows[a, 1])): ids[a:b]
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True)
+    }
+
+
+def fill_search(
+    conn: sqlite3.Connection,
+    schema: str = "main",
+    labels: dict[tuple[int, int], tuple[str, str]] | None = None,
+) -> None:
+    """Fill `schema`.search (empty, created) from the top examples, the vocabulary and `labels`
+    ((source, feature) -> (label, notes); default: the labels table, when there is one)."""
+    if labels is None:
+        labels = read_labels(conn)
+    vocab = dict(conn.execute("SELECT token, label FROM vocab"))
+    peaks = peak_tokens(conn)
+    rows = []
+    for key in sorted(set(peaks) | set(labels)):
+        label, notes = labels.get(key, ("", ""))
+        token = " ".join(vocab.get(int(t), "") for t in peaks.get(key, ()))
+        rows.append((search_rowid(*key), label, notes, token))
+    conn.executemany(f"INSERT INTO {schema}.search (rowid, label, notes, token) VALUES (?, ?, ?, ?)", rows)
+
+
+def read_labels(conn: sqlite3.Connection, schema: str = "main") -> dict[tuple[int, int], tuple[str, str]]:
+    """(source, feature) -> (label, notes) from `schema`.labels ({} when the file has no such table)."""
+    has = conn.execute(
+        f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'labels'"
+    ).fetchone()
+    if has is None:
+        return {}
+    return {(s, f): (lab, notes) for s, f, lab, notes in conn.execute(f"SELECT * FROM {schema}.labels")}
+
+
+class LabelsNotWritable(LmpeekError):
+    """Labels could be stored neither in the database file nor in a sidecar file."""
+
+    status_code = 409
+
+
+def _writable(path: Path) -> bool:
+    # SQLite writes a journal next to the file: the folder must be writable too
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def labels_sidecar(path: Any) -> Path:
+    """Where the labels of a read-only database go: `<file>.labels.json` next to it when its folder
+    is writable, else <lmpeek cache>/feature-labels/<name>-<hash of its path>.json."""
+    p = Path(path).expanduser().resolve()
+    if os.access(p.parent, os.W_OK):
+        return p.with_name(p.name + ".labels.json")
+    from lmpeek.models.cache import cache_dir
+
+    digest = hashlib.blake2b(str(p).encode(), digest_size=8).hexdigest()
+    return cache_dir() / "feature-labels" / f"{p.stem}-{digest}.json"
+
+
+def _valid_text(name: str, value: Any) -> None:
+    """A str SQLite can store: valid Unicode (no lone surrogates, which UTF-8 cannot encode)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInput(
+            f"{name} is not valid Unicode (a lone surrogate at character {err.start})"
+        ) from None
+
+
+def _fts_error(query: str, err: Exception) -> InvalidInput:
+    return InvalidInput(
+        f'search {query[:100]!r} is not a valid query ({err}): use words, "quoted phrases", AND / OR / NOT, '
+        f"prefix*, token:WORD (features peaking on that token), label:WORD or notes:WORD; put words with "
+        f"punctuation in double quotes"
+    )
+
+
 # --- reading ----------------------------------------------------------------------------------------
 
 SORTS = ("feature", "density", "max", "count", "mean")
+LIST_SORTS = (*SORTS, "relevance")  # relevance: the search's bm25 rank (feature order without a query)
+
+
+def _locked(method):
+    """Run `method` holding the database's lock (one connection, used from several threads)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class FeatureDB:
-    """A built feature database, read-only.
+    """A built feature database, read-only except for labels.
 
     db = FeatureDB("features.db")            # tokenizer=...: labels from it instead of the file's
     db.manifest                              # dict (see the module docstring)
@@ -215,6 +353,11 @@ class FeatureDB:
     db.feature(12)                           # everything about feature 12 (stats, histogram,
                                              # quantile bins, logits, correlations, examples)
     db.examples(12, "top")                   # [{score, doc, pos, tokens, acts, ...}]
+    db.query(q="token:def", sort="max")      # (total, a page of rows with label and top_tokens)
+    db.set_label(12, "Python keywords")      # stored in the file (or a sidecar: read-only files)
+    db.distribution()                        # every feature's corpus histogram, for quantiles
+
+    Safe to use from several threads (one lock around the connection).
     """
 
     def __init__(self, path: Any, tokenizer: Any = None):
@@ -237,6 +380,10 @@ class FeatureDB:
 
             self._label = token_labels_fn(tokenizer)
         self._labels: dict[int, str] | None = None
+        self._lock = threading.RLock()
+        self._search: str | None = None  # the schema holding the search index, once opened
+        self._user_labels: dict[tuple[int, int], tuple[str, str]] | None = None
+        self._docs: dict[int, np.ndarray] = {}
         self.sources = [
             {
                 "source": s,
@@ -258,7 +405,8 @@ class FeatureDB:
         self.hist_edges = np.r_[np.asarray(self.manifest["build"]["hist_edges"], dtype=np.float64), np.inf]
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._conn.close()
 
     def __enter__(self) -> FeatureDB:
         return self
@@ -284,6 +432,7 @@ class FeatureDB:
 
         return validate.integer("feature", feature, 0, source["n_features"] - 1)
 
+    @_locked
     def labels(self, ids: Any) -> list[str]:
         """Display labels of token ids: the tokenizer's when one was given, else the file's."""
         ids = [int(i) for i in ids]
@@ -293,6 +442,7 @@ class FeatureDB:
             self._labels = dict(self._conn.execute("SELECT token, label FROM vocab"))
         return [self._labels.get(i, f"<{i}>") for i in ids]
 
+    @_locked
     def document(self, doc: int) -> np.ndarray:
         """A stored sequence's token ids (int32)."""
         row = self._conn.execute("SELECT tokens FROM documents WHERE doc = ?", (int(doc),)).fetchone()
@@ -302,6 +452,7 @@ class FeatureDB:
 
     # --- the API
 
+    @_locked
     def features(
         self,
         sort: str = "feature",
@@ -327,6 +478,7 @@ class FeatureDB:
             for f, c, d, mx, mn, mean in self._conn.execute(sql, args)
         ]
 
+    @_locked
     def feature(self, i: int, source: int | str = 0) -> dict[str, Any]:
         """Everything stored about feature `i` of `source`."""
         s = self._source(source)
@@ -395,6 +547,7 @@ class FeatureDB:
         out["examples"] = {kind: self.examples(i, kind, s["source"]) for kind in ("top", "quantile")}
         return out
 
+    @_locked
     def examples(self, i: int, kind: str = "top", source: int | str = 0) -> list[dict[str, Any]]:
         """Feature `i`'s examples of `kind` ("top" or "quantile"), best first (quantile: by bin, then
         rank). Each: score, doc, pos, bin, rank, the window's token ids and labels (`tokens`), its
@@ -429,3 +582,259 @@ class FeatureDB:
                 }
             )
         return out
+
+    @_locked
+    def document_info(self, doc: int) -> dict[str, Any]:
+        """A stored sequence whole: {doc, path, part, token_ids, tokens} (`tokens`: display labels)."""
+        row = self._conn.execute(
+            "SELECT tokens, path, part FROM documents WHERE doc = ?", (int(doc),)
+        ).fetchone()
+        if row is None:
+            n = self._conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            raise InvalidInput(f"no document {doc} in {self.path} (it has documents 0 to {n - 1})")
+        ids = unblob(row[0], "<i4")
+        return {"doc": int(doc), "path": row[1], "part": row[2], "token_ids": ids.tolist(),
+                "tokens": self.labels(ids)}  # fmt: skip
+
+    # --- search, labels, distributions
+
+    def _open_search(self) -> str:
+        """The schema whose `search` table to query: the file's own (format 1.1, writable), or an
+        in-memory copy (a 1.0 file: built from its top examples; a read-only file: its labels live in
+        the sidecar, which the file's index does not know)."""
+        if self._search is not None:
+            return self._search
+        path = Path(self.path).expanduser()
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        labels = read_labels(self._conn)
+        self._writable = _writable(path)
+        if not self._writable:
+            side = labels_sidecar(path)
+            if side.is_file():
+                labels |= _read_sidecar(side, self.sources)
+        self._user_labels = labels
+        if "search" in tables and self._writable:
+            self._search = "main"
+            return "main"
+        try:
+            self._conn.execute("ATTACH DATABASE ':memory:' AS mem")
+        except sqlite3.OperationalError as err:
+            if "already in use" not in str(err):
+                raise
+        self._conn.execute(SEARCH_SCHEMA.format(schema="mem"))
+        if "search" in tables:  # a read-only 1.1 file: its index, then the sidecar's labels over it
+            self._conn.execute(
+                "INSERT INTO mem.search (rowid, label, notes, token) SELECT rowid, label, notes, token "
+                "FROM main.search"
+            )
+            for (s, f), (label, notes) in labels.items():
+                self._put_search("mem", s, f, label, notes)
+        else:
+            fill_search(self._conn, "mem", labels)
+        self._search = "mem"
+        return "mem"
+
+    def _put_search(self, schema: str, source: int, feature: int, label: str, notes: str) -> None:
+        rowid = search_rowid(source, feature)
+        row = self._conn.execute(f"SELECT token FROM {schema}.search WHERE rowid = ?", (rowid,)).fetchone()
+        self._conn.execute(f"DELETE FROM {schema}.search WHERE rowid = ?", (rowid,))
+        token = row[0] if row is not None else ""
+        if label or notes or token:
+            self._conn.execute(
+                f"INSERT INTO {schema}.search (rowid, label, notes, token) VALUES (?, ?, ?, ?)",
+                (rowid, label, notes, token),
+            )
+
+    @_locked
+    def label(self, i: int, source: int | str = 0) -> dict[str, str]:
+        """{"label", "notes"} users wrote for feature `i` ("" when none)."""
+        s = self._source(source)
+        i = self._feature_index(s, i)
+        self._open_search()
+        assert self._user_labels is not None
+        label, notes = self._user_labels.get((s["source"], i), ("", ""))
+        return {"label": label, "notes": notes}
+
+    @_locked
+    def set_label(self, i: int, label: str, notes: str = "", source: int | str = 0) -> Path:
+        """Store a label and notes for feature `i` (both empty: remove them), searchable at once;
+        returns the file they went to: the database, or its sidecar when the database is read-only."""
+        s = self._source(source)
+        i = self._feature_index(s, i)
+        for name, value in (("label", label), ("notes", notes)):
+            _valid_text(name, value)
+        schema = self._open_search()
+        assert self._user_labels is not None
+        key = (s["source"], i)
+        labels = dict(self._user_labels)
+        if label or notes:
+            labels[key] = (label, notes)
+        else:
+            labels.pop(key, None)
+        path = Path(self.path).expanduser()
+        where = path
+        try:
+            if self._writable:
+                self._conn.execute(LABELS_SCHEMA.format(schema="main"))  # a 1.0 file gets the table
+                self._conn.execute("DELETE FROM labels WHERE source = ? AND feature = ?", key)
+                if label or notes:
+                    self._conn.execute("INSERT INTO labels VALUES (?, ?, ?, ?)", (*key, label, notes))
+            else:
+                where = labels_sidecar(path)
+                _write_sidecar(where, labels, self.sources)
+            self._put_search(schema, *key, label, notes)
+            self._conn.commit()
+        except (sqlite3.OperationalError, OSError) as err:
+            self._conn.rollback()
+            raise LabelsNotWritable(f"could not store the label of feature {i} in {where}: {err}") from None
+        self._user_labels = labels
+        return where
+
+    @_locked
+    def query(
+        self,
+        source: int | str = 0,
+        q: str = "",
+        sort: str = "feature",
+        descending: bool | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """(how many features match, one page of them): `q` is an FTS5 query over labels, notes and
+        peak tokens (empty: every feature); rows sorted by `sort` (LIST_SORTS; descending by default
+        except "feature"), each with its label and `top_tokens` (see `top_tokens`)."""
+        if sort not in LIST_SORTS:
+            raise InvalidInput(f"sort must be one of {', '.join(LIST_SORTS)}, got {sort!r}")
+        _valid_text("q", q)
+        s = self._source(source)
+        sid = s["source"]
+        offset = int(offset)
+        limit = int(limit)
+        q = q.strip()
+        desc = sort not in ("feature", "relevance") if descending is None else descending
+        direction = "DESC" if desc else "ASC"
+        key = {"mean": "f.sum / f.n", "relevance": "m.score" if q else "f.feature"}.get(sort, f"f.{sort}")
+        columns = "f.feature, f.count, f.density, f.max, f.min, f.sum / f.n"
+        schema = self._open_search()
+        if q:
+            # bm25 is lower for better matches: "relevance" ascending lists the best first
+            if sort == "relevance":
+                direction = "DESC" if descending else "ASC"
+            matched = (
+                f"WITH m AS (SELECT rowid - ? AS feature, bm25(search) AS score FROM {schema}.search "
+                "WHERE search MATCH ? AND rowid BETWEEN ? AND ?) "
+            )
+            args: tuple = (search_rowid(sid, 0), q, search_rowid(sid, 0), search_rowid(sid, 0xFFFFFFFF))
+            body = "FROM m JOIN features f ON f.source = ? AND f.feature = m.feature"
+            try:
+                total = self._conn.execute(f"{matched}SELECT COUNT(*) {body}", (*args, sid)).fetchone()[0]
+                order = f"ORDER BY {key} {direction}, f.feature ASC"
+                rows = self._conn.execute(
+                    f"{matched}SELECT {columns} {body} {order} LIMIT ? OFFSET ?",
+                    (*args, sid, limit, offset),
+                ).fetchall()
+            except sqlite3.OperationalError as err:
+                raise _fts_error(q, err) from None
+        else:
+            total = self._conn.execute("SELECT COUNT(*) FROM features WHERE source = ?", (sid,)).fetchone()[0]
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM features f WHERE f.source = ? ORDER BY {key} {direction}, "
+                "f.feature ASC LIMIT ? OFFSET ?",
+                (sid, limit, offset),
+            ).fetchall()
+        assert self._user_labels is not None
+        peaks = self.top_tokens([r[0] for r in rows], sid)
+        items = [
+            {
+                "feature": f,
+                "count": c,
+                "density": d,
+                "max": mx,
+                "min": mn,
+                "mean": mean,
+                "label": self._user_labels.get((sid, f), ("", ""))[0],
+                "top_tokens": peaks[f],
+            }
+            for f, c, d, mx, mn, mean in rows
+        ]
+        return int(total), items
+
+    def _document(self, doc: int) -> np.ndarray:
+        ids = self._docs.get(doc)
+        if ids is None:
+            if len(self._docs) > 4096:
+                self._docs.clear()
+            ids = self._docs[doc] = self.document(doc)
+        return ids
+
+    @_locked
+    def top_tokens(self, features: Any, source: int | str = 0, n: int = 5) -> dict[int, list[str]]:
+        """feature -> the labels of the tokens at its top examples' peaks (`pos`), distinct, best
+        example first, at most n."""
+        s = self._source(source)
+        feats = [int(f) for f in features]
+        out: dict[int, list[str]] = {f: [] for f in feats}
+        if not feats:
+            return out
+        rows = self._conn.execute(
+            f"SELECT feature, doc, pos FROM examples WHERE source = ? AND kind = 'top' AND feature IN "
+            f"({', '.join('?' * len(feats))}) ORDER BY feature, rank",
+            (s["source"], *feats),
+        ).fetchall()
+        for f, doc, pos in rows:
+            label = self.labels([self._document(doc)[pos]])[0]
+            if label not in out[f] and len(out[f]) < n:
+                out[f].append(label)
+        return out
+
+    @_locked
+    def distribution(self, source: int | str = 0) -> dict[str, np.ndarray]:
+        """Every feature's corpus distribution as stored, dense: n, count (> 0), count_neg, max, min
+        ([F]; max/min NaN where n is 0) and `cum` [F, B + 1] float64, the cumulative histogram of the
+        activations > 0 over `hist_edges` (B bins; cum[:, b] = how many lie in bins before b)."""
+        s = self._source(source)
+        F, B = s["n_features"], len(self.hist_edges) - 1
+        out = {k: np.zeros(F) for k in ("n", "count", "count_neg")}
+        out |= {k: np.full(F, np.nan) for k in ("max", "min")}
+        hist = np.zeros((F, B), dtype=np.float64)
+        for f, n, c, cn, mx, mn, first, h in self._conn.execute(
+            "SELECT feature, n, count, count_neg, max, min, hist_first, hist FROM features WHERE source = ?",
+            (s["source"],),
+        ):
+            out["n"][f], out["count"][f], out["count_neg"][f] = n, c, cn
+            out["max"][f] = np.nan if mx is None else mx
+            out["min"][f] = np.nan if mn is None else mn
+            counts = unblob(h, "<i8")
+            hist[f, first : first + len(counts)] = counts
+        out["cum"] = np.concatenate([np.zeros((F, 1)), np.cumsum(hist, axis=1)], axis=1)
+        return out
+
+
+def _read_sidecar(path: Path, sources: list[dict[str, Any]]) -> dict[tuple[int, int], tuple[str, str]]:
+    """A sidecar's labels: {"labels": {source name: {feature: {"label", "notes"}}}} (unknown sources
+    and unreadable files are skipped: labels are never worth refusing a database for)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    index = {s["name"]: s["source"] for s in sources}
+    out = {}
+    for name, feats in (data.get("labels") or {}).items() if isinstance(data, dict) else ():
+        if name in index and isinstance(feats, dict):
+            for f, v in feats.items():
+                if str(f).isdigit() and isinstance(v, dict):
+                    out[(index[name], int(f))] = (str(v.get("label", "")), str(v.get("notes", "")))
+    return out
+
+
+def _write_sidecar(
+    path: Path, labels: dict[tuple[int, int], tuple[str, str]], sources: list[dict[str, Any]]
+) -> None:
+    names = {s["source"]: s["name"] for s in sources}
+    data: dict[str, dict[str, dict[str, str]]] = {}
+    for (s, f), (label, notes) in sorted(labels.items()):
+        data.setdefault(names[s], {})[str(f)] = {"label": label, "notes": notes}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"format": 1, "labels": data}, ensure_ascii=False, indent=1), encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one

@@ -41,7 +41,8 @@ MAX_JSON_VALUES = 1_000_000  # arrays larger than this go out as binary only (ab
 
 class ModelHolder:
     """Loads the model in the background, then holds the one `Session` every route asks (over this
-    model, its queue and the trace store)."""
+    model, its queue and the trace store). `source` None: no model at all (`lmpeek features serve`).
+    `on_ready(model)` runs on the loading thread once the model is loaded, before it is `ready`."""
 
     def __init__(self, source: str, loader=None, max_pending: int = 16, worker: ModelWorker | None = None,
                  store: TraceStore | None = None, session: Session | None = None):  # fmt: skip
@@ -56,6 +57,9 @@ class ModelHolder:
         self.worker = worker if worker is not None else ModelWorker(max_pending=max_pending)
         self._loader = loader
         self._session = session
+        self.on_ready: Any = None
+        if source is None:
+            self.status, self.message = "ready", "no model: serving feature databases only"
 
     def load(self) -> None:
         try:
@@ -68,6 +72,8 @@ class ModelHolder:
 
                 model = load(self.source, progress=False)
             _ = model.fingerprint  # computed here, on the loading thread, not by the first health check
+            if self.on_ready is not None:
+                self.on_ready(model)
             if self._session is None:
                 self._session = Session(model, self.store, worker=self.worker)
             self.model = model
@@ -81,12 +87,20 @@ class ModelHolder:
                 traceback.print_exc()
 
     def start(self, background: bool = True) -> None:
+        if self.source is None:
+            return
         if background:
             threading.Thread(target=self.load, name="lmpeek-model-load", daemon=True).start()
         else:
             self.load()
 
     def ready(self):
+        if self.source is None:
+            raise HTTPException(
+                409,
+                detail="no model is loaded: this server (lmpeek features serve) shows feature databases "
+                "only; run `lmpeek serve MODEL --features DB` to compute features on your text",
+            )
         if self.status == "error" and getattr(self, "error_status", None):  # waiting will not help
             raise HTTPException(self.error_status, detail=f"model could not be loaded: {self.message}")
         if self.status != "ready":
@@ -205,10 +219,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # stopping (SIGTERM, Ctrl+C): cancel queued and running jobs so open streams end with an error
     # event and the process exits instead of waiting for a generation to finish
     app.state.holder.worker.close(timeout=2.0)
+    app.state.features.close()
 
 
 def create_app(
-    source: str = "default",
+    source: str | None = "default",
     *,
     background: bool = True,
     loader=None,
@@ -217,6 +232,8 @@ def create_app(
     store_budget: str | int | None = None,
     max_pending: int = 16,
     session: Any = None,
+    features: Any = (),
+    feature_sources: Any = (),
     **edge: Any,
 ):
     """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
@@ -225,7 +242,10 @@ def create_app(
     token, cors_origins, max_body_bytes (see server.guard.install; by default only loopback Host names
     are served, e.g. tests add allowed_hosts=["testserver"]). `max_pending`: model jobs queued or
     running before new ones are refused with 503. `session`: serve this `lmpeek.Session`'s model, queue
-    and store (the notebook widget asks the app in-process) instead of loading `source`."""
+    and store (the notebook widget asks the app in-process) instead of loading `source`. `features`:
+    feature database files to serve, `feature_sources`: feature source specs (neurons:L, SAE folders)
+    computed on the model (server.routes_features). `source` None: no model, only the feature databases
+    and the page (`lmpeek features serve`); /api/health then says `features_only`."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
@@ -237,7 +257,7 @@ def create_app(
     guard.install(app, **edge)
     if session is not None:
         source, background, store = session.model.name, False, session.store
-    if store is None:
+    if store is None and source is not None:
         from lmpeek.models.sources import cache_dir
 
         store = TraceStore(
@@ -247,6 +267,12 @@ def create_app(
     holder = ModelHolder(source, loader, max_pending, store=store, session=session)
     app.state.holder = holder
     app.state.traces = traces
+    from lmpeek.features.service import FeatureService  # torch-free until a source is computed
+    from lmpeek.server.routes_features import add_feature_routes
+
+    service = FeatureService(features, feature_sources)
+    app.state.features = service
+    holder.on_ready = service.attach  # the given specs load with the model (an SAE is checked on it)
 
     @app.exception_handler(LmpeekError)
     async def user_error(_request: Request, err: LmpeekError):
@@ -261,12 +287,20 @@ def create_app(
         """Model name and shape, whether it is `loading`, `ready` or failed (`error`), and the queue.
         Never waits: it runs on the event loop and reads only plain fields."""
         model = holder.model
-        return {
+        out = {
             "status": holder.status,
             "message": holder.message,
             "model": model.info() if model is not None else None,
             "queue": {"pending": holder.worker.pending(), "limit": holder.worker.max_pending},
         }
+        if holder.source is None:  # the page shows only its Features tab
+            out["features_only"] = True
+        return out
+
+    if source is None:  # lmpeek features serve: the feature routes and the page, nothing that needs a model
+        add_feature_routes(app, holder, service)
+        _mount_static(app)
+        return app
 
     @app.post(
         "/api/trace",
@@ -446,6 +480,7 @@ def create_app(
     from lmpeek.server.routes_attention import add_attention_routes  # the Attention tab's grid and q·k
 
     add_attention_routes(app)
+    add_feature_routes(app, holder, service)  # the Features tab: databases, search, labels, your text
 
     @app.get("/api/samples", **responses.typed(list[responses.Sample]))
     def samples() -> list[dict[str, Any]]:
@@ -453,6 +488,19 @@ def create_app(
         from lmpeek.samples import library
 
         return [{"id": s.id, "title": s.title, "kind": s.kind, "chars": len(s.text)} for s in library()]
+
+    @app.get("/api/samples/search", **responses.typed(responses.CorpusSearch))
+    def search_samples(
+        q: Annotated[str, Query(min_length=1, max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    ) -> dict[str, Any]:
+        """Documents of the demo corpus matching every word of `q` (prefixes), best first; open one
+        with /api/samples/{id}."""
+        from lmpeek.samples import corpus
+
+        total, hits = corpus.search(q, limit, offset)
+        return {"total": total, "documents": len(corpus.documents()), "items": [vars(h) for h in hits]}
 
     @app.get("/api/samples/{sample_id}", **responses.typed(responses.SampleText))
     def sample(sample_id: Annotated[str, PathParam(max_length=300)]) -> dict[str, Any]:
@@ -464,6 +512,13 @@ def create_app(
             raise HTTPException(404, detail=str(err).strip("'\"")) from None
         return {"id": s.id, "title": s.title, "kind": s.kind, "text": s.text}
 
+    _mount_static(app)
+    holder.start(background)
+    return app
+
+
+def _mount_static(app: FastAPI) -> None:
+    """The built page at /, or a page saying how to build it."""
     static = _static_dir()
     if static is not None:
         app.mount("/", StaticFiles(directory=static, html=True), name="app")
@@ -472,6 +527,3 @@ def create_app(
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
         def not_built() -> str:
             return _NOT_BUILT
-
-    holder.start(background)
-    return app

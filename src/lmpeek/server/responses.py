@@ -67,6 +67,7 @@ class Health(BaseModel):
     message: str
     model: ModelInfo | None
     queue: Queue
+    features_only: bool = absent()  # only when true: no model (lmpeek features serve), only feature databases
 
 
 class HookPoint(BaseModel):
@@ -248,6 +249,21 @@ class SampleText(BaseModel):
     text: str
 
 
+class CorpusHit(BaseModel):
+    id: str  # "corpus:…": open it with GET /api/samples/{id}
+    title: str
+    chars: int
+    snippet: str  # the best-matching passage, matched words in [brackets]
+
+
+class CorpusSearch(BaseModel):
+    """GET /api/samples/search: documents of the demo corpus, best first."""
+
+    total: int  # matches in all
+    documents: int  # documents in the corpus
+    items: list[CorpusHit]
+
+
 # --- POST /api/generate: server-sent events (not in /openapi.json; scripts/api_types.py adds them) ---
 
 
@@ -298,3 +314,172 @@ class StreamError(BaseModel):
 STREAM_EVENTS: dict[str, type[BaseModel]] = {
     "start": GenerateStart, "token": GenerateToken, "done": GenerateDone, "error": StreamError,
 }  # fmt: skip
+
+
+# --- the Features routes (server/routes_features.py; the contract: docs in lmpeek.features.service) ---
+
+
+class FeatureDatabaseInfo(BaseModel):
+    path: str
+    tokens: int | None  # positions counted ("tokens seen")
+    documents: int | None
+    model: str | None  # the model it was built on
+    corpus: str
+    format_version: str
+
+
+class FeatureSourceInfo(BaseModel):
+    """A source the Features routes take as {source}: `online` when the loaded model computes it on any
+    text; `message` (only when not online) says why not."""
+
+    id: str
+    name: str
+    kind: str
+    n_features: int
+    hooks: list[str]
+    online: bool
+    database: FeatureDatabaseInfo | None
+    message: str = absent()
+
+
+class FeatureSources(BaseModel):
+    """GET /api/features: listed sources (any neurons:L is taken too when a model is loaded)."""
+
+    sources: list[FeatureSourceInfo]
+    model: str | None
+
+
+class FeatureRow(BaseModel):
+    feature: int
+    density: float
+    max: Float  # null: no positions counted
+    count: int
+    mean: Float
+    label: str
+    top_tokens: list[str]  # up to 5 labels of the tokens its top examples peak on
+
+
+class FeatureList(BaseModel):
+    total: int
+    items: list[FeatureRow]
+
+
+class FeatureHistogram(BaseModel):
+    edges: Floats  # counts + 1 edges; the last may be null (the open bin up to inf)
+    counts: list[int]
+
+
+class QuantileBin(BaseModel):
+    bin: int
+    lo: float
+    hi: float
+    count: int
+    share: float
+
+
+class LogitToken(BaseModel):
+    token: int
+    label: str
+    value: Float
+
+
+class LogitHistogram(BaseModel):
+    counts: list[int]
+    lo: Float
+    hi: Float
+
+
+class FeatureLogits(BaseModel):
+    top: list[LogitToken]
+    bottom: list[LogitToken]
+    histogram: LogitHistogram
+
+
+class CorrelatedFeature(BaseModel):
+    feature: int
+    pearson: Float
+    cosine: Float
+
+
+class FeatureExample(BaseModel):
+    """A window of a stored document around `pos` (at `index` in the window): its tokens and the
+    feature's activations on them (0 where it is off)."""
+
+    bin: int
+    rank: int
+    score: Float
+    doc: int
+    pos: int
+    start: int
+    index: int
+    token_ids: list[int]
+    tokens: list[str]
+    acts: Floats
+
+
+class FeatureExamples(BaseModel):
+    top: list[FeatureExample]
+    quantile: list[FeatureExample]
+
+
+class FeaturePage(BaseModel):
+    """GET /api/features/{source}/{feature}: everything the database holds about one feature
+    (FeatureDB.feature) with its label and notes."""
+
+    source: str
+    feature: int
+    n: int
+    count: int
+    count_neg: int
+    density: float
+    sum: Float
+    mean: Float
+    std: Float
+    max: Float
+    min: Float
+    histogram: FeatureHistogram
+    quantile_bins: list[QuantileBin]
+    logits: FeatureLogits | None
+    correlated: list[CorrelatedFeature]
+    examples: FeatureExamples
+    label: str
+    notes: str
+
+
+class FeatureDocument(BaseModel):
+    doc: int
+    path: str
+    part: int
+    token_ids: list[int]
+    tokens: list[str]
+
+
+class FeatureToken(BaseModel):
+    id: int
+    label: str
+    template: bool  # written by the chat template, not the user
+
+
+class RankedFeature(BaseModel):
+    feature: int
+    value: Float
+    quantile: Float  # in the corpus (null without a database)
+
+
+class TextFeature(BaseModel):
+    feature: int
+    max: Float
+    tokens_active: int
+    quantile: Float  # of `max` (null without a database)
+
+
+class FeatureActivations(BaseModel):
+    """POST /api/features/{source}/activations: per requested feature its values over the tokens (and
+    their corpus quantiles), each token's top features, the text's top features."""
+
+    tokens: list[FeatureToken]
+    features: list[int]
+    values: list[Floats]
+    quantiles: list[Floats] | None
+    ranking: list[list[RankedFeature]]
+    top_features: list[TextFeature]

@@ -138,8 +138,10 @@ def add_analysis_routes(app: FastAPI, holder) -> None:
                 "id": rows.target,
                 "token": rows.target_token,
                 # a layer whose logits were lost (inf/NaN) ranks nothing: null, as its probability
-                "ranks": [int(r) if np.isfinite(p) else None
-                          for r, p in zip(rows.target_ranks, rows.target_probs, strict=True)],  # fmt: skip
+                "ranks": [
+                    int(r) if np.isfinite(p) else None
+                    for r, p in zip(rows.target_ranks, rows.target_probs, strict=True)
+                ],  # fmt: skip
                 "probs": _floats(rows.target_probs),
             }
         return out

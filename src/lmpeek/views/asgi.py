@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 @dataclass
@@ -41,7 +41,7 @@ async def request(
         "http_version": "1.1",
         "method": method.upper(),
         "scheme": "http",
-        "path": parts.path,
+        "path": unquote(parts.path),  # decoded, as a server gives it ("neurons%3A3" is "neurons:3")
         "raw_path": parts.path.encode(),
         "query_string": parts.query.encode(),
         "root_path": "",

@@ -159,14 +159,20 @@ class _Recorder:
             offset = self.stored[part] = self.add_body(part)
         return [offset, len(part)]
 
-    def record(self, path: str, params: dict[str, Any] | None = None, accept: str | None = None) -> int:
+    def ask(
+        self, path: str, params: dict[str, Any] | None = None, accept: str | None = None
+    ) -> tuple[Any, bytes]:
+        """The app's answer to GET `path`?`params` (head, body), not recorded."""
         from lmpeek.views.asgi import fetch_sync
 
+        url = request_key("GET", path, params).split(" ", 1)[1]
+        return fetch_sync(self.app, "GET", url, {"accept": accept} if accept else None)
+
+    def record(self, path: str, params: dict[str, Any] | None = None, accept: str | None = None) -> int:
         key = request_key("GET", path, params)
         if key in self.responses:
             return self.responses[key]["status"]
-        url = key.split(" ", 1)[1]
-        head, body = fetch_sync(self.app, "GET", url, {"accept": accept} if accept else None)
+        head, body = self.ask(path, params, accept)
         headers = {k: v for k, v in head.headers.items() if k.lower() in _HEADERS_KEPT}
         self.put(key, head.status, headers, body)
         return head.status
@@ -202,6 +208,14 @@ class _Recorder:
     def put_json(self, path: str, data: Any, params: dict[str, Any] | None = None) -> None:
         body = json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
         self.put(request_key("GET", path, params), 200, {"content-type": "application/json"}, body)
+
+    def pack(self, **header: Any) -> bytes:
+        """The data block (see the module doc): the header (format, version, the responses and what
+        `header` adds: trace_id, hint, attention, …), then the bodies."""
+        full = {"format": FORMAT, "version": VERSION, **header, "responses": self.responses}
+        head = json.dumps(full, ensure_ascii=False, separators=(",", ":")).encode()
+        head += b" " * ((-(8 + len(head))) % 8)  # bodies start 8-aligned
+        return MAGIC + struct.pack("<I", len(head)) + head + b"".join(self.bodies)
 
 
 def shuffle(data: bytes, itemsize: int) -> bytes:
@@ -257,11 +271,7 @@ def record_pack(session: Any, trace_id: str, include: Include | None = None, app
         status = rec.record(path, params, accept=params.pop("__accept__", None))
         if status != 200:  # a head or token out of range: say so now, not in the page
             raise InvalidInput(f"--include: {path.rsplit('/', 1)[1]} {params}: {rec.detail(path, params)}")
-    header = {"format": FORMAT, "version": VERSION, "trace_id": trace_id, "hint": HINT,
-              "responses": rec.responses, "attention": attention}  # fmt: skip
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    head += b" " * ((-(8 + len(head))) % 8)  # bodies start 8-aligned
-    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(rec.bodies)
+    return rec.pack(trace_id=trace_id, hint=HINT, attention=attention)
 
 
 def _attention_scales(rec: _Recorder, trace_id: str, layer: int, head: int) -> dict[str, Any]:
@@ -437,7 +447,9 @@ def trace_html(
     return export_html(session, session.trace(trace.token_ids).id, include, view=view)
 
 
-VIEWS = ("explore", "attention")  # what an export can open on (no Generate: nothing runs in a file)
+# what an export can open on (no Generate: nothing runs in a file); "features": a features export
+# (views.features_export), whose pack holds the Features tab's answers
+VIEWS = ("explore", "attention", "features")
 
 
 def page_html(pack: bytes, title: str, view: str = "explore") -> str:
@@ -506,9 +518,5 @@ def static_pack(trace: Any) -> bytes:
                 params = {"name": name, "mode": mode, "skip_first": "true" if skip else "false"}
                 answer = summary_metric_json(trace, name, mode, skip)
                 rec.put_json(f"/api/traces/{trace_id}/metric", answer, params)
-    header = {"format": FORMAT, "version": VERSION, "trace_id": trace_id, "hint": HINT.replace(
-        "Export again", "Show it with a model (lmpeek.show(trace, model=…))"), "responses": rec.responses,
-        "attention": {}}  # fmt: skip
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-    head += b" " * ((-(8 + len(head))) % 8)
-    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(rec.bodies)
+    hint = HINT.replace("Export again", "Show it with a model (lmpeek.show(trace, model=…))")
+    return rec.pack(trace_id=trace_id, hint=hint, attention={})

@@ -4,7 +4,9 @@
 requests (the same HTTP API the web app uses) travel as widget messages and are answered in-process by
 the FastAPI app over that model's Session (views.asgi), so slices, logit lens, histograms… are computed
 on demand exactly as in the app. With a Trace alone, the widget shows what the Trace holds (packed
-as an export is, views.export.static_pack) and a panel needing more says so.
+as an export is, views.export.static_pack) and a panel needing more says so. With a feature database
+(`lmpeek.show("features.db", feature=17)`), the requests go to an app serving that database alone (no
+model: server.app.create_app(None, features=[db])) and the widget opens the Features tab on that feature.
 
 Messages (JSON content + binary buffers), page -> kernel: {"kind": "fetch", "id", "method", "url",
 "headers"} with the body as buffer 0; {"kind": "abort", "id"}. Kernel -> page: {"kind": "head", "id",
@@ -26,6 +28,7 @@ from lmpeek.views.bundle import bundle_js
 # by id(): a LoadedModel is an unhashable dataclass; the entry goes when the model does
 _SESSIONS: dict[int, Any] = {}
 _APPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_FEATURE_APPS: dict[tuple[str, int], Any] = {}  # (database file, inode): a rebuilt file gets a new app
 
 
 def session_for(model: Any):
@@ -67,11 +70,17 @@ class Widget(anywidget.AnyWidget):
     live = traitlets.Bool(False).tag(sync=True)
     prompt = traitlets.Unicode("").tag(sync=True)
     height = traitlets.Int(640).tag(sync=True)
+    # the Features tab's feature to open (-1: none) and its source's id
+    feature = traitlets.Int(-1).tag(sync=True)
+    feature_source = traitlets.Unicode("").tag(sync=True)
 
-    def __init__(self, session: Any = None, **kwargs: Any) -> None:
+    def __init__(self, session: Any = None, *, app: Any = None, **kwargs: Any) -> None:
+        """Requests go to `app` (an ASGI app: a database-only one for feature pages), else to the app
+        over `session`; with neither, the widget shows its `pack`."""
         type(self)._esm = bundle_js()  # read when the widget is made: a rebuilt bundle is picked up
-        super().__init__(live=session is not None, **kwargs)
+        super().__init__(live=session is not None or app is not None, **kwargs)
         self._session = session
+        self._app = app
         self._inflight: dict[str, asyncio.Event] = {}
         self.on_msg(self._on_msg)
 
@@ -81,7 +90,7 @@ class Widget(anywidget.AnyWidget):
             gone = self._inflight.get(str(content.get("id")))
             if gone is not None:
                 gone.set()
-        elif kind == "fetch" and self._session is not None:
+        elif kind == "fetch" and self.live:
             # the kernel runs an asyncio loop: answer without blocking it (a generation streams for long)
             asyncio.ensure_future(self._fetch(content, bytes(buffers[0]) if buffers else b""))
 
@@ -89,7 +98,7 @@ class Widget(anywidget.AnyWidget):
         rid = str(msg.get("id"))
         gone = self._inflight[rid] = asyncio.Event()
         try:
-            app = app_for(self._session)
+            app = self._app if self._app is not None else app_for(self._session)
             method, url = str(msg.get("method", "GET")), str(msg.get("url", "/"))
             async for item in asgi.request(app, method, url, msg.get("headers") or {}, body, gone):
                 if isinstance(item, asgi.Head):
@@ -105,19 +114,34 @@ class Widget(anywidget.AnyWidget):
             self.send({"kind": "end", "id": rid})
 
 
-VIEWS = ("explore", "attention", "generate")
+VIEWS = ("explore", "attention", "generate", "features")
 
 
-def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640) -> Widget:
-    """Show a text, a Trace or a stored trace id in a notebook.
+def show(
+    x: Any,
+    model: Any = None,
+    view: str = "explore",
+    *,
+    height: int = 640,
+    feature: int | None = None,
+    source: str | None = None,
+) -> Widget:
+    """Show a text, a Trace, a stored trace id or a feature database in a notebook.
 
     `x`: a text (needs `model`), a `Trace` (with `model`, it is run again on that model so any layer
     can be recomputed; without, the widget shows what the Trace holds), or a trace id of `model`'s
     Session. `model`: a LoadedModel, a Session, or a source for `lmpeek.load`. `view`: the tab shown
     first: "explore", "attention" (the trace's attention overview: model, head and neuron views) or
-    "generate" (`x` is the prompt, streamed from the model)."""
-    from lmpeek.capture.trace import Trace
+    "generate" (`x` is the prompt, streamed from the model).
 
+    Feature pages: `x` a feature database (its path or a FeatureDB) with `feature=` (the page to open)
+    and/or view="features": its Features tab, browsing the database (no model); `source`: the source's id
+    or name (default: the database's first)."""
+    from lmpeek.capture.trace import Trace
+    from lmpeek.features.db import FeatureDB
+
+    if feature is not None or view == "features" or isinstance(x, FeatureDB):
+        return _show_features(x, model, feature, source, height)
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
     if model is None:
@@ -140,6 +164,37 @@ def show(x: Any, model: Any = None, view: str = "explore", *, height: int = 640)
     else:
         trace_id = session.trace(x).id
     return Widget(session, view=view, trace_id=trace_id, height=height)
+
+
+def features_app_for(db: Any) -> Any:
+    """The database-only app over a feature database (one per file)."""
+    from lmpeek.views.features_export import db_path, features_app
+
+    path = db_path(db).resolve()
+    key = (str(path), path.stat().st_ino if path.is_file() else -1)
+    app = _FEATURE_APPS.get(key)
+    if app is None:
+        app = _FEATURE_APPS[key] = features_app(path)  # a missing or foreign file fails here, in one line
+    return app
+
+
+def _show_features(db: Any, model: Any, feature: int | None, source: str | None, height: int) -> Widget:
+    from os import PathLike
+
+    from lmpeek.features.db import FeatureDB
+    from lmpeek.views.features_export import check_features, pick_source
+
+    if model is not None:
+        raise ValueError(
+            "lmpeek.show(db, feature=…) browses a feature database without a model (drop model=…; "
+            "`lmpeek serve MODEL --features DB` computes features on your text)"
+        )
+    if not isinstance(db, (str, PathLike, FeatureDB)):
+        raise ValueError(f"feature pages need a database (a path or a FeatureDB), not {type(db).__name__}")
+    app = features_app_for(db)
+    src = pick_source(app, source)
+    f = -1 if feature is None else check_features(src, [feature])[0]
+    return Widget(app=app, view="features", feature=f, feature_source=src["id"], height=height)
 
 
 def _is_stored(session: Any, x: str) -> bool:

@@ -17,6 +17,7 @@ import type {
   Pattern,
   QkTerms,
   Rope,
+  CorpusSearch,
   Sample,
   SampleText,
   Scatter,
@@ -105,6 +106,17 @@ export class Api {
 
   private async json<T>(path: string, init?: RequestInit): Promise<T> {
     return (await (await this.request(path, init)).json()) as T;
+  }
+
+  /** Any route's JSON answer, with this client's transport, errors and activity (lib/features.ts builds
+   * the Features tab's calls on it, so a widget or an export serves them as it serves the rest). */
+  call<T>(path: string, init?: RequestInit): Promise<T> {
+    return this.json(path, init);
+  }
+
+  /** A request whose answer has no body to read (204). */
+  async send(path: string, init?: RequestInit): Promise<void> {
+    await this.request(path, init);
   }
 
   health(): Promise<Health> {
@@ -265,6 +277,11 @@ export class Api {
 
   samples(): Promise<Sample[]> {
     return this.json("/api/samples");
+  }
+
+  /** Documents of the demo corpus matching every word of `q`, best first (open one with `sample`). */
+  searchSamples(q: string, limit = 20, signal?: AbortSignal): Promise<CorpusSearch> {
+    return this.json(`/api/samples/search?${query({ q, limit })}`, { signal });
   }
 
   sample(id: string): Promise<SampleText> {

@@ -95,7 +95,10 @@ interface Recorded {
 interface PackHeader {
   format: "lmpeek.export";
   version: string;
-  trace_id: string;
+  /** the trace an Explore export opens; null in a features export */
+  trace_id: string | null;
+  /** a features export: the feature page it opens on (its source id and index) */
+  open?: { source: string; feature: number };
   responses: Record<string, Recorded>;
   /** "layer,head" -> the causal (lower-triangle) pattern, row by row, float16 bits; and the colour
    * scale the metric route gives attention from / to a token in the raw mode ("attn-from,true": the
@@ -111,6 +114,11 @@ export interface Pack {
 }
 
 const MAGIC = "LMPX";
+
+/** Whether an export holds answers of the Features tab's routes (a features export). */
+export function hasFeatures(pack: Pack): boolean {
+  return Object.keys(pack.header.responses).some((k) => k.startsWith("GET /api/features"));
+}
 
 /** Read an export's data block: "LMPX", uint32 little-endian header length, JSON header, data. */
 export function decodePack(bytes: Uint8Array): Pack {
@@ -179,35 +187,46 @@ export function recordedBody(hit: Recorded, data: Uint8Array): Uint8Array<ArrayB
 
 const GRID = /^\/api\/traces\/([^/]+)\/attention_grid$/;
 const QK = /^\/api\/traces\/([^/]+)\/qk$/;
+const FEATURE_LIST = /^\/api\/features\/([^/]+)\/list$/;
+const FEATURE_PAGE = /^\/api\/features\/([^/]+)\/(\d+)$/;
+const FEATURE_DOC = /^\/api\/features\/([^/]+)\/(\d+)\/document\/(\d+)$/;
 
-/** What an unrecorded request would have needed: words for the message and the `--include` item that
- * adds it (lmpeek/views/export.py Include), or null when no include adds it. */
-function wanted(u: URL): { what: string; item: string } | null {
+/** What an unrecorded request would have needed: words for the message and the option that adds it
+ * (`--include` items of lmpeek/views/export.py Include, `--feature` of a features export), or null
+ * when no option adds it. */
+function wanted(u: URL): { what: string; add?: string } | null {
   const p = u.searchParams;
   if (GRID.test(u.pathname)) {
     const [start, end] = [p.get("start") ?? "0", p.get("end") ?? "?"];
-    return { what: `the model view of tokens ${start}–${Number(end) - 1}`, item: `grid=${start}:${end}` };
+    return { what: `the model view of tokens ${start}–${Number(end) - 1}`, add: `--include grid=${start}:${end}` };
   }
   if (QK.test(u.pathname)) {
     const [l, h, q] = [p.get("layer"), p.get("head"), p.get("query")];
-    return { what: `the q·k terms of layer ${l} head ${h} for query #${q}`, item: `qk=${l}:${h}:${q}` };
+    return { what: `the q·k terms of layer ${l} head ${h} for query #${q}`, add: `--include qk=${l}:${h}:${q}` };
   }
   if (ATTENTION.test(u.pathname)) {
     const [l, h] = [p.get("layer"), p.get("head")];
-    return { what: `attention of layer ${l} head ${h}`, item: `attention=${l}:${h}` };
+    return { what: `attention of layer ${l} head ${h}`, add: `--include attention=${l}:${h}` };
   }
+  // a features export holds its features' pages and the list of just those (every sort, no search)
+  let m: RegExpExecArray | null;
+  if ((m = FEATURE_DOC.exec(u.pathname))) return { what: `document ${m[3]} (an example's whole context)` };
+  if ((m = FEATURE_PAGE.exec(u.pathname))) return { what: `feature #${m[2]}`, add: `--feature ${m[2]}` };
+  if (FEATURE_LIST.test(u.pathname)) return { what: p.get("q") ? "searching features (the list holds the exported ones)" : "this page of the feature list" };
   return null;
 }
 
 /** A fetch answered from an export's recorded responses. */
 export function staticFetcher(pack: Pack): Fetcher {
   const { header, data } = pack;
-  const missing = (what: string, item?: string) =>
-    json(404, { detail: `not in this export: ${what}${item ? ` (--include ${item})` : ""}. ${header.hint}` });
+  const missing = (what: string, add?: string) => json(404, { detail: `not in this export: ${what}${add ? ` (${add})` : ""}. ${header.hint}` });
   return async (url, init) => {
     const method = (init?.method ?? "GET").toUpperCase();
     if (method !== "GET") {
-      return json(405, { detail: "this is an exported file: there is no model here to run new text. Open the text in lmpeek (lmpeek serve) to run it." });
+      const detail = url.includes("/api/features/")
+        ? `this is an exported file: nothing can be saved here. ${header.hint}`
+        : "this is an exported file: there is no model here to run new text. Open the text in lmpeek (lmpeek serve) to run it.";
+      return json(405, { detail });
     }
     const hit = header.responses[requestKey(method, url)];
     if (hit) return new Response(recordedBody(hit, data), { status: hit.status, headers: hit.headers });
@@ -225,7 +244,7 @@ export function staticFetcher(pack: Pack): Fetcher {
       const scale = emb?.scales?.[`${name},${p.get("skip_first") ?? "false"}`];
       if (!emb || !scale || (p.get("rope") ?? "full") !== "full" || mode !== "raw" || p.has("with")) {
         const why = !emb ? "" : mode !== "raw" ? ` in the ${mode} scale (exports hold the raw one)` : " with these options";
-        return missing(`attention of layer ${layer} head ${head}${why}`, emb ? undefined : `attention=${layer}:${head}`);
+        return missing(`attention of layer ${layer} head ${head}${why}`, emb ? undefined : `--include attention=${layer}:${head}`);
       }
       const tri = new Uint16Array(data.slice(emb.offset, emb.offset + emb.T * (emb.T + 1)).buffer);
       const s = attentionSlice(tri, emb.T, name === "attn-from" ? { query: token } : { key: token });
@@ -240,7 +259,7 @@ export function staticFetcher(pack: Pack): Fetcher {
       const head = Number(p.get("head"));
       const rope = p.get("rope") ?? "full";
       const emb = header.attention[`${layer},${head}`];
-      if (!emb || rope !== "full") return missing(`attention of layer ${layer} head ${head}${rope !== "full" ? ` (rope=${rope})` : ""}`, emb ? undefined : `attention=${layer}:${head}`);
+      if (!emb || rope !== "full") return missing(`attention of layer ${layer} head ${head}${rope !== "full" ? ` (rope=${rope})` : ""}`, emb ? undefined : `--include attention=${layer}:${head}`);
       const n = (emb.T * (emb.T + 1)) / 2;
       const tri = new Uint16Array(data.slice(emb.offset, emb.offset + 2 * n).buffer);
       const which = { query: p.has("query") ? Number(p.get("query")) : undefined, key: p.has("key") ? Number(p.get("key")) : undefined };
@@ -251,7 +270,7 @@ export function staticFetcher(pack: Pack): Fetcher {
       });
     }
     const need = wanted(u);
-    if (need) return missing(need.what, need.item);
+    if (need) return missing(need.what, need.add);
     return missing(u.pathname.replace(/^\/api\/traces\/[^/]+\//, "").replace(/^\/api\//, "") || u.pathname);
   };
 }

@@ -22,6 +22,8 @@ import type {
 
 export type {
   ColourScale,
+  CorpusHit,
+  CorpusSearch,
   HookPoint,
   ModelInfo,
   Neurons,

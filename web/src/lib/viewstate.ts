@@ -1,6 +1,7 @@
 /**
  * The page's view state in the URL's hash, so a reload or a shared link reopens the same view: which
- * view, the open Explore tabs (stored trace ids), the selected token and every control. Pure: a state
+ * view, the open Explore tabs (stored trace ids), the selected token and every control, and the Features
+ * tab's source, open feature and highlighted features (keys "f.*"). Pure: a state
  * in, a string out, and back; decoding never trusts the string (unknown keys are ignored, numbers must be
  * non-negative integers, ids must look like trace ids).
  */
@@ -25,15 +26,34 @@ export interface ExploreState {
   rope: string;
 }
 
+/** The Features tab: the source, its sub-view, the open feature and the highlighted ones. */
+export interface FeaturesState {
+  /** a source id ("neurons:12", a database's source name) */
+  source: string;
+  mode: "text" | "browse";
+  /** the feature whose page is open */
+  feature: number;
+  /** the features highlighted in slots A and B */
+  a: number;
+  b: number;
+}
+
 export interface ViewState {
-  view: "generate" | "explore" | "attention";
+  view: "generate" | "explore" | "attention" | "features";
   explore: Partial<ExploreState>;
+  /** only when something of the Features tab is set */
+  features?: Partial<FeaturesState>;
 }
 
 const TRACE_ID = /^[0-9a-f]{8,64}$/;
 const NAME = /^[A-Za-z0-9_.{}\-]{1,80}$/; // hook points look like "blocks.{l}.hook_resid_post"
 const INT_KEYS = ["tab", "other", "token", "layer", "head", "dim", "neuron"] as const;
 const NAME_KEYS = ["hook", "metric", "scale", "rope"] as const;
+// a feature source id is a user's spec or a folder's name: any printable text, kept short
+const SOURCE = /^[^\p{Cc}\p{Cf}]{1,200}$/u;
+// the Features tab's keys, prefixed so they never meet Explore's
+const FEATURE_INTS = { feature: "f.feature", a: "f.a", b: "f.b" } as const;
+const VIEWS = ["generate", "explore", "attention", "features"] as const;
 
 /** "#view=explore&traces=a1b2…,c3d4…&tab=1&token=5&…" (without the leading "#"). */
 export function encodeViewState(s: ViewState): string {
@@ -49,6 +69,13 @@ export function encodeViewState(s: ViewState): string {
   for (const k of NAME_KEYS) {
     const v = e[k];
     if (v !== undefined && v !== "") q.set(k, v);
+  }
+  const f = s.features ?? {};
+  if (f.source) q.set("f.source", f.source);
+  if (f.mode) q.set("f.mode", f.mode);
+  for (const [k, name] of Object.entries(FEATURE_INTS) as [keyof typeof FEATURE_INTS, string][]) {
+    const v = f[k];
+    if (v !== undefined && Number.isInteger(v) && v >= 0) q.set(name, String(v));
   }
   return q.toString();
 }
@@ -74,7 +101,17 @@ export function decodeViewState(hash: string, fallbackView: ViewState["view"] = 
     const s = q.get(k);
     if (s !== null && NAME.test(s)) explore[k] = s;
   }
-  return { view: v === "explore" || v === "generate" || v === "attention" ? v : fallbackView, explore };
+  const features: Partial<FeaturesState> = {};
+  const source = q.get("f.source");
+  if (source !== null && SOURCE.test(source)) features.source = source;
+  const mode = q.get("f.mode");
+  if (mode === "text" || mode === "browse") features.mode = mode;
+  for (const [k, name] of Object.entries(FEATURE_INTS) as [keyof typeof FEATURE_INTS, string][]) {
+    const n = int(q.get(name));
+    if (n !== undefined) features[k] = n;
+  }
+  const view = (VIEWS as readonly string[]).includes(v ?? "") ? (v as ViewState["view"]) : fallbackView;
+  return Object.keys(features).length ? { view, explore, features } : { view, explore };
 }
 
 /** Where each old tab index lands once some tabs could not be reopened (-1: gone). */

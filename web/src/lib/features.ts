@@ -1,0 +1,436 @@
+/**
+ * The Features tab: its calls to the features routes (see notes/features_api.md: sources, the feature
+ * list and page of a database, a text's activations) and the pure logic its components draw with:
+ * token labels to display, the two highlight colours, histogram bars, quantile words, tooltips.
+ * Calls go through the Api (lib/api.ts), so the notebook widget's and an export's transports serve them
+ * as they serve every other route; nothing here touches the DOM.
+ */
+import { interpolatePRGn } from "d3-scale-chromatic";
+import { query, type Api } from "./api";
+import { cssRgb, divergingRgb, luminance, parseRgb } from "./color";
+import { fmt } from "./format";
+import { position } from "./scale";
+import { mergeTokens, visibleToken, type MergedToken } from "./tokens";
+
+// ---- the server's shapes ------------------------------------------------------------------------
+
+// The shapes of src/lmpeek/server/responses.py (Feature*); null stands for a number the database does
+// not have (no position counted) or that is not finite.
+export interface FeatureDatabase {
+  path: string;
+  tokens: number | null;
+  documents: number | null;
+  model: string | null;
+  corpus: string;
+  format_version: string;
+}
+
+export interface FeatureSourceInfo {
+  /** what the other routes take as {source} */
+  id: string;
+  name: string;
+  kind: string;
+  n_features: number;
+  hooks: string[];
+  /** a model is loaded that can compute it on any text */
+  online: boolean;
+  database: FeatureDatabase | null;
+  /** why it is not online (no model, another model's database, ...) */
+  message?: string;
+}
+
+export interface FeatureSources {
+  sources: FeatureSourceInfo[];
+  model: string | null;
+}
+
+/** relevance: the search's rank (best first; feature order without a query) */
+export const SORTS = ["density", "max", "count", "mean", "feature", "relevance"] as const;
+export type SortKey = (typeof SORTS)[number];
+
+export interface FeatureRow {
+  feature: number;
+  density: number;
+  max: number | null;
+  count: number;
+  mean: number | null;
+  label: string;
+  /** labels of tokens at its top examples' peaks (up to 5) */
+  top_tokens: string[];
+}
+
+export interface FeatureList {
+  total: number;
+  items: FeatureRow[];
+}
+
+export interface QuantileBin {
+  bin: number;
+  lo: number;
+  hi: number;
+  count: number;
+  /** count / n: its share of all counted tokens */
+  share: number;
+}
+
+export interface LogitEntry {
+  token: number;
+  label: string;
+  value: number | null;
+}
+
+export interface Example {
+  bin: number;
+  rank: number;
+  /** the activation at (doc, pos) */
+  score: number | null;
+  doc: number;
+  pos: number;
+  /** the window's first position in the document */
+  start: number;
+  /** pos's index in the window */
+  index: number;
+  token_ids: number[];
+  tokens: string[];
+  /** the feature's activation on each window token (0 where it is off) */
+  acts: (number | null)[];
+}
+
+export interface FeaturePageData {
+  source: string;
+  feature: number;
+  n: number;
+  count: number;
+  count_neg: number;
+  density: number;
+  sum: number | null;
+  mean: number | null;
+  std: number | null;
+  max: number | null;
+  min: number | null;
+  /** activations > 0 over geometric edges; the last edge may be null (the bin runs to infinity) */
+  histogram: { edges: (number | null)[]; counts: number[] };
+  quantile_bins: QuantileBin[];
+  logits: { top: LogitEntry[]; bottom: LogitEntry[]; histogram: { counts: number[]; lo: number | null; hi: number | null } } | null;
+  correlated: { feature: number; pearson: number | null; cosine: number | null }[];
+  examples: { top: Example[]; quantile: Example[] };
+  label: string;
+  notes: string;
+}
+
+export interface FeatureDocument {
+  doc: number;
+  path: string;
+  part: number;
+  token_ids: number[];
+  tokens: string[];
+}
+
+export interface OnlineToken {
+  id: number;
+  label: string;
+  /** a chat-template token (not the user's text) */
+  template: boolean;
+}
+
+export interface RankEntry {
+  feature: number;
+  value: number | null;
+  quantile: number | null;
+}
+
+export type RankBy = "activation" | "quantile";
+
+export interface OnlineRequest {
+  text: string;
+  features: number[] | null;
+  rank: RankBy;
+  top: number;
+  exclude_template: boolean;
+}
+
+export interface OnlineAnswer {
+  tokens: OnlineToken[];
+  features: number[];
+  /** per requested feature, a value per token (null where the model made it inf/NaN) */
+  values: (number | null)[][];
+  /** per requested feature, each value's quantile in the corpus; null without a database */
+  quantiles: (number | null)[][] | null;
+  /** per token, its top features */
+  ranking: RankEntry[][];
+  /** over the whole text, best first */
+  top_features: { feature: number; max: number | null; tokens_active: number; quantile?: number | null }[];
+}
+
+// ---- the calls ----------------------------------------------------------------------------------
+
+const enc = encodeURIComponent;
+const JSON_BODY = { "content-type": "application/json" };
+
+export function fetchSources(api: Api, signal?: AbortSignal): Promise<FeatureSources> {
+  return api.call("/api/features", { signal });
+}
+
+export interface ListQuery {
+  q: string;
+  sort: SortKey;
+  order: "desc" | "asc";
+  offset: number;
+  limit: number;
+}
+
+export function fetchList(api: Api, source: string, p: ListQuery, signal?: AbortSignal): Promise<FeatureList> {
+  // relevance has one useful order (best match first): the server's default
+  const order = p.sort === "relevance" ? undefined : p.order;
+  return api.call(`/api/features/${enc(source)}/list?${query({ q: p.q || undefined, sort: p.sort, order, offset: p.offset, limit: p.limit })}`, { signal });
+}
+
+export function fetchFeature(api: Api, source: string, feature: number, signal?: AbortSignal): Promise<FeaturePageData> {
+  return api.call(`/api/features/${enc(source)}/${feature}`, { signal });
+}
+
+export function fetchDocument(api: Api, source: string, feature: number, doc: number, signal?: AbortSignal): Promise<FeatureDocument> {
+  return api.call(`/api/features/${enc(source)}/${feature}/document/${doc}`, { signal });
+}
+
+export function saveLabel(api: Api, source: string, feature: number, label: string, notes: string): Promise<void> {
+  return api.send(`/api/features/${enc(source)}/${feature}/label`, { method: "PUT", headers: JSON_BODY, body: JSON.stringify({ label, notes }) });
+}
+
+export function fetchActivations(api: Api, source: string, body: OnlineRequest, signal?: AbortSignal): Promise<OnlineAnswer> {
+  return api.call(`/api/features/${enc(source)}/activations`, { method: "POST", headers: JSON_BODY, body: JSON.stringify(body), signal });
+}
+
+/** The sources the picker offers: the server's, then `neurons:L` for every layer of a loaded model that
+ * the server did not list (the routes accept any of them). */
+export function pickerSources(listed: FeatureSourceInfo[], model: { n_layers: number; d_mlp?: number | null } | null): FeatureSourceInfo[] {
+  const out = [...listed];
+  if (!model) return out;
+  const have = new Set(listed.map((s) => s.id));
+  for (let l = 0; l < model.n_layers; l++) {
+    const id = `neurons:${l}`;
+    if (have.has(id)) continue;
+    out.push({ id, name: id, kind: "neurons", n_features: model.d_mlp ?? 0, hooks: [`blocks.${l}.mlp.hook_post`], online: true, database: null });
+  }
+  return out;
+}
+
+// ---- tokens -------------------------------------------------------------------------------------
+
+// A label marks a byte that is not part of a whole character as `<0xC3>` (capture/tokens.byte_label).
+// Only bytes ≥ 0x80 can be such a byte (below that every byte is a whole character), so a literal
+// "<0x41>" in the text is never mistaken for one.
+const BYTE_MARKER = /<0x([89A-F][0-9A-F])>/g;
+
+/** A label's exact bytes as hex ("<0xE6>" markers back to their byte, the rest as UTF-8). */
+export function labelHex(label: string): string {
+  let hex = "";
+  let at = 0;
+  const utf8 = (s: string) => Array.from(new TextEncoder().encode(s), (b) => b.toString(16).padStart(2, "0")).join("");
+  for (const m of label.matchAll(BYTE_MARKER)) {
+    const i = m.index ?? 0;
+    hex += utf8(label.slice(at, i)) + m[1].toLowerCase();
+    at = i + m[0].length;
+  }
+  return hex + utf8(label.slice(at));
+}
+
+/** Labels as displayed, as Explore shows a trace's tokens: consecutive byte pieces decoded together, a
+ * split character shown once, on its first piece (lib/tokens.mergeTokens). */
+export function displayTokens(labels: string[]): MergedToken[] {
+  return mergeTokens(labels, labels.map(labelHex));
+}
+
+/** The exact text of some tokens (what "copy" puts on the clipboard): markers decoded back to characters. */
+export function tokensText(labels: string[]): string {
+  return displayTokens(labels)
+    .map((m) => m.text)
+    .join("");
+}
+
+/** The value array of a whole document with an example's window placed at `start` (null outside it:
+ * the database keeps activations only around each example). */
+export function placeWindow(length: number, start: number, acts: ArrayLike<number | null>): (number | null)[] {
+  const out: (number | null)[] = new Array(length).fill(null);
+  for (let i = 0; i < acts.length; i++) if (start + i >= 0 && start + i < length) out[start + i] = acts[i];
+  return out;
+}
+
+// ---- colours: one or two features at once ------------------------------------------------------
+
+/** The two highlight slots. A colours the token's background (red positive, blue negative: the
+ * diverging map of Explore); B a bar under it (green positive, purple negative), so both stay readable
+ * on one token. */
+export const SLOTS = [
+  { name: "A", how: "background", positive: "#b2182b", negative: "#2166ac" },
+  { name: "B", how: "underline", positive: "#1b7837", negative: "#762a83" },
+] as const;
+export type Slot = 0 | 1;
+
+/** A feature's colour scale: zero in the middle (no colour), `max` (≥ 0) at the positive end, `min`
+ * (≤ 0) at the negative end. Each side is scaled to its own extreme: many features are far larger
+ * above zero than below (a SiLU neuron reaches about −0.28 only), and a symmetric ±max scale would
+ * leave every negative value white. The tooltip gives the numbers. */
+export interface Span {
+  min: number;
+  max: number;
+}
+
+/** The span of some values: the most negative finite one (0 when none) and the largest (0 when none). */
+export function valueSpan(values: ArrayLike<number | null | undefined>): Span {
+  let min = 0;
+  let max = 0;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (typeof v !== "number" || !Number.isFinite(v)) continue;
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  return { min, max };
+}
+
+/** A value's colour in a slot ("" for none: zero, missing, or no scale on its side). */
+export function slotColor(slot: Slot, v: number | null | undefined, span: Span): string {
+  if (v === null || v === undefined || !Number.isFinite(v) || v === 0) return "";
+  if (v > 0 ? !(span.max > 0) : !(span.min < 0)) return "";
+  const t = position(v, { min: span.min, divider: 0, max: span.max })!;
+  if (slot === 0) return cssRgb(divergingRgb(t, 0.9));
+  return cssRgb(parseRgb(interpolatePRGn(t)));
+}
+
+export interface TokenPaint {
+  background: string;
+  /** the text colour on a dark background */
+  color: string;
+  /** slot B's bar under the token */
+  bar: string;
+}
+
+const NO_SPAN: Span = { min: 0, max: 0 };
+
+/** How one token is painted with slot A's and slot B's values (either may be absent). */
+export function paintToken(a: number | null | undefined, spanA: Span | null | undefined, b: number | null | undefined, spanB: Span | null | undefined): TokenPaint {
+  const background = slotColor(0, a, spanA ?? NO_SPAN);
+  // dark ends of the map: white text (as colorAt does for Explore)
+  const color = background && luminance(parseRgb(background)) < 0.25 ? "#fff" : "";
+  return { background, color, bar: slotColor(1, b, spanB ?? NO_SPAN) };
+}
+
+// ---- words --------------------------------------------------------------------------------------
+
+/** A corpus quantile in words: "p50", "top 0.1%" above the 99th percentile, "max" at 1; "–" when unknown. */
+export function fmtQuantile(q: number | null | undefined): string {
+  if (q === null || q === undefined || !Number.isFinite(q)) return "–";
+  if (q >= 1) return "max";
+  if (q >= 0.99) return `top ${fmt((1 - q) * 100, 2)}%`;
+  return `p${Math.floor(Math.max(0, q) * 100)}`;
+}
+
+/** A density (share of tokens) in words: "1.23%", "<0.01%" for tiny ones, "0" for none. */
+export function fmtDensity(d: number | null | undefined): string {
+  if (d === null || d === undefined || !Number.isFinite(d)) return "–";
+  if (d === 0) return "0";
+  if (d < 1e-4) return "<0.01%";
+  return `${fmt(d * 100, 3)}%`;
+}
+
+/** One highlighted feature's value at a token, for the tooltip. */
+export interface TipValue {
+  slot: Slot;
+  feature: number;
+  value: number | null | undefined;
+  quantile?: number | null;
+}
+
+/** The tooltip's lines for one token: position, token and id, then each highlighted feature's value
+ * (and its corpus quantile when known). */
+export function tokenTip(i: number, label: string, id: number | undefined, values: TipValue[]): string[] {
+  const lines = [`#${i} ${visibleToken(label)}${id === undefined ? "" : ` · id ${id}`}`];
+  for (const v of values) {
+    const q = v.quantile === undefined ? "" : ` · ${fmtQuantile(v.quantile)}`;
+    lines.push(`${SLOTS[v.slot].name} #${v.feature}: ${v.value === null || v.value === undefined ? "–" : fmt(v.value, 4)}${q}`);
+  }
+  return lines;
+}
+
+/** A token's ranking as rows to show: value and quantile in words, and which slot (if any) shows it. */
+export function rankRows(ranking: RankEntry[] | undefined, highlighted: (number | null)[]): { feature: number; value: string; quantile: string; slot: Slot | null }[] {
+  return (ranking ?? []).map((r) => {
+    const at = highlighted.indexOf(r.feature);
+    return { feature: r.feature, value: fmt(r.value, 4), quantile: fmtQuantile(r.quantile), slot: at === 0 || at === 1 ? at : null };
+  });
+}
+
+/** The highlighted features after picking `feature` for `slot`: a feature is in one slot at most (picking
+ * it for the other slot moves it); picking it again where it is clears that slot. */
+export function pickSlot(hl: [number | null, number | null], slot: Slot, feature: number): [number | null, number | null] {
+  const out: [number | null, number | null] = [...hl];
+  if (out[slot] === feature) {
+    out[slot] = null;
+    return out;
+  }
+  const other = slot === 0 ? 1 : 0;
+  if (out[other] === feature) out[other] = null;
+  out[slot] = feature;
+  return out;
+}
+
+// ---- the activation histogram ------------------------------------------------------------------
+
+export interface HistBar {
+  x: number;
+  w: number;
+  y: number;
+  h: number;
+  lo: number;
+  /** null: the last bin runs to infinity */
+  hi: number | null;
+  count: number;
+}
+
+/** Bars for the database's histogram of activations > 0 over its geometric edges, on a log-value x axis
+ * (plot [left, left + width] × [top, top + height]); bins holding nothing at either end are left out.
+ * A bin from 0 is drawn one bin wide (log 0 has no place); a last bin to infinity too. */
+export function histBars(edges: (number | null)[], counts: number[], width: number, height: number, left = 0, top = 0) {
+  let first = 0;
+  let last = counts.length - 1;
+  while (first <= last && !(counts[first] > 0)) first++;
+  while (last >= first && !(counts[last] > 0)) last--;
+  if (first > last) return null;
+  // a bin's drawn edges in log10: geometric edges are a constant step apart
+  const step = (() => {
+    for (let i = 0; i + 1 < edges.length; i++) {
+      const a = edges[i];
+      const b = edges[i + 1];
+      if (a !== null && b !== null && a > 0 && b > a && Number.isFinite(b)) return Math.log10(b / a);
+    }
+    return 1;
+  })();
+  const logLo = (i: number) => {
+    const a = edges[i];
+    const b = edges[i + 1];
+    if (a !== null && a > 0) return Math.log10(a);
+    return b !== null && b > 0 && Number.isFinite(b) ? Math.log10(b) - step : 0;
+  };
+  const logHi = (i: number) => {
+    const b = edges[i + 1];
+    return b !== null && b !== undefined && Number.isFinite(b) ? Math.log10(b) : logLo(i) + step;
+  };
+  const x0 = logLo(first);
+  const x1 = logHi(last);
+  const sx = (v: number) => left + ((v - x0) / (x1 - x0 || 1)) * width;
+  let most = 0;
+  for (let i = first; i <= last; i++) most = Math.max(most, counts[i] ?? 0);
+  const bars: HistBar[] = [];
+  for (let i = first; i <= last; i++) {
+    const c = counts[i] ?? 0;
+    if (!(c > 0)) continue;
+    const h = (c / most) * height;
+    const a = sx(logLo(i));
+    const hi = edges[i + 1];
+    bars.push({ x: a, w: Math.max(0.8, sx(logHi(i)) - a - 0.4), y: top + height - h, h, lo: edges[i] ?? 0, hi: hi !== null && hi !== undefined && Number.isFinite(hi) ? hi : null, count: c });
+  }
+  /** where a value > 0 lies on the axis (clamped to the plot) */
+  const at = (v: number) => (v > 0 ? Math.min(left + width, Math.max(left, sx(Math.log10(v)))) : left);
+  return { bars, most, lo: 10 ** x0, hi: 10 ** x1, at };
+}
