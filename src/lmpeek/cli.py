@@ -593,8 +593,15 @@ def serve_cmd(
     placement = _placement(dtype, device, device_map, max_memory, force)
     loader = _check_placement(model, placement)
     _check_port(host, port)
+    features = list(features or [])
+    if model == "default":  # the SAE shipped for it, with its database over the demo corpus
+        from lmpeek.features import shipped
+
+        db = shipped.database()
+        if db is not None and str(db) not in features:
+            features.insert(0, str(db))
     web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, loader=loader,
-                         features=features or [], feature_sources=features_source or [], **edge)  # fmt: skip
+                         features=features, feature_sources=features_source or [], **edge)  # fmt: skip
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -336,7 +336,7 @@ class FeatureService:
                     f"{Path(e.db.path).name} was built on {describe(made_by)}; the loaded model is "
                     f"{describe(model.fingerprint)}: its features mean nothing on this model"
                 )
-            if e.kind != "neurons" and not Path(str(e.spec)).expanduser().exists():
+            if e.kind != "neurons" and e.spec != "default" and not Path(str(e.spec)).expanduser().exists():
                 return f"{e.name} was read from {e.spec}, which is not there any more"
         return None
 

@@ -118,8 +118,15 @@ def _is_function(spec: Any) -> bool:
     return callable(spec) and not isinstance(spec, (str, os.PathLike, FeatureSource))
 
 
+def _is_shipped(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.strip() == "default"
+
+
 _HERE = "lmpeek.features"
 KINDS: list[Kind] = [
+    Kind(
+        "default", _is_shipped, f"{_HERE}.shipped:load", "'default' (the SAE shipped for the default model)"
+    ),
     Kind("neurons", _is_neurons, f"{_HERE}.neurons:load", "'neurons:3' (layer 3's MLP neurons)"),
     Kind(
         "crosscoder",
