@@ -29,9 +29,10 @@ import math
 
 import torch
 
-# queries per block: measured fastest here from 128 to 4,096 tokens (the working set stays in cache
-# and causal blocks skip the keys they cannot see)
-_BLOCK = 64
+# queries per block: the working set stays in cache and causal blocks skip the keys they cannot see;
+# with the fused softmax, 32 was fastest here at 512 and 2,048 tokens, 1 and 2 threads
+# (benchmarks/attention_kernel.py)
+_BLOCK = 32
 # additive masks hold finfo.min where attention is not allowed
 _MASKED = torch.finfo(torch.float32).min / 2
 
@@ -95,6 +96,8 @@ def causal_attention(
         q = q * scaling
     if mask is not None and _is_plain_causal(mask, offset):
         mask = None  # only each block's diagonal tile needs masking: skip two full passes per block
+    # rows with no visible key only happen with padding (a mask that hides a query's own position)
+    padded = mask is not None and not grad and bool((mask.amax(-1) < _MASKED).any())
     for a in range(0, Tq, block):
         b = min(Tq, a + block)
         tq = b - a
@@ -109,33 +112,29 @@ def causal_attention(
             e, scores = _weights_out_of_place(
                 scores, None if mask is None else mask[:, :, None, a:b, :kv], kv
             )
-        elif mask is not None:
-            mb = mask[:, :, None, a:b, :kv]
-            scores += mb
-            masked = mb < _MASKED
-            scores = scores.float()
-            scores -= scores.amax(-1, keepdim=True)
-            # exp of finfo.min (the eager mask value) is 5x slower than of a moderate number on this CPU;
-            # clamping at -80 then zeroing masked weights keeps exp fast and masked weights exactly 0
-            e = scores.clamp_min_(-80.0).exp().masked_fill_(masked, 0.0)
-        else:  # plain causal: the masked keys of this block are the upper triangle of its last tq keys
-            tri = torch.ones(tq, tq, dtype=torch.bool, device=query.device).triu_(1)
-            scores = scores.float()
-            scores[..., kv - tq :].masked_fill_(tri, float("-inf"))
-            scores -= scores.amax(-1, keepdim=True)
-            e = scores.clamp_min_(-80.0).exp()
-            e[..., kv - tq :].masked_fill_(tri, 0.0)
-        s = e.sum(-1, keepdim=True)
-        if not grad:
-            # a query whose every key is masked (a pad token's, in a padded batch) gets weights 0 and
-            # output 0 rather than 0/0 = NaN, which the next layer would spread to every query through
-            # 0 × NaN values; any other row holds its best key's exp(0) = 1, so s >= 1 is untouched
-            s.clamp_min_(1.0)
-        entropy[:, :, :, a:b] = s[..., 0].log() - torch.linalg.vecdot(e, scores) / s[..., 0]
-        # the weights are normalised before the matmul in every case (normalising the [tq, d] output
-        # instead saves a pass but moves the stream ~1e-7 relative per layer away from eager attention
-        # and from this kernel's own pattern-keeping path: tests/server/test_float_range.py)
-        p = (e / s).to(query.dtype)
+            s = e.sum(-1, keepdim=True)
+            entropy[:, :, :, a:b] = s[..., 0].log() - torch.linalg.vecdot(e, scores) / s[..., 0]
+            p = (e / s).to(query.dtype)
+        else:
+            empty = None
+            if mask is not None:
+                mb = mask[:, :, None, a:b, :kv]
+                scores += mb
+                scores = scores.float()
+                empty = (mb < _MASKED).all(-1, keepdim=True) if padded else None
+            else:  # plain causal: the masked keys of this block are the upper triangle of its last tq keys
+                tri = torch.ones(tq, tq, dtype=torch.bool, device=query.device).triu_(1)
+                scores = scores.float()
+                # finite, so that 0 weight × masked score below is 0 (not 0 × -inf = NaN)
+                scores[..., kv - tq :].masked_fill_(tri, _MASKED)
+            p, h = _softmax_entropy(scores)
+            if empty is not None:
+                # a query whose every key is masked (a pad token's, in a padded batch) gets weights 0 and
+                # output 0, not uniform weights over keys it may not see
+                p.masked_fill_(empty, 0.0)
+                h.masked_fill_(empty[..., 0], 0.0)
+            entropy[:, :, :, a:b] = h
+            p = p.to(query.dtype)
         out[:, :, :, a:b] = torch.matmul(p.view(B, Hkv, G * tq, kv), value[:, :, :kv]).view(B, Hkv, G, tq, -1)
         if pattern is not None:
             pattern[:, :, :, a:b, :kv] = p
@@ -144,6 +143,18 @@ def causal_attention(
         entropy.reshape(B, H, Tq),
         None if pattern is None else pattern.reshape(B, H, Tq, Tk),
     )
+
+
+def _softmax_entropy(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax weights and each row's entropy (nats) from float32 scores [..., kv], in few passes:
+    the scores are shifted by their row max in place (so x <= 0 and the entropy suffers no cancellation),
+    torch's fused softmax gives p, and H = log s - sum p x with s = sum exp(x) = 1 / max p (the max
+    key's weight is exp(0) / s). Masked keys hold a large finite negative score, so their weight is
+    exactly 0 and 0 x score is 0. Four passes where exp, sum, division and entropy took seven."""
+    scores -= scores.amax(-1, keepdim=True)
+    p = torch.softmax(scores, -1)
+    h = torch.linalg.vecdot(p, scores).neg_().sub_(p.amax(-1).log())
+    return p, h
 
 
 def _one_query(
@@ -166,13 +177,8 @@ def _one_query(
         scores = scores * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.float()
-    scores -= scores.amax(-1, keepdim=True)
-    e = scores.clamp_min_(-80.0).exp()
-    s = e.sum(-1, keepdim=True)
-    s.clamp_min_(1.0)
-    entropy = s[..., 0].log() - torch.linalg.vecdot(e, scores) / s[..., 0]
-    p = (e / s).to(query.dtype)
+    p, entropy = _softmax_entropy(scores.float())
+    p = p.to(query.dtype)
     out = torch.matmul(p, value.contiguous())  # [B, Hkv, G, d]
     return out.view(B, H, 1, -1).transpose(1, 2), entropy.reshape(B, H, 1)
 
