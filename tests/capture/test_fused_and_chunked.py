@@ -242,7 +242,7 @@ def _head_rows(m):
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_trace_never_holds_all_logits_and_matches_a_plain_forward(arch, monkeypatch):
     m = _model(arch)
-    text = TEXT * 3  # ~600 tokens: three chunks of the head
+    text = TEXT * 6  # ~1,350 tokens: three chunks of the head
     rows, handle = _head_rows(m)
     try:
         t = lmpeek.trace(m, text, top_k=5, keep=["ln_final.hook_out"])
