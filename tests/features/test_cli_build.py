@@ -77,3 +77,13 @@ def test_features_export_td_writes_what_the_api_writes(tmp_path):
     assert [e[1] for e in first] == [list(e[1]) for e in want[min(rows)]]
     r = runner.invoke(app, ["features", "export-td", str(db), "-o", str(tmp_path / "td.db")])
     assert r.exit_code == 2 and "exists" in r.stderr  # never overwritten without --overwrite
+
+
+def test_features_build_on_the_demo_corpus(tmp_path):
+    out = tmp_path / "demo.db"
+    r = runner.invoke(app, ["features", "build", "-m", "tiny:llama", "-s", "neurons:0", "-c", "demo",
+                            "-o", str(out), "--tokens", "300", "--k", "3"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with FeatureDB(out) as db:
+        assert db.manifest["corpus"]["inputs"] == ["demo:python-docs-3.11.jsonl.gz"]
+        assert db.manifest["tokens_run"] >= 300

@@ -1231,7 +1231,8 @@ def build_cli(
     import lmpeek
 
     m = lmpeek.load(model) if isinstance(model, str) else model  # the CLI loads it with its flags
-    corpus = [Path(c) for c in corpus]  # the CLI's arguments are paths, never texts
+    # the CLI's arguments are paths (or "demo", the bundled corpus), never texts
+    corpus = [c if c == "demo" else Path(c) for c in corpus]
     path = build(
         m,
         sources,
