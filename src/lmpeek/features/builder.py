@@ -921,7 +921,8 @@ def build(
             "source": s,
             "name": src.name,
             "kind": src.kind,
-            "spec": getattr(src, "folder", None) or src.name,
+            # what features.load takes to load it again: a registered name ("default"), a folder, a name
+            "spec": getattr(src, "spec", None) or getattr(src, "folder", None) or src.name,
             "hooks": list(src.hooks),
             "n_features": int(src.n_features),
             "hash": _source_hash(src),

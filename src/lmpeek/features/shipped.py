@@ -51,7 +51,9 @@ def load(spec: Any, model: Any = None, **options: Any):
         )
     from lmpeek.features.saelens import load as load_sae
 
-    return load_sae(SAE, model, name=NAME, **options)
+    source = load_sae(SAE, model, name=NAME, **options)
+    source.spec = NAME  # a database built from it names it "default", not this installation's folder
+    return source
 
 
 def database() -> Path | None:
