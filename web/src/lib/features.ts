@@ -14,130 +14,37 @@ import { mergeTokens, visibleToken, type MergedToken } from "./tokens";
 
 // ---- the server's shapes ------------------------------------------------------------------------
 
-// The shapes of src/lmpeek/server/responses.py (Feature*); null stands for a number the database does
-// not have (no position counted) or that is not finite.
-export interface FeatureDatabase {
-  path: string;
-  tokens: number | null;
-  documents: number | null;
-  model: string | null;
-  corpus: string;
-  format_version: string;
-}
-
-export interface FeatureSourceInfo {
-  /** what the other routes take as {source} */
-  id: string;
-  name: string;
-  kind: string;
-  n_features: number;
-  hooks: string[];
-  /** a model is loaded that can compute it on any text */
-  online: boolean;
-  database: FeatureDatabase | null;
-  /** why it is not online (no model, another model's database, ...) */
-  message?: string;
-}
-
-export interface FeatureSources {
-  sources: FeatureSourceInfo[];
-  model: string | null;
-}
+// Generated from the response models in src/lmpeek/server/responses.py (scripts/api_types.py), under the
+// names this tab uses; null stands for a number the database does not have (no position counted) or
+// that is not finite. Only the request body and the sort keys are written here.
+export type {
+  FeatureDatabaseInfo as FeatureDatabase,
+  FeatureDocument,
+  FeatureList,
+  FeatureRow,
+  FeatureSourceInfo,
+  FeatureSources,
+  FeatureToken as OnlineToken,
+  FeatureExample as Example,
+  FeaturePage as FeaturePageData,
+  FeatureActivations as OnlineAnswer,
+  LogitToken as LogitEntry,
+  QuantileBin,
+  RankedFeature as RankEntry,
+} from "./api-types";
+import type {
+  FeatureActivations as OnlineAnswer,
+  FeatureDocument,
+  FeatureSourceInfo,
+  FeatureList,
+  FeaturePage as FeaturePageData,
+  FeatureSources,
+  RankedFeature as RankEntry,
+} from "./api-types";
 
 /** relevance: the search's rank (best first; feature order without a query) */
 export const SORTS = ["density", "max", "count", "mean", "feature", "relevance"] as const;
 export type SortKey = (typeof SORTS)[number];
-
-export interface FeatureRow {
-  feature: number;
-  density: number;
-  max: number | null;
-  count: number;
-  mean: number | null;
-  label: string;
-  /** labels of tokens at its top examples' peaks (up to 5) */
-  top_tokens: string[];
-}
-
-export interface FeatureList {
-  total: number;
-  items: FeatureRow[];
-}
-
-export interface QuantileBin {
-  bin: number;
-  lo: number;
-  hi: number;
-  count: number;
-  /** count / n: its share of all counted tokens */
-  share: number;
-}
-
-export interface LogitEntry {
-  token: number;
-  label: string;
-  value: number | null;
-}
-
-export interface Example {
-  bin: number;
-  rank: number;
-  /** the activation at (doc, pos) */
-  score: number | null;
-  doc: number;
-  pos: number;
-  /** the window's first position in the document */
-  start: number;
-  /** pos's index in the window */
-  index: number;
-  token_ids: number[];
-  tokens: string[];
-  /** the feature's activation on each window token (0 where it is off) */
-  acts: (number | null)[];
-}
-
-export interface FeaturePageData {
-  source: string;
-  feature: number;
-  n: number;
-  count: number;
-  count_neg: number;
-  density: number;
-  sum: number | null;
-  mean: number | null;
-  std: number | null;
-  max: number | null;
-  min: number | null;
-  /** activations > 0 over geometric edges; the last edge may be null (the bin runs to infinity) */
-  histogram: { edges: (number | null)[]; counts: number[] };
-  quantile_bins: QuantileBin[];
-  logits: { top: LogitEntry[]; bottom: LogitEntry[]; histogram: { counts: number[]; lo: number | null; hi: number | null } } | null;
-  correlated: { feature: number; pearson: number | null; cosine: number | null }[];
-  examples: { top: Example[]; quantile: Example[] };
-  label: string;
-  notes: string;
-}
-
-export interface FeatureDocument {
-  doc: number;
-  path: string;
-  part: number;
-  token_ids: number[];
-  tokens: string[];
-}
-
-export interface OnlineToken {
-  id: number;
-  label: string;
-  /** a chat-template token (not the user's text) */
-  template: boolean;
-}
-
-export interface RankEntry {
-  feature: number;
-  value: number | null;
-  quantile: number | null;
-}
 
 export type RankBy = "activation" | "quantile";
 
@@ -147,19 +54,6 @@ export interface OnlineRequest {
   rank: RankBy;
   top: number;
   exclude_template: boolean;
-}
-
-export interface OnlineAnswer {
-  tokens: OnlineToken[];
-  features: number[];
-  /** per requested feature, a value per token (null where the model made it inf/NaN) */
-  values: (number | null)[][];
-  /** per requested feature, each value's quantile in the corpus; null without a database */
-  quantiles: (number | null)[][] | null;
-  /** per token, its top features */
-  ranking: RankEntry[][];
-  /** over the whole text, best first */
-  top_features: { feature: number; max: number | null; tokens_active: number; quantile?: number | null }[];
 }
 
 // ---- the calls ----------------------------------------------------------------------------------
