@@ -144,6 +144,24 @@ RemoteOpt = Annotated[
 ]
 
 
+# the web servers' options (serve, features serve)
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")]
+PortOpt = Annotated[int, typer.Option(min=0, max=65535)]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="LMPEEK_TOKEN",
+        help="Require this token from every client (generated when --host is not loopback).",
+    ),
+]
+AllowHostOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Also answer to this Host name (repeatable; loopback names always; '*' = any)."),
+]
+CorsOpt = Annotated[
+    list[str] | None,
+    typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
+]
 DtypeOpt = Annotated[
     str | None,
     typer.Option(
@@ -512,8 +530,8 @@ def serve_cmd(
     model: Annotated[
         str, typer.Argument(help="'default', a HF folder, a hub id in the local cache, .gguf, tiny:ARCH")
     ] = "default",
-    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
     samples: Annotated[
         str | None, typer.Option(help="A folder of your own sample texts (.txt, .md, .jsonl) to offer.")
     ] = None,
@@ -526,21 +544,9 @@ def serve_cmd(
             help="Disk the stored traces may take, e.g. 4G or 500M (default: $LMPEEK_STORE_BUDGET, else 4G)."
         ),
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="LMPEEK_TOKEN",
-            help="Require this token from every client (generated when --host is not loopback).",
-        ),
-    ] = None,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(help="Also answer to this Host name (repeatable; loopback names always; '*' = any)."),
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None,
-        typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
-    ] = None,
+    token: TokenOpt = None,
+    allow_host: AllowHostOpt = None,
+    cors_origin: CorsOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
@@ -560,31 +566,18 @@ def serve_cmd(
 ) -> None:
     """Start the web app; the page shows the model's loading progress until it is ready."""
     import os
-    from urllib.parse import quote
 
     import uvicorn
 
     from lmpeek.samples.library import ENV_VAR
     from lmpeek.server.app import create_app
-    from lmpeek.server.guard import is_loopback
 
     if samples is not None:
         if not os.path.isdir(samples):
             _fail(f"--samples: no such folder: {samples}")
         os.environ[ENV_VAR] = os.path.abspath(samples)
 
-    edge = _edge_settings(host, token, allow_host or [], cors_origin or [])
-    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{port}/"
-    if edge["token"] is not None:
-        url += f"?token={quote(edge['token'], safe='')}"
-    if not is_loopback(host):
-        names = ", ".join(sorted({"127.0.0.1", "localhost", "[::1]", *edge["allowed_hosts"]}))
-        err.print(
-            f"[yellow]note:[/] listening on {host}: clients need the token in the URL below; "
-            f"Host names answered: {names} (add more with --allow-host NAME)",
-            soft_wrap=True,
-        )
+    edge, url = _edge_and_url(host, port, token, allow_host, cors_origin)
     _check_source(model)  # before announcing: the model itself loads in the background
     for spec in features_source or []:
         from lmpeek.features import kind_for
@@ -605,6 +598,28 @@ def serve_cmd(
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+
+
+def _edge_and_url(host: str, port: int, token, allow_host, cors_origin) -> tuple[dict, str]:
+    """The server's edge settings and the URL to print (with the token); a note on stderr when it
+    listens beyond loopback."""
+    from urllib.parse import quote
+
+    from lmpeek.server.guard import is_loopback
+
+    edge = _edge_settings(host, token, allow_host or [], cors_origin or [])
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{port}/"
+    if edge["token"] is not None:
+        url += f"?token={quote(edge['token'], safe='')}"
+    if not is_loopback(host):
+        names = ", ".join(sorted({"127.0.0.1", "localhost", "[::1]", *edge["allowed_hosts"]}))
+        err.print(
+            f"[yellow]note:[/] listening on {host}: clients need the token in the URL below; "
+            f"Host names answered: {names} (add more with --allow-host NAME)",
+            soft_wrap=True,
+        )
+    return edge, url
 
 
 def _check_source(source: str) -> None:
@@ -881,39 +896,22 @@ def sae_train(
 @friendly
 def features_serve(
     db: Annotated[list[str], typer.Argument(help="Feature databases made by `lmpeek features build`.")],
-    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="LMPEEK_TOKEN",
-            help="Require this token from every client (generated when --host is not loopback).",
-        ),
-    ] = None,
-    allow_host: Annotated[
-        list[str] | None,
-        typer.Option(help="Also answer to this Host name (repeatable; loopback names always; '*' = any)."),
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None,
-        typer.Option(help="Let pages from this origin call the API, e.g. http://localhost:5173 (repeatable)"),
-    ] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    token: TokenOpt = None,
+    allow_host: AllowHostOpt = None,
+    cors_origin: CorsOpt = None,
 ) -> None:
     """Browse feature databases without a model: feature lists, search, pages and labels (no torch, no
     model loaded; `lmpeek serve MODEL --features DB` also computes features on your text)."""
-    from urllib.parse import quote
 
     import uvicorn
 
     from lmpeek.server.app import create_app
 
-    edge = _edge_settings(host, token, allow_host or [], cors_origin or [])
+    edge, url = _edge_and_url(host, port, token, allow_host, cors_origin)
     _check_port(host, port)
     web_app = create_app(None, features=db, **edge)  # opens every database now: a bad one is one line
-    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
-    url = f"http://{f'[{url_host}]' if ':' in url_host else url_host}:{port}/"
-    if edge["token"] is not None:
-        url += f"?token={quote(edge['token'], safe='')}"
     names = ", ".join(s["id"] for s in web_app.state.features.sources()["sources"])
     out.print(f"lmpeek: serving feature databases ({names}) at {url}", soft_wrap=True)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
