@@ -14,8 +14,8 @@ Prints tokens/s (real tokens, not padding) and the ratio capture/plain. Target (
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+
+from _batches import interleaved, padded
 
 
 def main() -> None:
@@ -36,12 +36,7 @@ def main() -> None:
     V = model.hf.config.vocab_size
     lengths = [args.tokens // 2 + (args.tokens // 2) * i // max(1, args.batch - 1) for i in range(args.batch)]
     seqs = [torch.randint(100, V, (n,)).tolist() for n in lengths]
-    T = max(lengths)
-    ids = torch.zeros(args.batch, T, dtype=torch.long)
-    mask = torch.zeros(args.batch, T, dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s)
-        mask[row, : len(s)] = 1
+    ids, mask = padded(seqs)
 
     @torch.inference_mode()
     def plain() -> None:
@@ -50,21 +45,12 @@ def main() -> None:
     def capture() -> None:
         activations(model, seqs, args.hooks, batch_size=args.batch)
 
-    modes = {"plain": plain, "capture": capture}
-    for fn in modes.values():
-        fn()  # warm up
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(args.repeat):
-        for name, fn in modes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    medians = interleaved({"plain": plain, "capture": capture}, args.repeat)
     n = sum(lengths)
-    base = statistics.median(times["plain"])
+    base = medians["plain"]
     print(f"{args.batch} texts, {min(lengths)}..{max(lengths)} tokens ({n} real), hooks {args.hooks}, "
           f"{args.repeat} rounds, medians:")  # fmt: skip
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         print(f"  {name:8s} {n / med:8.0f} tokens/s   {base / med:5.2f}x plain")
 
 

@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _batches import batches, interleaved
+
 SEQ_LEN, BATCH = 256, 8
 
 
 def _plain_batches(model, tokens: int):
-    import torch
-
     from lmpeek.features.corpus import documents, sequences
 
     seqs, n = [], 0
@@ -41,17 +40,7 @@ def _plain_batches(model, tokens: int):
         n += len(s.ids)
         if n >= tokens:
             break
-    batches = []
-    for a in range(0, len(seqs), BATCH):
-        group = seqs[a : a + BATCH]
-        T = max(len(s) for s in group)
-        ids = torch.zeros(len(group), T, dtype=torch.long)
-        mask = torch.zeros(len(group), T, dtype=torch.long)
-        for row, s in enumerate(group):
-            ids[row, : len(s)] = torch.as_tensor(s)
-            mask[row, : len(s)] = 1
-        batches.append((ids, mask))
-    return batches, n
+    return batches(seqs, BATCH), n
 
 
 def _memory_child(sources: list[str], tokens: int) -> None:
@@ -108,18 +97,11 @@ def main() -> None:
                        progress=False)  # fmt: skip
         out.unlink()
 
-    modes = {"plain": plain, "build": build}
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(args.repeat):
-        for name, fn in modes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["plain"])
+    medians = interleaved({"plain": plain, "build": build}, args.repeat, warm_up=False)
+    base = medians["plain"]
     print(f"{', '.join(sources)}: {n} tokens of the demo corpus, {SEQ_LEN}-token sequences, {BATCH} a batch, "
           f"medians of {args.repeat} (interleaved), {torch.get_num_threads()} threads")  # fmt: skip
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         print(f"  {name:6s} {n / med:8.0f} tokens/s   {base / med:5.2f}x plain")
     for tokens in args.memory:
         given = [a for s in sources for a in ("--source", s)]

@@ -17,8 +17,8 @@ Target (issue 12): each ranking < 1 s at 128 tokens.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+
+from _batches import interleaved
 
 
 def main() -> None:
@@ -67,19 +67,12 @@ def main() -> None:
             modes[f"{sid} +quantile"] = lambda sid=sid: service.activations(
                 sid, text, [0, 1], rank="quantile", top=5
             )
-    for fn in modes.values():
-        fn()  # warm up (loads the sources, reads the databases' histograms)
-    times: dict[str, list[float]] = {m: [] for m in modes}
-    for _ in range(args.repeat):
-        for name, fn in modes.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["plain"])
+    # warmed up first: the first call loads the sources and reads the databases' histograms
+    medians = interleaved(modes, args.repeat)
+    base = medians["plain"]
     print(f"{model.name}, {T} tokens, layer {layer}, torch threads {torch.get_num_threads()}, "
           f"median of {args.repeat}")  # fmt: skip
-    for name, ts in times.items():
-        med = statistics.median(ts)
+    for name, med in medians.items():
         verdict = "" if name == "plain" else ("  ok (< 1 s)" if med < 1.0 else "  OVER 1 s")
         print(f"  {name:40s} {med * 1000:8.1f} ms  {med / base:6.2f}x plain{verdict}")
     service.close()

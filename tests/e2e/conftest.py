@@ -6,6 +6,7 @@ message saying so rather than skipping.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -29,19 +30,21 @@ def _free_port() -> int:
 
 
 def _serve(source: str, store_dir):
-    import uvicorn
-
     from lmpeek.server.app import _static_dir, create_app
 
     if _static_dir() is None:
         pytest.fail(
             "the front end is not built: run `make test` (or `cd web && npm install && npm run build`)"
         )
+    return serve_app(create_app(source, store_dir=store_dir))
+
+
+def serve_app(app):
+    """Run `app` with uvicorn on a free port in a daemon thread; (server, thread, url) once started."""
+    import uvicorn
+
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(source, store_dir=store_dir), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -81,9 +84,11 @@ def browser():
         b.close()
 
 
-def _page(browser, url):
+def _page(browser, url, **context_options):
+    """A page on `url` once its model is ready; `context_options` go to browser.new_context (e.g.
+    permissions); JavaScript errors on the page fail the test at teardown."""
     ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, **context_options)
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -91,6 +96,41 @@ def _page(browser, url):
     pg.get_by_test_id("model-status").filter(has_text="ready").wait_for(timeout=60_000)
     yield pg
     context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def offline_context(browser, **context_options):
+    """A browser context for a file opened from disk: every request that is not file: is aborted, and
+    it and any other network request (http, https, ws, wss) is recorded in the returned list, which
+    an offline page must leave empty. (context, asked)."""
+    context = browser.new_context(**context_options)
+    asked: list[str] = []
+
+    def block(route):
+        asked.append(route.request.url)
+        route.abort()
+
+    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else block(r))
+    network = ("http", "https", "ws", "wss")
+    context.on("request", lambda r: asked.append(r.url) if r.url.split(":", 1)[0] in network else None)
+    return context, asked
+
+
+@contextlib.contextmanager
+def offline_page(browser, path: pathlib.Path, **context_options):
+    """The file at `path` opened in an offline_context; on leaving, it must have asked for nothing on the
+    network and had no JavaScript errors."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    context, asked = offline_context(browser, **context_options)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(path.as_uri())
+        yield page
+    finally:
+        context.close()
+    assert not asked, f"the export made network requests: {asked}"
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 

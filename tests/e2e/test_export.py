@@ -13,7 +13,7 @@ import pytest
 import lmpeek
 from lmpeek.session import Session
 from lmpeek.views.export import export_html
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, offline_context, offline_page
 
 TEXT = "The capital of France is Paris. Über 😀 and then some more words to look at."
 LAYER, HEAD = 1, 2
@@ -42,21 +42,7 @@ def _values(page) -> list[float | None]:
 
 def test_export_opens_offline_and_shows_the_traces_numbers(browser, exported):
     path, trace, pattern = exported
-    context = browser.new_context(viewport={"width": 1366, "height": 900})
-    asked: list[str] = []
-
-    def block(route):
-        asked.append(route.request.url)
-        route.abort()
-
-    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else block(r))
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    network = ("http", "https", "ws", "wss")
-    page.on("request", lambda r: asked.append(r.url) if r.url.split(":", 1)[0] in network else None)
-    try:
-        page.goto(path.as_uri())
+    with offline_page(browser, path, viewport={"width": 1366, "height": 900}) as page:
         tokens = page.get_by_test_id("explore-tokens").get_by_test_id("token")
         tokens.nth(len(trace) - 1).wait_for()
         assert tokens.count() == len(trace)
@@ -100,10 +86,6 @@ def test_export_opens_offline_and_shows_the_traces_numbers(browser, exported):
         tokens.nth(2).click()
         rows.first.wait_for()
         assert rows.first.get_attribute("data-token") == trace.topk_tokens[1][0]
-    finally:
-        context.close()
-    assert not asked, f"the export made network requests: {asked}"
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_export_button_downloads_the_active_trace(browser, page, tmp_path):
@@ -114,10 +96,7 @@ def test_export_button_downloads_the_active_trace(browser, page, tmp_path):
         page.get_by_test_id("export-button").click()
     path = tmp_path / "from-app.html"
     info.value.save_as(path)
-    context = browser.new_context()
-    blocked: list[str] = []
-    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:")
-                  else (blocked.append(r.request.url), r.abort()))  # fmt: skip
+    context, blocked = offline_context(browser)
     try:
         offline = context.new_page()
         offline.goto(path.as_uri())

@@ -16,7 +16,7 @@ import lmpeek
 from lmpeek.session import Session
 from lmpeek.session_attention import attention_grid, qk
 from lmpeek.views.export import export_html, window_around
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, offline_page
 
 TEXT = " ".join(f"word{i}" for i in range(45))
 LAYER, HEAD, QUERY, KEY = 1, 2, 9, 4
@@ -79,15 +79,7 @@ def _error(page, panel: str) -> str:
 
 def test_export_attention_tab_shows_what_was_embedded(browser, exported):
     path, want = exported
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    asked: list[str] = []
-    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:")
-                  else (asked.append(r.request.url), r.abort()))  # fmt: skip
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        page.goto(path.as_uri())
+    with offline_page(browser, path, viewport={"width": 1400, "height": 1000}) as page:
         # it opens on the Attention tab, on the first window, whose thumbnails are the embedded grid
         page.get_by_test_id("attention-grid").wait_for()
         assert "active" in (page.get_by_test_id("tab-attention").get_attribute("class") or "")
@@ -170,7 +162,3 @@ def test_export_attention_tab_shows_what_was_embedded(browser, exported):
         # and the Explore tab of the same file still works
         page.get_by_test_id("tab-explore").click()
         page.get_by_test_id("explore-tokens").get_by_test_id("token").nth(want["T"] - 1).wait_for()
-    finally:
-        context.close()
-    assert not asked, f"the export made network requests: {asked}"
-    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -12,7 +12,7 @@ import pytest
 import lmpeek
 from lmpeek.features import FeatureDB, build
 from lmpeek.views.features_export import export_html
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, offline_page
 
 SOURCE = "neurons:1"
 TEXTS = {
@@ -62,20 +62,7 @@ def _check_page(pg, f: int, ref: dict) -> None:
 
 def test_the_export_opens_offline_on_its_features(browser, exported):
     path, first, second, missing, refs, density = exported
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    asked: list[str] = []
-
-    def block(route):
-        asked.append(route.request.url)
-        route.abort()
-
-    context.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else block(r))
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        pg.goto(path.as_uri())
+    with offline_page(browser, path, viewport={"width": 1400, "height": 900}) as pg:
         _check_page(pg, first, refs[first])
         # only the Features tab, only browsing; the label shown, not editable (nothing is saved in a file)
         assert pg.get_by_test_id("tab-features").is_visible()
@@ -113,7 +100,3 @@ def test_the_export_opens_offline_on_its_features(browser, exported):
         # and the exported ones still open
         pg.locator(f"[data-testid=feature-row][data-feature='{second}']").click()
         _check_page(pg, second, refs[second])
-    finally:
-        context.close()
-    assert not asked, f"the export made network requests: {asked}"
-    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -9,13 +9,11 @@ test-artifacts/features-*.png. Waits are on conditions, never on time."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS, _free_port
+from .conftest import ARTIFACTS, _page, serve_app
 
 SOURCE = "neurons:1"
 TEXTS = {
@@ -44,26 +42,12 @@ def feature_db(tmp_path_factory):
     return out
 
 
-def _serve_app(app):
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def model_server(feature_db, tmp_path_factory):
     """The app with the tiny model and the database."""
     from lmpeek.server.app import create_app
 
-    server, thread, url = _serve_app(
+    server, thread, url = serve_app(
         create_app("tiny:llama", store_dir=tmp_path_factory.mktemp("traces-features"), features=[feature_db])
     )
     yield url
@@ -76,36 +60,24 @@ def db_only_server(feature_db):
     """`lmpeek features serve DB`: no model."""
     from lmpeek.server.app import create_app
 
-    server, thread, url = _serve_app(create_app(None, features=[feature_db]))
+    server, thread, url = serve_app(create_app(None, features=[feature_db]))
     yield url
     server.should_exit = True
     thread.join(10)
 
 
-def _page(browser, url):
-    """conftest's page, with the clipboard readable (the copy button's text is checked)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(
-        viewport={"width": 1400, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
-    )
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(url)
-    pg.get_by_test_id("model-status").filter(has_text="ready").wait_for(timeout=60_000)
-    yield pg
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+# conftest's page, with the clipboard readable (the copy button's text is checked)
+CLIPBOARD = ["clipboard-read", "clipboard-write"]
 
 
 @pytest.fixture
 def fpage(browser, model_server):
-    yield from _page(browser, model_server)
+    yield from _page(browser, model_server, permissions=CLIPBOARD)
 
 
 @pytest.fixture
 def db_page(browser, db_only_server):
-    yield from _page(browser, db_only_server)
+    yield from _page(browser, db_only_server, permissions=CLIPBOARD)
 
 
 @pytest.fixture(scope="module")

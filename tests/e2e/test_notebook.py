@@ -4,18 +4,13 @@ numbers are compared with a Trace computed here; screenshots go to test-artifact
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import warnings
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import lmpeek
-from tests.e2e.conftest import ARTIFACTS, _free_port
+from tests.e2e._jupyter import lab, lab_page, run_notebook  # noqa: F401 - lab: the JupyterLab fixture
+from tests.e2e.conftest import ARTIFACTS
 
 TEXT = "The capital of France is Paris."
 CELLS = [
@@ -29,11 +24,7 @@ CELLS = [
 @pytest.fixture(scope="module")
 def notebook(tmp_path_factory):
     folder = tmp_path_factory.mktemp("nb")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
-    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
-    nbformat.write(nb, folder / "demo.ipynb")
-    return folder, nb
+    return folder, run_notebook(folder, CELLS)
 
 
 def test_the_notebook_executes(notebook):
@@ -42,40 +33,6 @@ def test_the_notebook_executes(notebook):
     assert "application/vnd.jupyter.widget-view+json" in widget_out["data"]
     html = nb.cells[2].outputs[0]["data"]["text/html"]
     assert "<iframe srcdoc=" in html  # shows without a kernel extension (nbconvert, VS Code)
-
-
-@pytest.fixture(scope="module")
-def lab(notebook):
-    folder, _ = notebook
-    port = _free_port()
-    bin_dir = os.path.dirname(sys.executable)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
-               JUPYTER_CONFIG_DIR=str(folder / ".cfg"), JUPYTER_RUNTIME_DIR=str(folder / ".rt"))  # fmt: skip
-    cmd = [os.path.join(bin_dir, "jupyter"), "lab", "--no-browser", f"--port={port}", "--ServerApp.token=",
-           "--ServerApp.password=", f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
-           "--ServerApp.disable_check_xsrf=True", "--allow-root"]  # fmt: skip
-    log = open(folder / "lab.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        import socket
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start: {(folder / 'lab.log').read_text()[-2000:]}")
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/lab/tree/demo.ipynb"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,20 +48,8 @@ def _rows(panel) -> list[tuple[str, float]]:
     return [(r.get_attribute("data-token"), float(r.get_attribute("data-prob"))) for r in rows.all()[:5]]
 
 
-def test_widget_in_jupyterlab(browser, lab, trace):
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(60_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        pg.goto(lab)
-        pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000)
-        # not awaited: the command's promise settles only when every cell has run (or never, if a
-        # dialog asks something), and page.evaluate has no timeout of its own
-        pg.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.isReady", timeout=90_000)
-        pg.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+def test_widget_in_jupyterlab(browser, lab, trace):  # noqa: F811 - the imported fixture
+    with lab_page(browser, lab, "notebook-failed.png") as pg:
         widget = pg.locator(".jp-OutputArea-output .lmpeek").first  # the live widget (cell 2)
         tokens = widget.get_by_test_id("explore-tokens").get_by_test_id("token")
         tokens.nth(len(trace) - 1).wait_for(timeout=120_000)
@@ -151,9 +96,3 @@ def test_widget_in_jupyterlab(browser, lab, trace):
         chips.nth(3).wait_for(timeout=60_000)
         gen.scroll_into_view_if_needed()
         pg.screenshot(path=str(ARTIFACTS / "notebook-generate.png"))
-    except Exception:
-        pg.screenshot(path=str(ARTIFACTS / "notebook-failed.png"))
-        raise
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import warnings
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import lmpeek
 from lmpeek.features import FeatureDB, build
+from tests.e2e._jupyter import lab, lab_page, run_notebook  # noqa: F401 - lab: over this module's notebook
 from tests.e2e.conftest import ARTIFACTS
-from tests.e2e.test_notebook import lab  # noqa: F401 - the JupyterLab fixture, over this module's notebook
 
 SOURCE = "neurons:1"
 TEXTS = [
@@ -42,13 +40,8 @@ def feature_db(tmp_path_factory):
 def notebook(tmp_path_factory, feature_db):
     path, (first, _), _ = feature_db
     folder = tmp_path_factory.mktemp("nbf")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell(f"import lmpeek\nw = lmpeek.show({str(path)!r}, feature={first})\nw")
-    ]
-    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
-    nbformat.write(nb, folder / "demo.ipynb")
-    return folder, nb
+    cell = f"import lmpeek\nw = lmpeek.show({str(path)!r}, feature={first})\nw"
+    return folder, run_notebook(folder, [cell])
 
 
 def test_the_notebook_executes(notebook):
@@ -68,17 +61,7 @@ def _check_page(widget, f: int, ref: dict) -> None:
 
 def test_feature_widget_in_jupyterlab(browser, lab, feature_db):  # noqa: F811 - the imported fixture
     _, (first, second), refs = feature_db
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(60_000)
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        pg.goto(lab)
-        pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=90_000)
-        pg.wait_for_function("window.jupyterapp.shell.currentWidget?.sessionContext?.isReady", timeout=90_000)
-        pg.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    with lab_page(browser, lab, "notebook-features-failed.png") as pg:
         widget = pg.locator(".jp-OutputArea-output .lmpeek").first
         _check_page(widget, first, refs[first])
         assert widget.get_by_test_id("no-model").is_visible()  # browsing a database, no model
@@ -86,9 +69,3 @@ def test_feature_widget_in_jupyterlab(browser, lab, feature_db):  # noqa: F811 -
         # the whole database's list is there (the kernel answers): another feature opens from it
         widget.locator(f"[data-testid=feature-row][data-feature='{second}']").click()
         _check_page(widget, second, refs[second])
-    except Exception:
-        pg.screenshot(path=str(ARTIFACTS / "notebook-features-failed.png"))
-        raise
-    finally:
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -1,6 +1,6 @@
 import { flushSync } from "svelte";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { Loader } from "../src/lib/loader.svelte";
+import { abortable, Loader } from "../src/lib/loader.svelte";
 
 beforeEach(() => vi.useFakeTimers());
 afterEach(() => vi.useRealTimers());
@@ -125,5 +125,50 @@ describe("Loader never shows an older selection's answer as the current one", ()
     expect(t.loader().last?.data).toBe("data:b");
     expect(t.loader().loading).toBe(false);
     t.stop();
+  });
+});
+
+describe("abortable (FeatureList's and FeaturePage's one request)", () => {
+  function request() {
+    // resolves or rejects when the test says so; records the signal it was given
+    let settle!: { res: (v: string) => void; rej: (e: Error) => void };
+    let signal!: AbortSignal;
+    const got: string[] = [];
+    const errors: string[] = [];
+    const abort = abortable<string>(
+      (s) => {
+        signal = s;
+        return new Promise((res, rej) => (settle = { res, rej }));
+      },
+      (d) => got.push(d),
+      (m) => errors.push(m),
+    );
+    return { settle, signal, got, errors, abort };
+  }
+  it("starts at once and hands over the answer", async () => {
+    const t = request();
+    expect(t.signal.aborted).toBe(false);
+    t.settle.res("rows");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(t.got).toEqual(["rows"]);
+    expect(t.errors).toEqual([]);
+  });
+  it("hands over a failure's message", async () => {
+    const t = request();
+    t.settle.rej(new Error("fts5: syntax error"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(t.errors).toEqual(["fts5: syntax error"]);
+    expect(t.got).toEqual([]);
+  });
+  it("once aborted: the signal says so; neither a late answer nor the AbortError is handed over", async () => {
+    const a = request();
+    a.abort();
+    expect(a.signal.aborted).toBe(true);
+    a.settle.res("old rows");
+    const b = request();
+    b.abort();
+    b.settle.rej(Object.assign(new Error("aborted"), { name: "AbortError" }));
+    await vi.advanceTimersByTimeAsync(0);
+    expect([a.got, a.errors, b.got, b.errors]).toEqual([[], [], [], []]);
   });
 });

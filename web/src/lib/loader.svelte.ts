@@ -90,3 +90,25 @@ export class Loader<T> {
     return c && key !== null && c.key === key ? c.data : null;
   }
 }
+
+/**
+ * One abortable request, for an $effect that starts it and returns what this returns: `fn` starts at
+ * once (so what it reads is the effect's dependency), `done` gets its answer and `failed` its error
+ * message, unless the request was aborted by then: the effect's rerun or teardown aborts it, and its
+ * late answer (or AbortError) must not overwrite the newer request's. For views that keep their own
+ * state (the last answer shown while another loads, an error kept until one succeeds), where Loader's
+ * per-key `current` and error do not fit.
+ */
+export function abortable<T>(fn: Fetch<T>, done: (data: T) => void, failed: (message: string) => void): () => void {
+  const c = new AbortController();
+  fn(c.signal).then(
+    (d) => {
+      if (!c.signal.aborted) done(d);
+    },
+    (err) => {
+      if (c.signal.aborted || (err as Error).name === "AbortError") return;
+      failed((err as Error).message);
+    },
+  );
+  return () => c.abort();
+}
