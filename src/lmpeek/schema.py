@@ -13,12 +13,14 @@ Layout (everything little-endian)::
     then             the buffers, each starting at a multiple of 8 from byte 0 (so that a Float32Array
                      or np.frombuffer can view it in place); `offset` in the header counts from byte 0
 
-Header: ``{"format": "lmpeek.trace", "version": "1.0", "writer": "lmpeek 0.1.0", "text", "chat",
+Header: ``{"format": "lmpeek.trace", "version": "1.1", "writer": "lmpeek 0.1.0", "text", "chat",
 "tokens", "token_bytes" (hex per token), "partial" (indices of tokens holding part of a character),
 "topk_labels" (each distinct top-k label once), "model" (info and fingerprint), "nonfinite", "norms"
 (hook names, in order), "tensors" (kept hook names), "buffers": {name: {"dtype", "shape", "offset",
 "nbytes", "as"?}}}`` plus ``"id"`` when the server sends a stored trace. Two buffers with the same
-bytes share one offset (a block's resid_post norm is the next block's resid_pre norm).
+bytes share one offset (a block's resid_post norm is the next block's resid_pre norm). ``"omitted"``
+(1.1): parts an envelope made for a page leaves out ("norms", "attn_entropy": an HTML export's views
+read neither from it); such an envelope is not a whole Trace and `decode_trace` refuses it.
 
 Buffers: ``token_ids`` [T], ``offsets`` [T, 2], ``topk_ids`` [T, k] (int32; ``"as": "int64"`` says
 the Trace held int64, restored on reading), ``topk_labels`` [T, k] int32 (index into the header's
@@ -69,7 +71,7 @@ from lmpeek.capture.tokens import is_partial  # numpy only, like this module
 from lmpeek.errors import InvalidInput
 
 FORMAT = "lmpeek.trace"
-VERSION = (1, 0)
+VERSION = (1, 1)  # 1.1: "omitted" (a page's envelope may leave out what its views never read)
 MEDIA_TYPE = "application/vnd.lmpeek.trace"
 MAGIC = b"LMPK"
 ALIGN = 8
@@ -80,6 +82,10 @@ DTYPES = {"float16": "<f2", "float32": "<f4", "float64": "<f8", "int32": "<i4"}
 # the Trace's arrays that go as buffers of the same name
 _PLAIN = ("token_ids", "offsets", "topk_ids", "topk_probs", "entropy", "loss", "true_prob", "attn_entropy")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+# what an envelope made for a page may leave out (encode_trace's omit): no view of an exported page reads
+# the per-layer norms or the attention entropy from the envelope (their panels ask routes, whose answers
+# the export records), and at 4,096 tokens they are 3/4 of its bytes
+OMITTABLE = ("norms", "attn_entropy")
 # what an `"as"` may name: the array's dtype in the Trace, restored on reading
 _RESTORABLE = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                "float16", "float32", "float64"}  # fmt: skip
@@ -185,10 +191,16 @@ def _wire(name: str, a: np.ndarray, want: str | None) -> tuple[bytes, dict[str, 
     return wire.tobytes(), spec
 
 
-def encode_trace(trace: Any, precision: str = "exact", trace_id: str | None = None) -> bytes:
-    """The envelope of a Trace (any object with the Trace's fields); see the module docstring."""
+def encode_trace(
+    trace: Any, precision: str = "exact", trace_id: str | None = None, omit: tuple[str, ...] = ()
+) -> bytes:
+    """The envelope of a Trace (any object with the Trace's fields); see the module docstring. `omit`:
+    parts of OMITTABLE left out, named in the header's "omitted" (an export's page reads neither)."""
     if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if unknown := set(omit) - set(OMITTABLE):
+        can = ", ".join(OMITTABLE)
+        raise InvalidInput(f"omit: {', '.join(sorted(unknown))} cannot be left out ({can} can)")
     labels: dict[str, int] = {}
     index = [[labels.setdefault(s, len(labels)) for s in row] for row in trace.topk_tokens]
     topk = np.asarray(trace.topk_ids)
@@ -203,12 +215,15 @@ def encode_trace(trace: Any, precision: str = "exact", trace_id: str | None = No
         "topk_labels": list(labels),
         "model": trace.model,
         "nonfinite": list(trace.nonfinite),
-        "norms": list(trace.norms),
+        "norms": [] if "norms" in omit else list(trace.norms),
         "tensors": list(trace.tensors),
     }
-    arrays: dict[str, np.ndarray] = {name: getattr(trace, name) for name in _PLAIN}
+    if omit:
+        header["omitted"] = [o for o in OMITTABLE if o in omit]
+    arrays: dict[str, np.ndarray] = {name: getattr(trace, name) for name in _PLAIN if name not in omit}
     arrays["topk_labels"] = label_index
-    arrays |= {f"norms/{k}": v for k, v in trace.norms.items()}
+    if "norms" not in omit:
+        arrays |= {f"norms/{k}": v for k, v in trace.norms.items()}
     arrays |= {f"tensors/{k}": v for k, v in trace.tensors.items()}
     return encode(header, arrays, compact_dtypes(arrays) if precision == "compact" else {})
 
@@ -303,6 +318,11 @@ def decode_trace(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The Trace fields an envelope holds (keyword arguments of Trace); arrays are fresh copies."""
     env = decode(data)
     h, arrays = env.header, env.arrays
+    if h.get("omitted"):
+        raise TraceFormatError(
+            f"this envelope leaves out {', '.join(map(str, h['omitted']))}: it was written for a page (an "
+            f"HTML export), not as a whole Trace; read one from Trace.to_bytes() or GET /api/traces/{{id}}"
+        )
     missing = [n for n in (*_PLAIN, "topk_labels") if n not in arrays]
     missing += [f"norms/{k}" for k in h.get("norms", []) if f"norms/{k}" not in arrays]
     missing += [f"tensors/{k}" for k in h.get("tensors", []) if f"tensors/{k}" not in arrays]

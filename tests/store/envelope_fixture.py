@@ -55,8 +55,8 @@ def awkward_trace() -> Trace:
 
 def fixtures() -> dict[str, bytes]:
     """file name -> bytes: the compact envelope the server would send for awkward_trace(), the JSON
-    summary the server would send for the same (decoded) trace, and envelopes of a newer minor and a
-    newer major format version."""
+    summary the server would send for the same (decoded) trace, envelopes of a newer minor and a
+    newer major format version, and an export's envelope (norms and attention entropy left out)."""
     t = awkward_trace()
     t.attn_entropy = np.abs(np.nan_to_num(t.attn_entropy, nan=1.0)) * 3  # nats, as a real trace holds
     t.attn_entropy[1, 0, 5] = np.nan
@@ -81,6 +81,8 @@ def fixtures() -> dict[str, bytes]:
         "trace-compact.json": summary.encode("ascii") + b"\n",
         "trace-v1_9.lmpeek": minor,
         "trace-v2_0.lmpeek": major,
+        # what an HTML export embeds: no norms, no attention entropy (views.export)
+        "trace-export.lmpeek": schema.encode_trace(t, "compact", TRACE_ID, omit=schema.OMITTABLE),
     }
 
 

@@ -87,7 +87,7 @@ def test_every_buffer_is_aligned_and_inside():
     (size,) = struct.unpack("<I", data[4:8])
     assert data[:4] == b"LMPK" and size % 8 == 0
     header = json.loads(data[8 : 8 + size])
-    assert header["format"] == "lmpeek.trace" and header["version"] == "1.0"
+    assert header["format"] == "lmpeek.trace" and header["version"] == "1.1"
     assert header["writer"] == f"lmpeek {lmpeek.__version__}"
     for name, spec in header["buffers"].items():
         assert spec["offset"] % 8 == 0, name

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lmpeek
+from lmpeek import schema
 from lmpeek.capture.trace import Trace
 from lmpeek.errors import InvalidInput
 from lmpeek.session import Session
@@ -150,12 +151,9 @@ def test_repeated_parts_are_stored_once_and_envelopes_shuffled(session):
     assert env["shuffled"] and all(size in (2, 4) for _, _, size in env["shuffled"])
     first = env["parts"][0][0]
     assert data[first : first + 4] == b"LMPK"  # the envelope's own header is left as it is
-    from lmpeek.views.asgi import fetch_sync
-
-    want = fetch_sync(
-        app_for(session), "GET", f"/api/traces/{stored.id}", {"accept": "application/vnd.lmpeek.trace"}
-    )
-    assert body(header, data, f"GET /api/traces/{stored.id}") == want[1]
+    # unshuffled, it is the route's envelope less what schema.OMITTABLE names
+    want = schema.encode_trace(stored.trace, "compact", stored.id, omit=schema.OMITTABLE)
+    assert body(header, data, f"GET /api/traces/{stored.id}") == want
     assert shuffle(b"abcdef", 2) == b"acebdf"
 
 
@@ -177,9 +175,16 @@ def test_pack_holds_the_apps_own_answers(session, stored):
     assert header["responses"][f"GET /api/traces/{stored.id}"]["headers"]["content-type"].startswith(
         "application/vnd.lmpeek.trace"
     )
-    t = Trace.from_bytes(env)
-    assert t.tokens == stored.trace.tokens
-    np.testing.assert_array_equal(t.topk_ids, stored.trace.topk_ids)
+    # less what no view of the page reads from it (their panels ask routes): the per-layer norms and
+    # the attention entropy; what is left is the Trace's own
+    got = schema.decode(env)
+    assert got.header["omitted"] == ["norms", "attn_entropy"] and got.header["norms"] == []
+    assert not [n for n in got.arrays if n.startswith("norms/") or n == "attn_entropy"]
+    assert got.header["tokens"] == stored.trace.tokens
+    for name in ("token_ids", "topk_ids", "topk_probs", "entropy", "loss", "true_prob"):
+        np.testing.assert_array_equal(got.arrays[name], getattr(stored.trace, name))
+    with pytest.raises(schema.TraceFormatError, match="leaves out norms, attn_entropy"):
+        Trace.from_bytes(env)  # not a whole Trace, and says so
     # every recorded metric equals what the route answers now
     from lmpeek.views.asgi import fetch_sync
 
@@ -225,10 +230,9 @@ def test_a_trace_alone_packs_what_it_holds():
         model = lmpeek.load("tiny:gpt2")
     t = lmpeek.trace(model, "Hello there")
     header, data = unpack(static_pack(t))
-    assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
+    assert schema.decode(body(header, data, "GET /api/traces/local")).header["tokens"] == t.tokens
     health = json.loads(body(header, data, "GET /api/health"))
     assert health["model"]["name"] == "tiny:gpt2" and header["attention"] == {}
-    assert Trace.from_bytes(body(header, data, "GET /api/traces/local")).tokens == t.tokens
     # the colour metrics a trace alone answers: what the route answers for the same text
     from lmpeek.views.asgi import fetch_sync
 

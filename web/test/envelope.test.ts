@@ -82,6 +82,17 @@ describe("traceFromEnvelope", () => {
   });
 });
 
+describe("an export's envelope", () => {
+  it("leaves out norms and attention entropy, and says so when asked for them", () => {
+    const t = traceFromEnvelope(fixture("trace-export.lmpeek"));
+    expect(plain(t.topk_probs)).toEqual(json.topk_probs);
+    expect(plain(t.loss)).toEqual(json.loss);
+    expect(t.tokens).toEqual(json.tokens);
+    expect(t.norms).toEqual({});
+    expect(() => t.attn_entropy).toThrow("attention entropy is not in this export");
+  });
+});
+
 describe("finiteOrNull", () => {
   it("returns the view itself when all is finite, else an array with null", () => {
     const ok = new Float32Array([1, 2]);

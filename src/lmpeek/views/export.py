@@ -253,7 +253,7 @@ def record_pack(session: Any, trace_id: str, include: Include | None = None, app
               "queue": {"pending": 0, "limit": 0}}  # fmt: skip
     rec.put_json("/api/health", health)
     rec.record("/api/components")
-    rec.record(f"/api/traces/{trace_id}", accept=ENVELOPE)
+    put_envelope(rec, trace, trace_id)
     rec.put_json("/api/samples", [])
     for params in default_requests(session, trace_id):
         rec.record(params.pop("__path__"), params)
@@ -272,6 +272,16 @@ def record_pack(session: Any, trace_id: str, include: Include | None = None, app
         if status != 200:  # a head or token out of range: say so now, not in the page
             raise InvalidInput(f"--include: {path.rsplit('/', 1)[1]} {params}: {rec.detail(path, params)}")
     return rec.pack(trace_id=trace_id, hint=HINT, attention=attention)
+
+
+def put_envelope(rec: _Recorder, trace: Any, trace_id: str) -> None:
+    """The trace's envelope as the page gets it from GET /api/traces/{id}, less what no view of a page
+    reads from it (schema.OMITTABLE: the per-layer norms and the attention entropy, three quarters of
+    a 4,096-token envelope; the panels that show them ask routes, recorded or "not in this export")."""
+    from lmpeek.schema import OMITTABLE, encode_trace
+
+    envelope = encode_trace(trace, precision="compact", trace_id=trace_id, omit=OMITTABLE)
+    rec.put(request_key("GET", f"/api/traces/{trace_id}"), 200, {"content-type": ENVELOPE}, envelope)
 
 
 def _attention_scales(rec: _Recorder, trace_id: str, layer: int, head: int) -> dict[str, Any]:
@@ -508,10 +518,8 @@ def static_pack(trace: Any) -> bytes:
     rec.put_json("/api/samples", [])
     from lmpeek.analysis.metrics import summary_metric_json
     from lmpeek.analysis.scales import MODES
-    from lmpeek.schema import encode_trace
 
-    envelope = encode_trace(trace, precision="compact", trace_id=trace_id)
-    rec.put(request_key("GET", f"/api/traces/{trace_id}"), 200, {"content-type": ENVELOPE}, envelope)
+    put_envelope(rec, trace, trace_id)
     for name in ("loss", "entropy", "prob"):  # the same answers the route gives (no model needed)
         for mode in MODES:
             for skip in (True, False):

@@ -170,6 +170,7 @@ export function traceFromEnvelope(data: ArrayBuffer | Uint8Array): Trace {
     nonfinite?: string[];
     norms: string[];
     tensors?: string[];
+    omitted?: string[];
   };
   const T = h.tokens.length;
   const [, k] = env.shape("topk_ids");
@@ -193,8 +194,11 @@ export function traceFromEnvelope(data: ArrayBuffer | Uint8Array): Trace {
   // Explore no attention entropy) are read on first access
   const norms: Record<string, ArrayLike<number | null>> = {};
   for (const name of h.norms) lazy(norms, name, () => finiteOrNull(env.array(`norms/${name}`)));
-  const [L, H] = env.shape("attn_entropy");
+  const omitted = new Set(h.omitted ?? []);
   const attnEntropy = () => {
+    // an export's envelope leaves it out (no view of the page reads it): say so rather than show nothing
+    if (omitted.has("attn_entropy")) throw new EnvelopeError("attention entropy is not in this export");
+    const [L, H] = env.shape("attn_entropy");
     const ent = env.array("attn_entropy");
     const out = new Array<ArrayLike<number | null>[]>(L);
     for (let l = 0; l < L; l++) out[l] = rows(ent.subarray(l * H * T, (l + 1) * H * T), H, T);
