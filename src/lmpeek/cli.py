@@ -560,7 +560,16 @@ def serve_cmd(
         list[str] | None,
         typer.Option(
             "--features-source",
-            help="A feature source to compute on your text: neurons:L or a SAELens folder.",
+            help="A feature source to compute on your text: neurons:L, a SAELens folder or a crosscoder "
+            "folder (with --base-model).",
+        ),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="A crosscoder's base model (MODEL is the chat model), loaded with the same --dtype and "
+            "--device; both must share a tokenizer.",
         ),
     ] = None,
 ) -> None:
@@ -579,6 +588,8 @@ def serve_cmd(
 
     edge, url = _edge_and_url(host, port, token, allow_host, cors_origin)
     _check_source(model)  # before announcing: the model itself loads in the background
+    if base_model is not None:
+        _check_source(base_model)
     for spec in features_source or []:
         from lmpeek.features import kind_for
 
@@ -594,7 +605,8 @@ def serve_cmd(
         if db is not None and str(db) not in features:
             features.insert(0, str(db))
     web_app = create_app(model, store_dir=store_dir, store_budget=store_budget, loader=loader,
-                         features=features, feature_sources=features_source or [], **edge)  # fmt: skip
+                         features=features, feature_sources=features_source or [], base_model=base_model,
+                         **edge)  # fmt: skip
     out.print(f"lmpeek: serving {model} at {url}", soft_wrap=True)
     # SIGTERM / Ctrl+C: stop within seconds even with streams open (the app cancels their jobs)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -51,7 +51,7 @@ def test_one_app_per_database_and_other_ways_in(db_file):  # noqa: F811
     [
         ({"feature": 128}, LmpeekError, "feature 128 is not a feature of neurons:1"),
         ({"feature": 1, "source": "x"}, LmpeekError, "no feature source 'x'"),
-        ({"feature": 1, "model": "tiny:llama"}, ValueError, "browses a feature database without a model"),
+        ({"feature": 1, "model": "tiny:llama", "source": "nope:1"}, LmpeekError, "cannot compute"),
     ],
 )
 def test_bad_arguments_are_one_line(db_file, kwargs, error, said):  # noqa: F811

@@ -46,6 +46,9 @@ position (BOS, the attention sink) is far out of distribution; its features are 
 
 The model-diff measure is `relative_decoder_norm` (‖W_dec[j, chat]‖ / (‖W_dec[j, base]‖ +
 ‖W_dec[j, chat]‖)) and `decoder_norm_classes` sorts features into base-only / shared / chat-only.
+The crosscoder page (the app's Features tab) shows `page_summary` (weights only: the norms, their
+histogram, the classes) and, on a text, `contributions`: each model's share of a feature's
+pre-activation per token, beside the joint activation.
 """
 
 from __future__ import annotations
@@ -684,3 +687,87 @@ def load(
         threshold=parts["threshold"],
         folder=str(weights.parent),
     )
+
+
+# --- the crosscoder page (server/routes_crosscoder.py; web CrosscoderPanel) ------------------------
+
+HIST_BINS = 20  # the relative decoder norm's histogram: bins of 0.05 over [0, 1]
+CLASSES = ("base-only", "shared", "chat-only", "other", "dead")  # class_of indexes this
+
+
+def norm_histogram(rel: Any, bins: int = HIST_BINS) -> dict[str, list]:
+    """The histogram of relative decoder norms over [0, 1] in `bins` equal bins (the last one closed,
+    so r = 1 counts); dead features (NaN) are left out. {"edges": [bins + 1], "counts": [bins]}."""
+    r = np.asarray(rel, dtype=np.float64)
+    counts, edges = np.histogram(r[np.isfinite(r)], bins=int(bins), range=(0.0, 1.0))
+    return {"edges": edges.tolist(), "counts": counts.astype(int).tolist()}
+
+
+def class_table(
+    rel: Any, *, base_only: float = BASE_ONLY, chat_only: float = CHAT_ONLY, shared: tuple = SHARED
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The classes of `decoder_norm_classes` with the thresholds used: ([{name, count, lo, hi}] in
+    CLASSES order, where lo/hi bound r (None for dead; "other" is the two gaps between the ranges), and
+    each feature's class as an index into it, [F] int8)."""
+    labels = decoder_norm_classes(rel, base_only=base_only, chat_only=chat_only, shared=shared)
+    index = {name: i for i, name in enumerate(CLASSES)}
+    class_of = np.fromiter((index[c] for c in labels), dtype=np.int8, count=len(labels))
+    bounds = {"base-only": (0.0, base_only), "shared": tuple(shared), "chat-only": (chat_only, 1.0),
+              "other": (base_only, chat_only), "dead": (None, None)}  # fmt: skip
+    table = [
+        {"name": name, "count": int((class_of == i).sum()), "lo": bounds[name][0], "hi": bounds[name][1]}
+        for i, name in enumerate(CLASSES)
+    ]
+    return table, class_of
+
+
+def page_summary(source: CrosscoderSource) -> dict[str, Any]:
+    """What the crosscoder page shows of the weights alone (no model needed): per feature the relative
+    decoder norm (NaN: dead) and both decoder norms, the norm's histogram over [0, 1], the classes with
+    their thresholds and counts, and each feature's class."""
+    norms = source.decoder_norms
+    rel = relative_decoder_norm(norms)
+    table, class_of = class_table(rel)
+    return {
+        "source": source.name,
+        "hook": source.hook,
+        "layout": source.layout,
+        "code_normalization": source.code_normalization,
+        "n_features": source.n_features,
+        "d_model": source.d_model,
+        "relative_norm": rel,
+        "decoder_norms": {"base": norms[0], "chat": norms[1]},
+        "histogram": norm_histogram(rel),
+        "classes": table,
+        "class_of": class_of.tolist(),
+    }
+
+
+def contributions(source: CrosscoderSource, acts: Mapping[str, Any], features: Sequence[int]) -> dict:
+    """Which model drives each of `features` on each token. With x'_l the normalised input of model l
+    (see the module docstring), feature j's pre-activation is base + chat + b_enc[j], where
+    base = x'_base · W_enc[base, :, j] and chat = x'_chat · W_enc[chat, :, j]; its activation (what the
+    dashboards show: `encode`) is relu of that, thresholded and scaled by c_j. Returns, for K features
+    and T tokens: activation, base, chat [K, T]; bias, code [K] (code 1 without code normalisation);
+    threshold (None unless BatchTopK); and each model's ‖x_l‖ (its raw hook value) per token [T].
+    Contributions are float64 from the float32 weights and values."""
+    import torch
+
+    idx = [int(j) for j in features]
+    x = source._input(acts)  # [T, 2, d] float32, both models' raw values
+    with torch.inference_mode():
+        xn = ((x - source.shift) * source.mult).double()
+        w = source.w["W_enc"][:, :, idx].double()  # [2, d, K]
+        parts = torch.einsum("tld,ldk->lkt", xn, w).cpu().numpy()  # [2, K, T]
+    activation = source.encode(acts)[:, idx].T  # [K, T]: the one encode every view shows
+    code = np.ones(len(idx)) if source.code is None else source.code[idx].double().cpu().numpy()
+    norms = torch.linalg.vector_norm(x.double(), dim=-1).cpu().numpy()  # [T, 2]
+    return {
+        "activation": activation,
+        "base": parts[0],
+        "chat": parts[1],
+        "bias": source.w["b_enc"][idx].double().cpu().numpy(),
+        "code": code,
+        "threshold": source.threshold,
+        "norms": {"base": norms[:, 0], "chat": norms[:, 1]},
+    }

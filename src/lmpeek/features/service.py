@@ -5,6 +5,7 @@
     service.feature_list("neurons:3", q="token:def", sort="max")
     service.feature("neurons:3", 17)               # the database's page of feature 17, with its label
     service.activations("neurons:3", "def f(x):", rank="quantile")   # on the model's thread
+    service.generate("neurons:3", "Hi<eot>", max_new_tokens=20)    # the text continued, then the same
 
 Sources have string ids: a database source's name ("neurons:12", an SAE folder's name; "name@file"
 when two databases share a name), a given spec's name, and, with a model, any "neurons:L" on request.
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from lmpeek.features.db import HIST_EDGES, LIST_SORTS, FeatureDB
 MAX_TOKENS = 4096  # tokens one request may run (the page shows them all)
 MAX_VALUES = 1 << 26  # T × F activations one request may hold: 256 MB of float32
 MAX_FEATURES = 32  # requested features' values returned per request
+MAX_PAIR_FEATURES = 8  # features shown side by side on the crosscoder page
 MAX_TOP = 50  # ranking depth per token
 TOP_FEATURES = 50  # top_features over the whole text
 RANKS = ("activation", "quantile")
@@ -65,6 +67,12 @@ class NoModel(LmpeekError):
     """No model is loaded, or the loaded model cannot compute this source."""
 
     status_code = 409
+
+
+NO_BASE = (
+    "a crosscoder reads a (base, chat) model pair: serve the chat model with its base model, "
+    "`lmpeek serve CHAT --base-model BASE --features-source CROSSCODER_FOLDER`"
+)
 
 
 @dataclass
@@ -236,8 +244,11 @@ def _safe_id(name: str) -> str:
 class FeatureService:
     """Feature databases and sources by id (see the module docstring)."""
 
-    def __init__(self, databases: Iterable[Any] = (), sources: Iterable[Any] = (), *, model: Any = None):
+    def __init__(self, databases: Iterable[Any] = (), sources: Iterable[Any] = (), *, model: Any = None,
+                 base_model: Any = None):  # fmt: skip
         self.model: Any = None
+        self.base_model: Any = None  # a crosscoder's base model (the served model is the chat one)
+        self._summaries: dict[str, dict[str, Any]] = {}  # crosscoder pages, by source id
         self._lock = threading.RLock()
         self._entries: dict[str, Entry] = {}
         self.databases: list[FeatureDB] = []
@@ -260,7 +271,7 @@ class FeatureService:
             raise
         self._specs = list(sources)
         if model is not None:
-            self.attach(model)
+            self.attach(model, base_model)
 
     def close(self) -> None:
         for db in self.databases:
@@ -274,17 +285,18 @@ class FeatureService:
 
     # --- the model
 
-    def attach(self, model: Any) -> None:
-        """Serve `model`: load the given specs with it (an SAE is checked against it: a misfit warns).
-        Runs the model (the checks): call it where model work runs."""
+    def attach(self, model: Any, base_model: Any = None) -> None:
+        """Serve `model`: load the given specs with it (an SAE is checked against it: a misfit warns);
+        crosscoders with the pair (base_model, model) when a base model is given. Runs the model (the
+        checks): call it where model work runs."""
         from lmpeek import features
         from lmpeek.features.builder import _source_hash
 
         with self._lock:
-            self.model = model
+            self.model, self.base_model = model, base_model
             for spec in self._specs:
                 try:
-                    src = features.load(spec, model)
+                    src = features.load(spec, self._models(spec))
                 except LmpeekError as err:
                     name = _safe_id(Path(str(spec)).name or str(spec))
                     self._entries.setdefault(name, Entry(name, name, "unknown", 0, [], error=str(err)))
@@ -321,12 +333,12 @@ class FeatureService:
         model = self.model
         if model is None:
             return "no model is loaded (lmpeek serve MODEL --features DB computes features on text)"
+        if e.kind == "crosscoder" and self.base_model is None:
+            return NO_BASE
         if e.error is not None:
             return e.error
         if e.loaded is not None:
             return None
-        if e.kind == "crosscoder":
-            return "a crosscoder reads a (base, chat) model pair; this server runs one model"
         if e.db is not None:
             from lmpeek.models.fingerprint import describe, same_model
 
@@ -350,7 +362,7 @@ class FeatureService:
                 from lmpeek import features
                 from lmpeek.features.builder import _source_hash
 
-                src = features.load(e.spec, self.model, check=False)
+                src = features.load(e.spec, self._models(e.spec), check=False)
                 if e.hash is not None and _source_hash(src) != e.hash:
                     e.error = (
                         f"{e.spec} is not the source {Path(e.db.path).name if e.db else 'the database'} "
@@ -450,18 +462,33 @@ class FeatureService:
     def activations(
         self,
         source: str,
-        text: str,
+        text: str | Sequence[int],
         features: Sequence[int] | None = None,
         rank: str = "activation",
         top: int = 5,
         exclude_template: bool = False,
     ) -> dict[str, Any]:
-        """Feature activations of `text` ('<eot>' separates chat turns) from one forward: the tokens
-        (with template flags), the requested features' values and quantiles, each token's top ranked
-        features and the text's top features. Runs the model: call it on the model's thread."""
-        from lmpeek import features as feats
-        from lmpeek.capture.tokens import tokenize
+        """Feature activations of `text` ('<eot>' separates chat turns; or token ids, taken as they
+        are) from one forward: the tokens (with template flags), the requested features' values and
+        quantiles, each token's top ranked features and the text's top features. Runs the model: call
+        it on the model's thread."""
+        from lmpeek.capture.tokens import from_ids, tokenize
+        from lmpeek.capture.trace import vocab_size
 
+        e, features, src = self._online(source, features, rank, top)
+        model = self.model
+        if isinstance(text, str):
+            tok = tokenize(model.tokenizer, text, model.context_length)
+        else:
+            tok = from_ids(model.tokenizer, text, model.context_length, vocab_size(model))
+        template = template_flags(tok, text, getattr(model.tokenizer, "all_special_ids", None) or ())
+        return self._answer(e, src, tok.token_ids, tok.tokens, template, text, features, rank, top,
+                            exclude_template)  # fmt: skip
+
+    def _online(
+        self, source: str, features: Sequence[int] | None, rank: str, top: int
+    ) -> tuple[Entry, list[int] | None, Any]:
+        """The checked arguments of a request on your text: its entry, features and loaded source."""
         if rank not in RANKS:
             raise InvalidInput(f"rank must be activation or quantile, got {rank!r}")
         top = validate.integer("top", top, 1, MAX_TOP)
@@ -475,19 +502,39 @@ class FeatureService:
             if len(features) > MAX_FEATURES:
                 raise InvalidInput(f"at most {MAX_FEATURES} features per request, got {len(features)}")
             features = [validate.integer("feature", f, 0, e.n_features - 1) for f in features]
-        src = self._loaded(e)
-        model = self.model
-        tok = tokenize(model.tokenizer, text, model.context_length)
-        T = len(tok.token_ids)
+        return e, features, self._loaded(e)
+
+    def _check_length(self, e: Entry, T: int) -> None:
         if T > MAX_TOKENS or T * e.n_features > MAX_VALUES:
             most = min(MAX_TOKENS, MAX_VALUES // max(e.n_features, 1))
             raise InvalidInput(
                 f"text is {T} tokens; features of {e.id} ({e.n_features:,}) are computed for at most "
                 f"{most:,} tokens at a time: shorten the text"
             )
-        acts = feats.activations(model, src, tok.token_ids.tolist() if src.hooks else text)
+
+    def _answer(
+        self,
+        e: Entry,
+        src: Any,
+        ids: np.ndarray,
+        labels: list[str],
+        template: np.ndarray,
+        text: str,
+        features: list[int] | None,
+        rank: str,
+        top: int,
+        exclude_template: bool,
+    ) -> dict[str, Any]:
+        """`activations`' answer for tokens `ids` (shown as `labels`; `template`: flags) from one
+        forward over `ids` (a source that scores text alone reads `text`)."""
+        from lmpeek import features as feats
+
+        model = self.model
+        T = len(ids)
+        self._check_length(e, T)
+        pair = (self.base_model, model) if getattr(src, "models", None) else None  # a crosscoder
+        acts = feats.activations(pair or model, src, ids.tolist() if src.hooks else text)
         acts = np.asarray(acts, dtype=np.float32)
-        template = template_flags(tok, text, getattr(model.tokenizer, "all_special_ids", None) or ())
         dist = self._distribution(e) if e.db is not None else None
         leave = template if exclude_template else None
         rows = ~template if exclude_template else np.ones(T, dtype=bool)
@@ -501,11 +548,153 @@ class FeatureService:
         return {
             "tokens": [
                 {"id": int(i), "label": lab, "template": bool(f)}
-                for i, lab, f in zip(tok.token_ids.tolist(), tok.tokens, template, strict=True)
+                for i, lab, f in zip(ids.tolist(), labels, template, strict=True)
             ],
             "features": chosen,
             "values": values,  # [K, T] float32
             "quantiles": q,  # [K, T] float64, or None without a database
             "ranking": rank_tokens(acts, top, dist, by_q, leave),
             "top_features": top_over_text(acts, dist, by_q, rows),
+        }
+
+    # --- your text, continued by the model
+
+    def generation(
+        self,
+        source: str,
+        text: str,
+        *,
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        features: Sequence[int] | None = None,
+        rank: str = "activation",
+        top: int = 5,
+        exclude_template: bool = False,
+    ) -> Generator[int, None, dict[str, Any]]:
+        """`text` continued by the model (a chat prompt: its template with the assistant turn opened),
+        then `activations`' answer for the prompt and the response together, from one forward over the
+        final ids, plus `prompt_tokens` (the response is tokens[prompt_tokens:], flagged `generated`),
+        `response` (its text), `seed` and `stopped` ("eos" or "length"). Every argument is checked
+        here; the returned generator then runs one generation step per `next` (yielding the new token
+        id: the server runs it as a job that other requests can interleave with, and can cancel), and
+        returns the answer. `generate` runs it to the end. Runs the model: on the model's thread."""
+        from lmpeek.capture.generate import generate
+        from lmpeek.capture.tokens import tokenize
+
+        e, features, src = self._online(source, features, rank, top)
+        if not src.hooks:
+            raise InvalidInput(
+                f"{e.id} scores text, not token ids: a generated response's exact tokens cannot be given to "
+                f"it (run the prompt and the response as text instead)"
+            )
+        model = self.model
+        tok = tokenize(model.tokenizer, text, model.context_length)
+        new = validate.integer("max_new_tokens", max_new_tokens, 1, MAX_TOKENS)
+        self._check_length(e, len(tok.token_ids) + new)
+        gen = generate(model, text, max_new_tokens=new, temperature=temperature, top_p=top_p, top_k=top_k,
+                       seed=seed, show_k=1)  # fmt: skip
+        special = getattr(model.tokenizer, "all_special_ids", None) or ()
+        return self._generate_steps(e, src, tok, text, gen, special, features, rank, top, exclude_template)
+
+    def _generate_steps(
+        self, e: Entry, src: Any, tok: Any, text: str, gen: Any, special: Any, features: list[int] | None,
+        rank: str, top: int, exclude_template: bool,
+    ) -> Generator[int, None, dict[str, Any]]:  # fmt: skip
+        from lmpeek.capture.generate import _eos_ids
+
+        ids: list[int] = []
+        labels: list[str] = []
+        try:
+            for step in gen:
+                ids.append(step.token_id)
+                labels.append(step.token)  # as the Generate tab labels it (byte pieces as <0xC3>)
+                yield step.token_id
+        finally:
+            gen.close()  # cancelled between steps: the KV cache goes now
+        P = len(tok.token_ids)
+        new = np.asarray(ids, dtype=np.int64)
+        # the model's own words are not template, but an end-of-turn token it writes is the template's
+        flags = np.concatenate([template_flags(tok, text, special), np.isin(new, list(special))])
+        out = self._answer(e, src, np.concatenate([tok.token_ids, new]), [*tok.tokens, *labels], flags, text,
+                           features, rank, top, exclude_template)  # fmt: skip
+        return {
+            **out,
+            "prompt_tokens": P,
+            "response": self.model.tokenizer.decode(ids, skip_special_tokens=True),
+            "seed": gen.seed,
+            "stopped": "eos" if ids and ids[-1] in _eos_ids(self.model) else "length",
+        }
+
+    def generate(self, source: str, text: str, **kwargs: Any) -> dict[str, Any]:
+        """`generation` run to the end: its answer (see there)."""
+        steps = self.generation(source, text, **kwargs)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    # --- crosscoders: the (base, chat) pair (features.crosscoder; server/routes_crosscoder.py)
+
+    def _models(self, spec: Any) -> Any:
+        """What `features.load` takes for `spec`: the pair (base, chat) for a crosscoder when a base
+        model is loaded, else the served model (a crosscoder's hook names are then checked on it)."""
+        from lmpeek.features import kind_for
+
+        if self.base_model is not None and not callable(spec) and kind_for(spec).pair:
+            return (self.base_model, self.model)
+        return self.model
+
+    def crosscoder(self, source: str) -> dict[str, Any]:
+        """The crosscoder page's weights part (crosscoder.page_summary, with `online`: whether the pair
+        is served), computed once per source; the weights alone are read when no model loaded them."""
+        from lmpeek.features import crosscoder
+
+        e = self._entry(source)
+        if e.kind != "crosscoder":
+            raise InvalidInput(f"{e.id} is a {e.kind} source: the crosscoder page needs a crosscoder")
+        with self._lock:
+            out = self._summaries.get(e.id)
+        if out is None:
+            if e.loaded is None and e.error is not None:
+                raise NoModel(f"{e.id} cannot be read: {e.error}")
+            src = e.loaded if e.loaded is not None else crosscoder.load(e.spec)  # no model: weights only
+            out = {**crosscoder.page_summary(src), "source": e.id}
+            with self._lock:
+                self._summaries[e.id] = out
+        return {**out, "online": self._why_offline(e) is None}
+
+    def pair(self, source: str, text: str, features: Sequence[int] = ()) -> dict[str, Any]:
+        """Both models on `text` (the chat model's tokens; '<eot>' turns through its chat template), one
+        forward each: per feature its activation and each model's contribution per token
+        (crosscoder.contributions), each model's hook-value norm per token. On the model's thread."""
+        from lmpeek.capture.tokens import tokenize
+        from lmpeek.features.crosscoder import contributions, pair_hooks
+
+        summary = self.crosscoder(source)  # a crosscoder, or 400
+        e = self._entry(source)
+        if len(features) > MAX_PAIR_FEATURES:
+            raise InvalidInput(f"at most {MAX_PAIR_FEATURES} features at a time, got {len(features)}")
+        chosen = [validate.integer("feature", f, 0, e.n_features - 1) for f in features]
+        if self.base_model is None:
+            raise NoModel(f"{e.id} cannot be computed: {NO_BASE}")
+        src = self._loaded(e)
+        model = self.model
+        tok = tokenize(model.tokenizer, text, model.context_length)
+        if len(tok.token_ids) > MAX_TOKENS:
+            raise InvalidInput(f"text is {len(tok.token_ids)} tokens; at most {MAX_TOKENS:,}: shorten it")
+        parts = contributions(src, pair_hooks((self.base_model, model), src, tok.token_ids.tolist()), chosen)
+        template = template_flags(tok, text, getattr(model.tokenizer, "all_special_ids", None) or ())
+        return {
+            "tokens": [
+                {"id": int(i), "label": lab, "template": bool(f)}
+                for i, lab, f in zip(tok.token_ids.tolist(), tok.tokens, template, strict=True)
+            ],
+            "features": chosen,
+            "relative_norm": summary["relative_norm"][chosen],
+            "class_of": [summary["class_of"][j] for j in chosen],
+            **parts,
         }

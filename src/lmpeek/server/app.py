@@ -234,6 +234,7 @@ def create_app(
     session: Any = None,
     features: Any = (),
     feature_sources: Any = (),
+    base_model: Any = None,
     **edge: Any,
 ):
     """The FastAPI app for one model. `background=False` loads the model before returning. Traces and
@@ -244,8 +245,10 @@ def create_app(
     running before new ones are refused with 503. `session`: serve this `lmpeek.Session`'s model, queue
     and store (the notebook widget asks the app in-process) instead of loading `source`. `features`:
     feature database files to serve, `feature_sources`: feature source specs (neurons:L, SAE folders)
-    computed on the model (server.routes_features). `source` None: no model, only the feature databases
-    and the page (`lmpeek features serve`); /api/health then says `features_only`."""
+    computed on the model (server.routes_features). `base_model`: a crosscoder's base model (a source,
+    loaded with the same loader, or a loaded model) held beside the served chat model
+    (server.routes_crosscoder). `source` None: no model, only the feature databases and the page
+    (`lmpeek features serve`); /api/health then says `features_only`."""
     app = FastAPI(
         title="lmpeek",
         summary="See inside a transformer language model while it reads or writes text.",
@@ -272,7 +275,10 @@ def create_app(
 
     service = FeatureService(features, feature_sources)
     app.state.features = service
-    holder.on_ready = service.attach  # the given specs load with the model (an SAE is checked on it)
+    # the given specs load with the model (an SAE is checked on it), a crosscoder with the base model too
+    from lmpeek.server.routes_crosscoder import load_base
+
+    holder.on_ready = lambda model: service.attach(model, load_base(base_model, model, loader))
 
     @app.exception_handler(LmpeekError)
     async def user_error(_request: Request, err: LmpeekError):

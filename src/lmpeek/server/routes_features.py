@@ -1,9 +1,10 @@
 """The Features tab's routes (issue 12, "Online dashboard" + "Browse"): feature databases and sources
 by id, a database's feature list (FTS5 search), feature pages, documents and labels, and feature
-activations of the user's text. `lmpeek.features.service.FeatureService` computes everything; these
-routes only format it. Database reads run in the server's thread pool; activations run the model, so
-they are a job on the model's queue like every other model request. Without a model (`lmpeek features
-serve`) the activations route answers 409.
+activations of the user's text (or of the text continued by the model: the generate route).
+`lmpeek.features.service.FeatureService` computes everything; these routes only format it. Database
+reads run in the server's thread pool; activations and generations run the model, so they are jobs on
+the model's queue like every other model request. Without a model (`lmpeek features serve`) both
+answer 409.
 """
 
 from __future__ import annotations
@@ -45,6 +46,31 @@ class ActivationsRequest(BaseModel):
     )
 
 
+class GenerateFeaturesRequest(ActivationsRequest):
+    """Your text continued by the model (as the Generate tab does), then its features."""
+
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_FEATURE_TEXT,
+        description="The prompt; '<eot>' separates chat turns (the template's assistant turn is opened).",
+    )
+    max_new_tokens: int = Field(32, ge=1, le=2048, strict=True)
+    temperature: float = Field(0.0, ge=0.0, le=100.0, strict=True, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, strict=True)
+    top_k: int = Field(0, ge=0, le=2**31 - 1, strict=True, description="0 = off.")
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, strict=True)
+
+
+class FeatureGeneration(responses.FeatureActivations):
+    """POST /api/features/{source}/generate: the activations of the prompt and the model's response
+    together (tokens[prompt_tokens:] are the response), from one forward over the final ids."""
+
+    prompt_tokens: int
+    response: str  # the response's text (special tokens left out)
+    seed: int  # the seed used (drawn when none was given): send it back to repeat a sampled run
+    stopped: Literal["eos", "length"]  # the model ended its turn, or max_new_tokens was reached
+
+
 class LabelRequest(BaseModel):
     label: str = Field(max_length=500)
     notes: str = Field("", max_length=20_000)
@@ -52,6 +78,9 @@ class LabelRequest(BaseModel):
 
 def add_feature_routes(app: FastAPI, holder: Any, service: Any) -> None:
     """The routes over `service` (a FeatureService); `holder` (server.app.ModelHolder) runs model jobs."""
+    from lmpeek.server.routes_crosscoder import add_crosscoder_routes  # before /{feature}: not an index
+
+    add_crosscoder_routes(app, holder, service)
 
     @app.get("/api/features", **typed(responses.FeatureSources))
     def feature_sources() -> dict[str, Any]:
@@ -113,6 +142,23 @@ def add_feature_routes(app: FastAPI, holder: Any, service: Any) -> None:
                 top=req.top,
                 exclude_template=req.exclude_template,
             )
+
+        out = await holder.run(run, request, "features")
+        return clean(out)
+
+    @app.post("/api/features/{source}/generate", **typed(FeatureGeneration))
+    async def feature_generate(
+        source: SourceId, req: GenerateFeaturesRequest, request: Request
+    ) -> dict[str, Any]:
+        """Your text continued by the model (max_new_tokens, temperature 0 = greedy, top_p, top_k,
+        seed, as POST /api/generate), then the features of the prompt and the response together as the
+        activations route gives them, with `prompt_tokens` (where the response starts), `response`,
+        `seed` and `stopped`. One job on the model's queue, one generation step per turn (other
+        requests interleave); a client that goes away cancels it."""
+        holder.ready()
+
+        def run() -> Any:  # checks everything, then a generator of steps that returns the answer
+            return service.generation(source, **req.model_dump())
 
         out = await holder.run(run, request, "features")
         return clean(out)

@@ -7,6 +7,10 @@ on demand exactly as in the app. With a Trace alone, the widget shows what the T
 as an export is, views.export.static_pack) and a panel needing more says so. With a feature database
 (`lmpeek.show("features.db", feature=17)`), the requests go to an app serving that database alone (no
 model: server.app.create_app(None, features=[db])) and the widget opens the Features tab on that feature.
+With a model too (`lmpeek.show(db, model=m)`, or `lmpeek.show(m, view="features", source="neurons:3")`
+without a database), the app serves the model's Session with the database and source
+(create_app(session=…, features=[db], feature_sources=[source])): the online panel ranks features on
+your text and generates, as in `lmpeek serve`.
 
 Messages (JSON content + binary buffers), page -> kernel: {"kind": "fetch", "id", "method", "url",
 "headers"} with the body as buffer 0; {"kind": "abort", "id"}. Kernel -> page: {"kind": "head", "id",
@@ -29,6 +33,8 @@ from lmpeek.views.bundle import bundle_js
 _SESSIONS: dict[int, Any] = {}
 _APPS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _FEATURE_APPS: dict[tuple[str, int], Any] = {}  # (database file, inode): a rebuilt file gets a new app
+# per Session: (database key or None, source spec or None) -> the app over the Session with them
+_MODEL_FEATURE_APPS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, Any], Any]] = weakref.WeakKeyDictionary()
 
 
 def session_for(model: Any):
@@ -136,11 +142,12 @@ def show(
 
     Feature pages: `x` a feature database (its path or a FeatureDB) with `feature=` (the page to open)
     and/or view="features": its Features tab, browsing the database (no model); `source`: the source's id
-    or name (default: the database's first)."""
+    or name (default: the database's first). With `model` too, the tab also computes features on your
+    text and generates (the online panel); `x` may then be the model itself with view="features" and
+    `source` a spec (e.g. "neurons:3", an SAE folder) and no database."""
     from lmpeek.capture.trace import Trace
-    from lmpeek.features.db import FeatureDB
 
-    if feature is not None or view == "features" or isinstance(x, FeatureDB):
+    if feature is not None or view == "features" or _is_database(x):
         return _show_features(x, model, feature, source, height)
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
@@ -178,23 +185,96 @@ def features_app_for(db: Any) -> Any:
     return app
 
 
-def _show_features(db: Any, model: Any, feature: int | None, source: str | None, height: int) -> Widget:
+def _show_features(x: Any, model: Any, feature: int | None, source: str | None, height: int) -> Widget:
     from os import PathLike
 
     from lmpeek.features.db import FeatureDB
     from lmpeek.views.features_export import check_features, pick_source
 
-    if model is not None:
-        raise ValueError(
-            "lmpeek.show(db, feature=…) browses a feature database without a model (drop model=…; "
-            "`lmpeek serve MODEL --features DB` computes features on your text)"
-        )
-    if not isinstance(db, (str, PathLike, FeatureDB)):
+    db = x
+    if model is None and _is_model(x):  # show(m, view="features", source="neurons:3")
+        db, model = None, x
+    if db is not None and not isinstance(db, (str, PathLike, FeatureDB)):
         raise ValueError(f"feature pages need a database (a path or a FeatureDB), not {type(db).__name__}")
-    app = features_app_for(db)
-    src = pick_source(app, source)
-    f = -1 if feature is None else check_features(src, [feature])[0]
-    return Widget(app=app, view="features", feature=f, feature_source=src["id"], height=height)
+    if model is not None:
+        app, src = _model_features_app(session_for(model), db, source)
+        session = session_for(model)
+    else:
+        app, session = features_app_for(db), None
+        src = pick_source(app, source)
+    if src is None and feature is not None:
+        raise ValueError(
+            'feature= needs a source: name one (source="neurons:3", an SAE folder) or a database'
+        )
+    f = -1 if feature is None or src is None else check_features(src, [feature])[0]
+    feature_source = "" if src is None else src["id"]
+    return Widget(session, app=app, view="features", feature=f, feature_source=feature_source, height=height)
+
+
+def _is_database(x: Any) -> bool:
+    """Whether `x` is a feature database: a FeatureDB, a path object, or an existing `.db` file's name."""
+    from os import PathLike
+    from pathlib import Path
+
+    from lmpeek.features.db import FeatureDB
+
+    if isinstance(x, (FeatureDB, PathLike)):
+        return True
+    return isinstance(x, str) and x.endswith(".db") and Path(x).expanduser().is_file()
+
+
+def _is_model(x: Any) -> bool:
+    """Whether `x` names a model rather than a feature database: a LoadedModel, a Session, or a string
+    that is neither an existing file nor a `.db` name (a source for lmpeek.load)."""
+    from pathlib import Path
+
+    from lmpeek.session import Session
+
+    if isinstance(x, Session) or hasattr(x, "hf"):
+        return True
+    return isinstance(x, str) and not x.endswith(".db") and not Path(x).expanduser().exists()
+
+
+def _model_features_app(session: Any, db: Any, source: str | None) -> tuple[Any, dict[str, Any] | None]:
+    """The app over `session` serving the database `db` (or none) and the source `source` (an id or
+    name of the database's, else a spec computed on the model, e.g. "neurons:3"), one per Session and
+    arguments; and the source as GET /api/features lists it (None: no source named and no database)."""
+    from lmpeek.errors import InvalidInput
+    from lmpeek.server.app import create_app
+    from lmpeek.views.features_export import db_path
+
+    apps = _MODEL_FEATURE_APPS.setdefault(session, {})
+    path = None if db is None else db_path(db).resolve()
+    key = None if path is None else (str(path), path.stat().st_ino if path.is_file() else -1)
+
+    def app_with(spec: str | None) -> Any:
+        app = apps.get((key, spec))
+        if app is None:
+            app = apps[(key, spec)] = create_app(
+                session=session,
+                features=[] if path is None else [path],
+                feature_sources=[] if spec is None else [spec],
+            )
+        return app
+
+    app = app_with(None)
+    listed = app.state.features.sources()["sources"]
+    if source is None:
+        return app, next((s for s in listed if s.get("database")), listed[0] if listed else None)
+    src = next((s for s in listed if s["id"] == source), None) or next(
+        (s for s in listed if s["name"] == source), None
+    )
+    if src is not None:
+        return app, src
+    app = app_with(str(source))  # a spec: loaded with the model (an SAE is checked on it)
+    listed = app.state.features.sources()["sources"]
+    src = next((s for s in listed if s.get("database") is None and s["kind"] != "unknown"), None)
+    if src is None:
+        del apps[(key, str(source))]  # a spec that failed to load: the next call tries again
+        bad = next((s for s in listed if s["kind"] == "unknown"), None)
+        why = bad.get("message") if bad else None
+        raise InvalidInput(f"cannot compute the feature source {source!r}: {why or 'unknown source'}")
+    return app, src
 
 
 def _is_stored(session: Any, x: str) -> bool:

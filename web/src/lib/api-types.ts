@@ -47,6 +47,37 @@ export interface CorrelatedFeature {
   cosine: number | null;
 }
 
+/** POST /api/features/{source}/pair: for K features and T tokens, the activation [K][T] (as every view shows it), each model's contribution to the pre-activation [K][T] (x'_l · W_enc[l, :, j]; the pre-activation is base + chat + bias), bias and code (the scale applied after relu) [K], the BatchTopK threshold (null: none); each model's hook-value norm per token; each feature's relative norm and class. */
+export interface CrosscoderPair {
+  tokens: FeatureToken[];
+  features: number[];
+  activation: (number | null)[][];
+  base: (number | null)[][];
+  chat: (number | null)[][];
+  bias: (number | null)[];
+  code: (number | null)[];
+  threshold: number | null;
+  norms: ModelPair;
+  relative_norm: (number | null)[];
+  class_of: number[];
+}
+
+/** GET /api/features/{source}/crosscoder: per feature the relative decoder norm ‖W_dec chat‖ / (‖W_dec base‖ + ‖W_dec chat‖) (null: dead), both decoder norms and its class (an index into `classes`); the norm's histogram; `online`: both models are served (the pair route works). */
+export interface CrosscoderSummary {
+  source: string;
+  hook: string;
+  layout: string;
+  code_normalization: string;
+  n_features: number;
+  d_model: number;
+  relative_norm: (number | null)[];
+  decoder_norms: ModelPair;
+  histogram: NormHistogram;
+  classes: NormClass[];
+  class_of: number[];
+  online: boolean;
+}
+
 /** POST /api/features/{source}/activations: per requested feature its values over the tokens (and their corpus quantiles), each token's top features, the text's top features. */
 export interface FeatureActivations {
   tokens: FeatureToken[];
@@ -91,6 +122,20 @@ export interface FeatureExample {
 export interface FeatureExamples {
   top: FeatureExample[];
   quantile: FeatureExample[];
+}
+
+/** POST /api/features/{source}/generate: the activations of the prompt and the model's response together (tokens[prompt_tokens:] are the response), from one forward over the final ids. */
+export interface FeatureGeneration {
+  tokens: FeatureToken[];
+  features: number[];
+  values: (number | null)[][];
+  quantiles: (number | null)[][] | null;
+  ranking: RankedFeature[][];
+  top_features: TextFeature[];
+  prompt_tokens: number;
+  response: string;
+  seed: number;
+  stopped: "eos" | "length";
 }
 
 export interface FeatureHistogram {
@@ -168,6 +213,20 @@ export interface FeatureToken {
 /** Event `done`: the id of the stored trace of the whole text. */
 export interface GenerateDone {
   trace_id: string;
+}
+
+/** Your text continued by the model (as the Generate tab does), then its features. */
+export interface GenerateFeaturesRequest {
+  text: string;
+  features?: number[] | null;
+  rank?: "activation" | "quantile";
+  top?: number;
+  exclude_template?: boolean;
+  max_new_tokens?: number;
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  seed?: number | null;
 }
 
 export interface GenerateRequest {
@@ -294,9 +353,27 @@ export interface ModelInfo {
   [key: string]: unknown;
 }
 
+export interface ModelPair {
+  base: (number | null)[];
+  chat: (number | null)[];
+}
+
 export interface Neurons {
   indices: number[];
   values: (number | null)[];
+}
+
+/** One class of features by relative decoder norm r: base-only r < hi, shared lo <= r <= hi, chat-only r > lo, other: between the ranges, dead: both decoder norms 0 (lo/hi null). */
+export interface NormClass {
+  name: string;
+  count: number;
+  lo: number | null;
+  hi: number | null;
+}
+
+export interface NormHistogram {
+  edges: number[];
+  counts: number[];
 }
 
 export interface Outliers {
@@ -304,6 +381,11 @@ export interface Outliers {
   high: number | null;
   dims: number[];
   values: (number | null)[];
+}
+
+export interface PairRequest {
+  text: string;
+  features?: number[];
 }
 
 export interface Pattern {
@@ -471,11 +553,14 @@ export interface ApiResponses {
   "GET /api/traces/{trace_id}/metric": Metric;
   "GET /api/traces": StoredTrace[];
   "GET /api/traces/{trace_id}/qk": QkTerms;
+  "GET /api/features/{source}/crosscoder": CrosscoderSummary;
+  "POST /api/features/{source}/pair": CrosscoderPair;
   "GET /api/features": FeatureSources;
   "GET /api/features/{source}/list": FeatureList;
   "GET /api/features/{source}/{feature}": FeaturePage;
   "GET /api/features/{source}/{feature}/document/{doc}": FeatureDocument;
   "POST /api/features/{source}/activations": FeatureActivations;
+  "POST /api/features/{source}/generate": FeatureGeneration;
   "GET /api/samples": Sample[];
   "GET /api/samples/search": CorpusSearch;
   "GET /api/samples/{sample_id}": SampleText;

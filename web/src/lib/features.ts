@@ -31,8 +31,10 @@ export type {
   LogitToken as LogitEntry,
   QuantileBin,
   RankedFeature as RankEntry,
+  FeatureGeneration as GeneratedAnswer,
 } from "./api-types";
 import type {
+  FeatureGeneration as GeneratedAnswer,
   FeatureActivations as OnlineAnswer,
   FeatureDocument,
   FeatureSourceInfo,
@@ -93,6 +95,30 @@ export function saveLabel(api: Api, source: string, feature: number, label: stri
 
 export function fetchActivations(api: Api, source: string, body: OnlineRequest, signal?: AbortSignal): Promise<OnlineAnswer> {
   return api.call(`/api/features/${enc(source)}/activations`, { method: "POST", headers: JSON_BODY, body: JSON.stringify(body), signal });
+}
+
+/** What the online panel's Generate adds to a request: how the model continues the text (as the
+ * Generate tab: temperature 0 = greedy; a seed repeats a sampled run). */
+export interface GenerateOptions {
+  max_new_tokens: number;
+  temperature: number;
+  seed: number | null;
+}
+
+/** The text continued by the model, then the features of the prompt and the response together (one
+ * answer: the activations' shape plus prompt_tokens, response, seed, stopped). */
+export function fetchGeneration(api: Api, source: string, body: OnlineRequest & GenerateOptions, signal?: AbortSignal): Promise<GeneratedAnswer> {
+  return api.call(`/api/features/${enc(source)}/generate`, { method: "POST", headers: JSON_BODY, body: JSON.stringify(body), signal });
+}
+
+/** The text box after keeping a generated response: plain text continues; a chat prompt that ended on
+ * a user turn gets the response as the assistant's turn (the server opened it); "user<eot>" (an open
+ * assistant turn) and a prompt ending on an assistant turn continue that turn. */
+export function withResponse(text: string, response: string): string {
+  if (!text.includes("<eot>")) return text + response;
+  const turns = text.split("<eot>");
+  if (turns[turns.length - 1].trim() === "") return text + response;
+  return turns.length % 2 === 1 ? `${text}<eot>${response}` : text + response;
 }
 
 /** The sources the picker offers: the server's, then `neurons:L` for every layer of a loaded model that
@@ -327,4 +353,106 @@ export function histBars(edges: (number | null)[], counts: number[], width: numb
   /** where a value > 0 lies on the axis (clamped to the plot) */
   const at = (v: number) => (v > 0 ? Math.min(left + width, Math.max(left, sx(Math.log10(v)))) : left);
   return { bars, most, lo: 10 ** x0, hi: 10 ** x1, at };
+}
+
+// ---- the crosscoder page (a model-diff crosscoder: base and chat model; server routes_crosscoder) -----
+
+export type { CrosscoderPair, CrosscoderSummary, NormClass } from "./api-types";
+import type { CrosscoderPair, CrosscoderSummary, NormClass } from "./api-types";
+
+/** The relative decoder norm's classes (the server's `classes`, in its order), coloured: base-only blue,
+ * shared grey-violet, chat-only orange; "other" and "dead" quiet. */
+export const CLASS_COLOURS: Record<string, string> = {
+  "base-only": "#2563eb",
+  shared: "#7c3aed",
+  "chat-only": "#ea580c",
+  other: "#cbd5e1",
+  dead: "#e5e7eb",
+};
+export const classColour = (name: string | undefined) => CLASS_COLOURS[name ?? ""] ?? "#cbd5e1";
+
+/** At most this many features side by side (the pair route's limit). */
+export const MAX_PAIR = 8;
+
+export function fetchCrosscoder(api: Api, source: string, signal?: AbortSignal): Promise<CrosscoderSummary> {
+  return api.call(`/api/features/${enc(source)}/crosscoder`, { signal });
+}
+
+export function fetchPair(api: Api, source: string, body: { text: string; features: number[] }, signal?: AbortSignal): Promise<CrosscoderPair> {
+  return api.call(`/api/features/${enc(source)}/pair`, { method: "POST", headers: JSON_BODY, body: JSON.stringify(body), signal });
+}
+
+/** The class a relative norm r falls in by the server's class ranges (for colouring a histogram bin by
+ * its middle): the first non-"other" range holding r, else "other"; null r (dead) -> "dead". */
+export function classAt(r: number | null, classes: NormClass[]): string {
+  if (r === null || !Number.isFinite(r)) return "dead";
+  for (const c of classes) {
+    if (c.name === "other" || c.lo === null || c.hi === null) continue;
+    const lo = c.name === "chat-only" ? r > c.lo : r >= c.lo;
+    const hi = c.name === "base-only" ? r < c.hi : r <= c.hi;
+    if (lo && hi) return c.name;
+  }
+  return "other";
+}
+
+export interface NormBar {
+  x: number;
+  w: number;
+  y: number;
+  h: number;
+  lo: number;
+  hi: number;
+  count: number;
+  cls: string;
+}
+
+/** Bars for the relative-norm histogram over [0, 1] (plot [left, left + width] × [top, top + height]),
+ * each coloured by the class of its middle; empty bins drawn as nothing. */
+export function normBars(edges: number[], counts: number[], classes: NormClass[], width: number, height: number, left = 0, top = 0): NormBar[] {
+  const most = Math.max(0, ...counts);
+  const out: NormBar[] = [];
+  for (let i = 0; i < counts.length; i++) {
+    const lo = edges[i];
+    const hi = edges[i + 1];
+    const h = most > 0 ? (counts[i] / most) * height : 0;
+    out.push({ x: left + lo * width, w: Math.max(0.5, (hi - lo) * width - 1), y: top + height - h, h, lo, hi, count: counts[i], cls: classAt((lo + hi) / 2, classes) });
+  }
+  return out;
+}
+
+/** The features of class `k` (an index into `classes`), ordered by relative norm (ascending; dead ones
+ * last, by index), at most `limit`. */
+export function featuresOfClass(s: Pick<CrosscoderSummary, "class_of" | "relative_norm">, k: number | null, limit = 200): number[] {
+  const ids: number[] = [];
+  for (let j = 0; j < s.class_of.length; j++) if (k === null || s.class_of[j] === k) ids.push(j);
+  const r = (j: number) => s.relative_norm[j] ?? Infinity;
+  ids.sort((a, b) => r(a) - r(b) || a - b);
+  return ids.slice(0, limit);
+}
+
+/** Feature ids typed as "3, 17 42": the valid ones (integers in [0, n)), each once, at most MAX_PAIR. */
+export function parseFeatureIds(text: string, n: number): number[] {
+  const out: number[] = [];
+  for (const part of text.split(/[\s,;]+/)) {
+    if (!/^\d+$/.test(part)) continue;
+    const v = Number(part);
+    if (v < n && !out.includes(v)) out.push(v);
+    if (out.length >= MAX_PAIR) break;
+  }
+  return out;
+}
+
+/** The tooltip's lines for token i of feature k of a pair answer: token and id, the activation, both
+ * models' contributions and the bias (the pre-activation is their sum), both models' hook norms. */
+export function pairTip(p: CrosscoderPair, k: number, i: number): string[] {
+  const t = p.tokens[i];
+  const base = p.base[k]?.[i];
+  const chat = p.chat[k]?.[i];
+  const bias = p.bias[k];
+  return [
+    `#${i} ${visibleToken(t?.label ?? "")}${t ? ` · id ${t.id}` : ""}`,
+    `feature #${p.features[k]}: activation ${fmt(p.activation[k]?.[i], 4)}`,
+    `pre-activation: base ${fmt(base, 4)} + chat ${fmt(chat, 4)} + bias ${fmt(bias, 4)}`,
+    `‖x‖ base ${fmt(p.norms.base[i], 4)} · chat ${fmt(p.norms.chat[i], 4)}`,
+  ];
 }
