@@ -753,7 +753,8 @@ app.add_typer(features_app, name="features")
 @quiet
 def features_build(
     source: Annotated[
-        list[str], typer.Option("--source", "-s", help="neurons:L or a SAELens folder (repeatable).")
+        list[str],
+        typer.Option("--source", "-s", help="neurons:L, a SAELens folder or crosscoder:FOLDER (repeatable)."),
     ],
     corpus: Annotated[
         list[str],
@@ -780,16 +781,27 @@ def features_build(
         str | None,
         typer.Option("--ray", help="Run on the Ray cluster at this address (host:port); needs lmpeek[ray]."),
     ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="For a crosscoder source: the base model it reads beside --model (the chat model); both "
+            "must share a tokenizer.",
+        ),
+    ] = None,
 ) -> None:
     """Run the model over a corpus once and keep, for every feature of every source, its max-activating
     examples, quantile samples, histogram, top/bottom logits and correlated features (resumable: run the
-    same command again after an interruption; with --ray, the same database built on a Ray cluster)."""
+    same command again after an interruption; with --ray, the same database built on a Ray cluster).
+    A crosscoder (`-s crosscoder:PATH` or its folder) reads two models: --model CHAT --base-model BASE."""
     from lmpeek.features.builder import build_cli
 
-    m = _load(model, trust_remote_code, _placement(dtype, device, device_map, max_memory, force))
+    placement = _placement(dtype, device, device_map, max_memory, force)
+    m = _load(model, trust_remote_code, placement)
+    base = _load(base_model, trust_remote_code, placement) if base_model is not None else None
     ray_load = {"trust_remote_code": trust_remote_code, **({"dtype": dtype} if dtype else {})}
     build_cli(m, source, corpus, out_path, tokens=tokens, batch_size=batch_size, k=k, seq_len=seq_len,
-              overwrite=overwrite, echo=out.print, ray=ray, ray_load=ray_load)  # fmt: skip
+              overwrite=overwrite, echo=out.print, ray=ray, ray_load=ray_load, base_model=base)  # fmt: skip
 
 
 @features_app.command("export")

@@ -35,6 +35,10 @@ database, bit for bit, as long as the model's forward gives the same floats on t
 (same hardware and thread settings). The shard's sums are a second copy of the float64 sums (the
 F × F one included).
 
+A crosscoder build (`model=(base, chat)`) runs both models once per batch on the same padded ids, each
+only as far as its hook points: the crosscoder reads "base:HOOK" from the base model's capture and
+"chat:HOOK" from the chat model's, and any other source reads the chat model.
+
 Position 0 of every sequence (the BOS / attention sink, whose activations dwarf all others) is left
 out of every statistic and example unless `skip_first=False`. Top/bottom logits are each feature's
 direct effect through the unembedding (see `logit_effects`). Every `checkpoint_every` batches the
@@ -70,8 +74,11 @@ PHI = 0.6180339887498949  # the golden ratio's fraction: shifts one token key pe
 _U53 = 2.0**-53
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 LOGIT_BINS = 50  # SAEDashboard's logits histogram
+LOGIT_CHUNK_BYTES = 1 << 25  # 32 MiB of [features, V] float32 logits at a time (see logit_chunk)
+_MIN_MATMUL_ROWS = 64  # logits are multiplied at least this many rows at a time (see logit_effects)
 _CORR_ROWS = 512  # correlation rows finished per chunk (the F × F float64 matrices are not copied)
 _EMPTY_DOC = -1
+PAIR = ("base", "chat")  # a crosscoder build's two models, in the order `model=(base, chat)` gives them
 
 
 @dataclass(frozen=True)
@@ -372,20 +379,58 @@ def new_states(job: ShardJob) -> list[SourceState]:
 def run_batch(model: Any, srcs: list[Any], states: list[SourceState], ids: list[np.ndarray], first_doc: int,
               first: int, seed: int) -> int:  # fmt: skip
     """One forward of the sequences `ids` (numbers first_doc, first_doc + 1, ...), every source encoded
-    from the same hook values and added to its state; returns the number of positions counted."""
+    from the same hook values and added to its state; returns the number of positions counted. `model`
+    may be the pair (base, chat): each runs once on the same ids, at the points its sources read."""
     from lmpeek.capture.batched import activations as capture
 
-    hooks = sorted({h for src in srcs for h in src.hooks})
-    acts = capture(model, [s.tolist() for s in ids], hooks, batch_size=len(ids))
+    models = model if isinstance(model, tuple) else (model,)
+    reads = {h: _reads(h, len(models)) for src in srcs for h in src.hooks}  # hook -> (model, point)
+    if len(models) == 2:
+        _same_pieces(models, ids)
+    acts = []
+    for m, mdl in enumerate(models):
+        points = sorted({p for i, p in reads.values() if i == m})
+        acts.append(capture(mdl, [s.tolist() for s in ids], points, batch_size=len(ids)) if points else [])
     lengths = [len(s) for s in ids]
     rows = _rows(first_doc, lengths, first, seed)
     for src, st in zip(srcs, states, strict=True):
-        joined = {h: np.concatenate([a[h] for a in acts]) for h in src.hooks}
+        joined = {h: np.concatenate([a[reads[h][1]] for a in acts[reads[h][0]]]) for h in src.hooks}
         x = np.asarray(src.encode(joined), dtype=np.float32)
         if x.shape != (sum(lengths), st.F):
             raise InvalidInput(f"{src.name} encoded {list(x.shape)}, expected [{sum(lengths)}, {st.F}]")
         st.update(x, rows, first)
     return len(rows.doc)
+
+
+def _reads(hook: str, n_models: int) -> tuple[int, str]:
+    """(which model, lmpeek hook name) a source's hook reads: with a (base, chat) pair, a crosscoder's
+    "base:HOOK" / "chat:HOOK" (crosscoder.key) name their model, every other hook is the chat model's."""
+    if n_models == 1:
+        return 0, hook
+    role, sep, point = hook.partition(":")
+    if sep and role in PAIR:
+        return PAIR.index(role), point
+    return 1, hook
+
+
+def _same_pieces(pair: tuple[Any, Any], ids: list[np.ndarray]) -> None:
+    """Refuse token ids the two models read as different pieces (where their vocabularies differ at all:
+    a chat model may add tokens; the ids the corpus uses must mean the same to both)."""
+    base, chat = pair
+    if base.fingerprint.get("tokenizer") == chat.fingerprint.get("tokenizer"):
+        return
+    from lmpeek.capture.trace import vocab_size
+
+    used = np.unique(np.concatenate(ids))
+    n = min(vocab_size(base), len(base.tokenizer))
+    known = used[used < n].tolist()
+    pieces = [m.tokenizer.convert_ids_to_tokens(known) for m in pair]
+    bad = used[used >= n].tolist() + [i for i, a, b in zip(known, *pieces, strict=True) if a != b]
+    if bad:
+        raise InvalidInput(
+            f"{base.name} reads token id {bad[0]} of the corpus (tokenized by {chat.name}) as another piece "
+            f"or not at all: a crosscoder build needs both models to share a tokenizer"
+        )
 
 
 def first_shift(model: Any, srcs: list[Any], job: ShardJob) -> tuple[np.ndarray | None, ...] | None:
@@ -488,6 +533,8 @@ def directions(model: Any, source: Any) -> np.ndarray | None:
     if source.kind == "neurons":
         module = b.block_module(source.layer, b.adapter.mlp_post.path)
         return _through(module, np.eye(source.n_features, dtype=np.float32), model.device)
+    if source.kind == "crosscoder":
+        return crosscoder_directions(source, "chat") if points.is_residual(source.hook) else None
     if source.kind != "saelens":
         return None
     w = {k: v.detach().float().cpu().numpy() for k, v in source.w.items()}
@@ -514,6 +561,20 @@ def directions(model: Any, source: Any) -> np.ndarray | None:
     return None
 
 
+def crosscoder_directions(source: Any, role: str) -> np.ndarray:
+    """[F, d]: what one unit of each crosscoder feature (as encode shows it, f · c) writes into `role`'s
+    ("base" or "chat") stream: its decoder row for that model, divided by the code normalisation c and
+    mapped out of the normalised space the crosscoder decodes in (x = x' / mult + shift; the shift is a
+    constant, not a direction). A dead feature (c = 0) writes nothing."""
+    i = source.models.index(role)
+    dec = source.w["W_dec"][i].detach().float().cpu().numpy().astype(np.float64)
+    dec = dec / source.mult[i].detach().float().cpu().numpy().astype(np.float64)
+    if source.code is not None:
+        c = source.code.detach().float().cpu().numpy().astype(np.float64)[:, None]
+        dec = np.divide(dec, c, out=np.zeros_like(dec), where=c > 0)
+    return dec.astype(np.float32)
+
+
 def _gain(norm: Any) -> np.ndarray:
     """The final norm's per-dimension gain, measured (so (1 + w) gains and any dtype are right):
     norm(x) = normalized(x) · g + b, and normalized(-x) = -normalized(x)."""
@@ -532,12 +593,18 @@ def _gain(norm: Any) -> np.ndarray:
     return ((y[0] - y[1]) / (2 * n[0])).numpy().astype(np.float32)
 
 
-def logit_effects(model: Any, dirs: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def logit_chunk(vocab: int) -> int:
+    """Features per chunk of logits: [rows, V] float32 of about LOGIT_CHUNK_BYTES (170 features of a 49k
+    vocabulary), so the logits' memory is flat in F (their temporaries are a few chunks)."""
+    return max(1, LOGIT_CHUNK_BYTES // (4 * max(vocab, 1)))
+
+
+def logit_effects(model: Any, dirs: np.ndarray, chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Each direction's direct effect on the logits, as TransformerLens' folded, centred W_U gives it
     (what SAEDashboard's W_dec @ W_U computes on a TL model): the direction centred over d_model for a
     LayerNorm final norm, times the norm's gain, through the unembedding (no bias), minus its mean over
-    the vocabulary (softmax ignores a constant). Yields (first row, [rows, V]) chunks; V stops at the
-    tokenizer's size (rows past it are padding)."""
+    the vocabulary (softmax ignores a constant). Yields (first row, [rows, V]) chunks of `chunk` rows
+    (default: logit_chunk(V)); V stops at the tokenizer's size (rows past it are padding)."""
     from lmpeek.models.adapters import norm_centers
     from lmpeek.models.hf_compat import parameter_value
 
@@ -547,37 +614,63 @@ def logit_effects(model: Any, dirs: np.ndarray) -> Iterator[tuple[int, np.ndarra
     W_U = W_U[: min(len(W_U), len(model.tokenizer))]
     gain = _gain(norm)
     centre = norm_centers(norm)
-    for a in range(0, len(dirs), 256):
-        d = dirs[a : a + 256].astype(np.float32)
+    step = chunk or logit_chunk(len(W_U))
+    for a in range(0, len(dirs), step):
+        d = dirs[a : a + step].astype(np.float32)
         if centre:
             d = d - d.mean(-1, keepdims=True)
-        logits = (d * gain) @ W_U.T
-        yield a, logits - logits.mean(-1, keepdims=True)
+        x = d * gain
+        if len(x) < _MIN_MATMUL_ROWS:  # few rows take other BLAS paths (gemv, small-matrix kernels) that
+            x = np.pad(x, ((0, _MIN_MATMUL_ROWS - len(x)), (0, 0)))  # round differently: chunks agree
+        logits = (x @ W_U.T)[: len(d)]
+        logits -= logits.mean(-1, keepdims=True)
+        yield a, logits
+        del logits  # the next chunk is made without this one alive
 
 
-def _logit_rows(model: Any, dirs: np.ndarray, n: int) -> list[tuple]:
+def _extremes(row: np.ndarray, kth: float, n: int, top: bool) -> np.ndarray:
+    """The n largest (top) or smallest entries of `row`, ties to the smaller token id: what a full
+    lexsort((ids, ∓row))[:n] gives, sorting only the entries at or beyond the n-th value `kth`."""
+    if not np.isfinite(kth) or np.isnan(row).any():  # NaN: the full sort, which puts NaN last
+        ids = np.arange(len(row))
+        return np.lexsort((ids, -row if top else row))[:n]
+    cand = np.flatnonzero(row >= kth if top else row <= kth)
+    return cand[np.lexsort((cand, -row[cand] if top else row[cand]))][:n]
+
+
+def _logit_rows(model: Any, dirs: np.ndarray, n: int, chunk: int | None = None) -> list[tuple]:
+    """Each feature's logits row: the n top and bottom tokens and a LOGIT_BINS histogram, computed one
+    chunk of features at a time (only these small parts of the [F, V] logits are kept)."""
     rows = []
-    for a, logits in logit_effects(model, dirs):
+    for a, logits in logit_effects(model, dirs, chunk):
         V = logits.shape[1]
-        ids = np.broadcast_to(np.arange(V), logits.shape)
+        m = min(n, V)
+        part = np.partition(logits, sorted({m - 1, V - m}), axis=1)
+        lo_kth, hi_kth = part[:, m - 1], part[:, V - m]
+        del part
         lo, hi = logits.min(1), logits.max(1)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        bins = np.clip(
-            ((logits - lo[:, None]) / span[:, None] * LOGIT_BINS).astype(np.int64), 0, LOGIT_BINS - 1
-        )
-        counts = np.bincount(
-            (np.arange(len(logits))[:, None] * LOGIT_BINS + bins).ravel(), minlength=len(logits) * LOGIT_BINS
-        ).reshape(len(logits), LOGIT_BINS)
+        kept = []
         for j, row in enumerate(logits):
-            top = np.lexsort((ids[j], -row))[:n]  # ties: the smaller token id first
-            bottom = np.lexsort((ids[j], row))[:n]
+            top, bottom = _extremes(row, hi_kth[j], m, True), _extremes(row, lo_kth[j], m, False)
+            kept.append((top, row[top], bottom, row[bottom]))
+        # the histogram, in place: (logits - lo) / span * LOGIT_BINS, the same float32 steps as at once
+        span = np.where(hi > lo, hi - lo, 1.0)
+        logits -= lo[:, None]
+        logits /= span[:, None]
+        logits *= LOGIT_BINS
+        bins = logits.astype(np.int64)
+        np.clip(bins, 0, LOGIT_BINS - 1, out=bins)
+        bins += np.arange(len(bins))[:, None] * LOGIT_BINS
+        counts = np.bincount(bins.ravel(), minlength=len(bins) * LOGIT_BINS).reshape(len(bins), LOGIT_BINS)
+        del logits, bins  # (as logit_effects drops its reference): one chunk alive at a time
+        for j, (top, top_v, bottom, bottom_v) in enumerate(kept):
             rows.append(
                 (
                     a + j,
                     dbf.blob(top, "<i4"),
-                    dbf.blob(row[top], "<f4"),
+                    dbf.blob(top_v, "<f4"),
                     dbf.blob(bottom, "<i4"),
-                    dbf.blob(row[bottom], "<f4"),
+                    dbf.blob(bottom_v, "<f4"),
                     dbf.blob(counts[j], "<i4"),
                     float(lo[j]),
                     float(hi[j]),
@@ -808,11 +901,21 @@ class _Bar:
 
 
 def _load_sources(model: Any, sources: Any) -> list[Any]:
+    """The sources, loaded with the model; with a (base, chat) pair, crosscoders with the pair and every
+    other source with the chat model."""
     from lmpeek import features
+    from lmpeek.features.sources import FeatureSource, kind_for
 
     if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Iterable) or callable(sources):
         sources = [sources]
-    loaded = [features.load(s, model) for s in sources]
+    pair = isinstance(model, tuple)
+    # "crosscoder:PATH" (as `lmpeek features build -s` spells it) is the folder PATH
+    sources = [s[11:] if isinstance(s, str) and s.startswith("crosscoder:") else s for s in sources]
+
+    def reads_pair(s: Any) -> bool:
+        return bool(getattr(s, "models", None)) if isinstance(s, FeatureSource) else kind_for(s).pair
+
+    loaded = [features.load(s, model if pair and reads_pair(s) else _chat(model)) for s in sources]
     if not loaded:
         raise InvalidInput("give at least one feature source (e.g. 'neurons:0' or a SAELens folder)")
     for src in loaded:
@@ -821,7 +924,47 @@ def _load_sources(model: Any, sources: Any) -> list[Any]:
                 f"{src.name} computes features from text, not from hook points: the builder reads a corpus "
                 f"through the model's hooks (give neurons:L or an SAE)"
             )
+        if getattr(src, "models", None) and not pair:
+            raise InvalidInput(
+                f"{src.name} is a crosscoder: it reads a base and a chat model; build with the pair "
+                f"(base_model, chat_model) (lmpeek features build: --model CHAT --base-model BASE)"
+            )
+    if pair and not any(getattr(src, "models", None) for src in loaded):
+        raise InvalidInput(
+            "a base model is read by crosscoder sources only, and none of these sources is one: give one "
+            "model (no --base-model)"
+        )
     return loaded
+
+
+def _chat(model: Any) -> Any:
+    """The model whose tokenizer, logits and fingerprint a build uses: the chat model of a pair."""
+    return model[1] if isinstance(model, tuple) else model
+
+
+def _models(model: Any) -> tuple[Any, ...]:
+    """(model,) or the pair (base, chat), each checked; a pair must share a tokenizer (one line if not)."""
+    from lmpeek.capture.trace import require_model
+
+    models = model if isinstance(model, tuple) else (model,)
+    if len(models) not in (1, 2):
+        raise InvalidInput(
+            f"build reads one model, or the pair (base_model, chat_model) a crosscoder reads; got "
+            f"{len(models)} models"
+        )
+    for m in models:
+        require_model(m)
+    if len(models) == 2 and models[0].fingerprint.get("tokenizer") != models[1].fingerprint.get("tokenizer"):
+        from lmpeek.features.crosscoder import shared_ids
+
+        try:  # vocabularies may differ in added tokens; the text must come out as the same ids
+            shared_ids(models, "The quick brown fox jumps over the lazy dog. 1 + 1 = 2.")
+        except InvalidInput:
+            raise InvalidInput(
+                f"{models[0].name} and {models[1].name} tokenize text differently: a crosscoder build runs "
+                f"both models on the same token ids, so they need the same tokenizer"
+            ) from None
+    return models
 
 
 def _context(context: Any) -> tuple[int, int]:
@@ -871,21 +1014,29 @@ def build(
     BuildProgress, or True for a progress bar. An existing `out` from the same build is resumed (or
     returned, when complete); one from another build is refused unless overwrite=True.
 
+    model: a loaded model, or the pair (base_model, chat_model) when a source is a crosscoder (which reads
+    "base:HOOK" and "chat:HOOK"): the corpus is tokenized by the chat model, both models run once per
+    batch on the same ids (their tokenizers must agree), other sources read the chat model, logits go
+    through the chat model's unembedding (a crosscoder's chat-side decoder rows), and the manifest names
+    both models ("model": chat, "base_model"). Not with a Ray cluster.
+
     ray: run the shards on the Ray cluster at this address ("host:port", "ray://host:port", "auto";
     needs the extra lmpeek[ray]: see features/ray_build.py), with ray_workers model replicas (default:
     one per GPU, or per CPU without GPUs), each loading the model with lmpeek.load(source, **ray_load)
     (default: the dtype of `model`'s weights); "inline" runs the same sharded path in this process.
     The database is the same as without `ray`."""
     from lmpeek import __version__
-    from lmpeek.capture.trace import require_model
 
-    require_model(model)
+    models = _models(model)
+    model = models if len(models) == 2 else models[0]
+    chat = _chat(model)
     if tokens is not None:
         tokens = validate.integer("tokens", tokens, 2)
     batch_size = validate.integer("batch_size", batch_size, 1, 4096)
     k = validate.integer("k", k, 1, 10_000)
     left, right = _context(context)
-    seq_len = validate.integer("seq_len", seq_len, 2, min(model.context_length or 1 << 20, 1 << 20))
+    longest = min([m.context_length or 1 << 20 for m in models] + [1 << 20])
+    seq_len = validate.integer("seq_len", seq_len, 2, longest)
     quantiles = validate.integer("quantiles", quantiles, 1, 100)
     per_bin = validate.integer("per_bin", per_bin, 1, 1000)
     sample_size = validate.integer(
@@ -908,7 +1059,7 @@ def build(
 
         ray_build.preflight(ray.strip(), model)  # no Ray, no cluster: refused before the corpus is read
     srcs = _load_sources(model, sources)
-    seqs = _limited(sequences(model.tokenizer, documents(corpus), seq_len), tokens)  # bad paths fail here
+    seqs = _limited(sequences(chat.tokenizer, documents(corpus), seq_len), tokens)  # bad paths fail here
     peek = next(seqs, None)  # an empty corpus is refused before anything is created
     if peek is None:
         raise InvalidInput("the corpus has no text to run (no documents, or only empty ones)")
@@ -927,6 +1078,8 @@ def build(
             "n_features": int(src.n_features),
             "hash": _source_hash(src),
             "correlations": int(src.n_features) <= correlations,
+            # a crosscoder's logits: its chat-side decoder rows through the chat model's unembedding
+            **({"logits_model": "chat"} if getattr(src, "models", None) else {}),
         }
         for s, src in enumerate(srcs)
     ]
@@ -947,16 +1100,23 @@ def build(
         "seed": seed,
         "hist_edges": dbf.HIST_EDGES[:-1].tolist(),  # then [last, inf): standard JSON has no inf
     }
-    fp = model.fingerprint
+    fp = chat.fingerprint
     identity = {
         "format_version": dbf.FORMAT_VERSION,
         "lmpeek_version": __version__,
-        "model": {"name": model.name, "source": model.source_label, "fingerprint": fp},
+        "model": {"name": chat.name, "source": chat.source_label, "fingerprint": fp},
         "tokenizer": fp.get("tokenizer"),
         "sources": info,
         "corpus_inputs": corpus_inputs(corpus),
         "build": build_cfg,
     }
+    if len(models) == 2:  # a crosscoder build: "model" is the chat model
+        base = models[0]
+        identity["base_model"] = {
+            "name": base.name,
+            "source": base.source_label,
+            "fingerprint": base.fingerprint,
+        }
     job = ShardJob(
         n_features=tuple(i["n_features"] for i in info),
         corr=tuple(i["correlations"] for i in info),
@@ -989,7 +1149,7 @@ def build(
             run.sharded(model, srcs, job, batches, ray.strip(), ray_workers, ray_load)
         for st in states:
             st.close_shard()
-        _finish(conn, model, srcs, states, info, run.counted, quantiles, per_bin, n_correlated, n_logits)
+        _finish(conn, chat, srcs, states, info, run.counted, quantiles, per_bin, n_correlated, n_logits)
         dbf.write_manifest(
             conn,
             {
@@ -1225,13 +1385,17 @@ def build_cli(
     echo: Callable[[str], Any] = print,
     ray: str | None = None,
     ray_load: Mapping[str, Any] | None = None,
+    base_model: Any = None,
 ) -> Path:
     """What `lmpeek features build` runs: load the model and the sources (an SAE is checked against the
     model and warns when it does not fit), build with a progress bar (on the Ray cluster at `ray`,
-    whose workers load the model with `ray_load`), say what was written."""
+    whose workers load the model with `ray_load`), say what was written. With `base_model`, `model` is
+    the chat model of a crosscoder build."""
     import lmpeek
 
     m = lmpeek.load(model) if isinstance(model, str) else model  # the CLI loads it with its flags
+    if base_model is not None:
+        m = (lmpeek.load(base_model) if isinstance(base_model, str) else base_model, m)
     # the CLI's arguments are paths (or "demo", the bundled corpus), never texts
     corpus = [c if c == "demo" else Path(c) for c in corpus]
     path = build(

@@ -13,7 +13,10 @@ counts). Tables:
                                 context [left, right], seq_len, skip_first, quantiles, per_bin, sample_size,
                                 seed, hist_edges (finite; the last bin runs to inf), correlations (the largest
                                 source correlated), n_correlated, n_logits}; no timestamps, so the same
-                                build gives the same file contents
+                                build gives the same file contents. A crosscoder build adds base_model
+                                {name, source, fingerprint} ("model" is then the chat model, whose
+                                tokenizer read the corpus), and its crosscoder sources say
+                                logits_model: "chat" (their logits: the chat-side decoder rows)
     sources(source, name, kind, spec, hooks, n_features, hash, logits, correlations)
     documents(doc, tokens, n_tokens, path, part)
                                 every sequence the model ran, once: token ids (int32 blob); `path` is

@@ -198,7 +198,10 @@ def run(
 
 
 def preflight(address: str, model: Any) -> None:
-    """What can be refused before the corpus is read: no Ray, a model without a source, no cluster."""
+    """What can be refused before the corpus is read: a crosscoder's model pair, no Ray, a model without a
+    source, no cluster."""
+    if isinstance(model, tuple):  # workers load one model each (ShardWorker)
+        raise InvalidInput("a Ray build runs one model: build a crosscoder over (base, chat) without --ray")
     ray = _import_ray()
     _model_source(model, None)
     if not ray.is_initialized():
