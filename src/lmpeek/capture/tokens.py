@@ -160,19 +160,25 @@ def _spans(starts: list[int], byte_spans: list[tuple[int, int]]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64).reshape(-1, 2)
 
 
-def _align(pieces: list[bytes], data: bytes, special: list[bool]) -> list[tuple[int, int]] | None:
+def _align(
+    pieces: list[bytes], data: bytes, special: list[bool], prefix_first: bool = False
+) -> list[tuple[int, int]] | None:
     """Each piece's byte span in `data`, in order; a special token whose bytes are not at its place
     (an added BOS) gets an empty span there, and so does the space sentencepiece prepends to a text
-    (or after a special token). None when the pieces do not spell `data` exactly."""
+    (or after a special token). None when the pieces do not spell `data` exactly. `prefix_first`:
+    read the text's first space piece as that prepended space even where `data` starts with a space
+    too ("  a" -> '▁', '▁', '▁', 'a'; the greedy reading takes the text's space and fails later)."""
     pos, spans = 0, []
     after_special = True
     for piece, is_special in zip(pieces, special, strict=True):
-        if data.startswith(piece, pos):
+        space = not is_special and piece.startswith(b" ")
+        dummy = after_special and space and data.startswith(piece[1:], pos)
+        if data.startswith(piece, pos) and not (prefix_first and dummy and pos == 0):
             spans.append((pos, pos + len(piece)))
             pos += len(piece)
         elif is_special:
             spans.append((pos, pos))
-        elif after_special and piece.startswith(b" ") and data.startswith(piece[1:], pos):
+        elif dummy:
             spans.append((pos, pos + len(piece) - 1))  # the dummy prefix space is not in `data`
             pos += len(piece) - 1
         else:
@@ -220,12 +226,16 @@ def display_tokens(text: str, offsets: np.ndarray, ids: np.ndarray, tokenizer) -
     token, as sentencepiece does. Tokens with no span of their own (added BOS, or a later piece of a
     character split over several byte tokens) are shown by their bytes, byte pieces as `<0xC3>`.
     """
-    label = token_labels_fn(tokenizer)
+    label, to_bytes = token_labels_fn(tokenizer), token_bytes_fn(tokenizer)
     out: list[str] = []
     covered = 0
     for (start, end), tid in zip(offsets.tolist(), ids.tolist(), strict=True):
         if end <= start:
             out.append(label(tid) or tokenizer.convert_ids_to_tokens(tid))
+            continue
+        if is_partial(to_bytes(tid)):  # a byte piece whose span is its whole character: its own bytes
+            out.append(label(tid))
+            covered = end
             continue
         gap = text[covered:start]
         out.append((gap if gap.isspace() else "") + text[start:end])
@@ -315,7 +325,7 @@ def tokenize(
     offsets = _no_overlap(offsets)
     tokens = display_tokens(formatted, offsets, ids, tokenizer)
     to_bytes = token_bytes_fn(tokenizer)
-    pieces = [t.encode("utf-8") if e > s else to_bytes(int(i))
+    pieces = [t.encode("utf-8") if e > s and not is_partial(to_bytes(int(i))) else to_bytes(int(i))
               for t, (s, e), i in zip(tokens, offsets.tolist(), ids.tolist(), strict=True)]  # fmt: skip
     return Tokenized(formatted, ids, offsets, tokens, chat, pieces)
 
@@ -328,7 +338,8 @@ def _exact(tokenizer, text: str, ids: np.ndarray) -> tuple[np.ndarray, list[str]
     added = set(getattr(tokenizer, "added_tokens_decoder", {}))
     pieces = [to_bytes(i) for i in ids.tolist()]
     data = text.encode("utf-8")
-    byte_spans = _align(pieces, data, [i in added for i in ids.tolist()])
+    special = [i in added for i in ids.tolist()]
+    byte_spans = _align(pieces, data, special) or _align(pieces, data, special, prefix_first=True)
     if byte_spans is None:
         return None
     _, starts = _char_starts(data)
