@@ -122,6 +122,23 @@ def test_given_specs_and_neurons_on_request(built, llama):
         ]
 
 
+def test_a_source_whose_files_are_gone_is_offline_saying_so(built, tmp_path, llama):
+    moved = tmp_path / "sae-moved"
+    shutil.copytree(built[1], moved)
+    path = _copy(built, tmp_path, "moved.db")
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE sources SET spec = ? WHERE name = 'sae'", (str(moved),))
+    with FeatureService([path], model=llama) as s:
+        assert {i["id"]: i["online"] for i in s.sources()["sources"]} == {"neurons:1": True, "sae": True}
+    shutil.rmtree(moved)
+    with FeatureService([path], model=llama) as s:
+        item = {i["id"]: i for i in s.sources()["sources"]}["sae"]
+        assert not item["online"] and f"read from {moved}, which is not there any more" in item["message"]
+    # a registered name (the shipped SAE) is no path and always there; neurons need no files
+    assert svc._still_there("default") and svc._still_there("neurons:3")
+    assert not svc._still_there(str(moved))
+
+
 # --- the feature list, peak tokens, search -------------------------------------------------------------
 
 

@@ -241,6 +241,18 @@ def _safe_id(name: str) -> str:
 # --- the service ------------------------------------------------------------------------------------------
 
 
+def _still_there(spec: Any) -> bool:
+    """Whether a database's stored spec still names a source some registered kind takes: a shipped
+    name such as "default", or a folder whose files are still there (a removed one matches no kind)."""
+    from lmpeek.features.sources import kind_for
+
+    try:
+        kind_for(spec)
+    except LmpeekError:
+        return False
+    return True
+
+
 class FeatureService:
     """Feature databases and sources by id (see the module docstring)."""
 
@@ -348,7 +360,7 @@ class FeatureService:
                     f"{Path(e.db.path).name} was built on {describe(made_by)}; the loaded model is "
                     f"{describe(model.fingerprint)}: its features mean nothing on this model"
                 )
-            if e.kind != "neurons" and e.spec != "default" and not Path(str(e.spec)).expanduser().exists():
+            if e.kind != "neurons" and not _still_there(e.spec):
                 return f"{e.name} was read from {e.spec}, which is not there any more"
         return None
 
