@@ -14,7 +14,18 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {"load", "wrap", "trace", "generate", "check", "Trace", "Step", "Generation", "LoadedModel"}
-__all__ = sorted(_API | {"Session", "show", "capture", "features", "__version__"})
+# why the model said it (lmpeek.attribution): name -> the module that defines it
+_WHY = {
+    "attribute": "attribute",
+    "ablate_prompt": "prompt_ablation",
+    "faithfulness": "faithfulness",
+    "flow": "flow",
+    "intervene": "intervene",
+    "patch_grid": "patching",
+    "attribution_patching": "patching",
+    "steer_generate": "steering",
+}
+__all__ = sorted(_API | set(_WHY) | {"Session", "show", "capture", "features", "attribution", "__version__"})
 
 
 def __getattr__(name: str) -> Any:
@@ -26,7 +37,11 @@ def __getattr__(name: str) -> Any:
         from lmpeek.session import Session
 
         return Session
-    if name in ("capture", "features"):  # lmpeek.capture.activations(...) after a bare import lmpeek
+    if name in _WHY:
+        import importlib
+
+        return getattr(importlib.import_module(f"lmpeek.attribution.{_WHY[name]}"), name)
+    if name in ("capture", "features", "attribution"):  # usable after a bare `import lmpeek`
         import importlib
 
         return importlib.import_module(f"lmpeek.{name}")

@@ -524,6 +524,80 @@ def check_cmd(
     out.print(f"[green]all {len(rows)} checks passed[/] (tolerance {rtol:g} × scale)")
 
 
+@app.command("attribute")
+@friendly
+@quiet
+def attribute_cmd(
+    text: Annotated[str, typer.Argument(help="The text whose next-token prediction to explain.")],
+    model: ModelOpt = "default",
+    target: Annotated[
+        str | None,
+        typer.Option("--target", "-t", help="The token to explain (default: the model's top prediction)."),
+    ] = None,
+    contrast: Annotated[
+        str | None, typer.Option("--contrast", help="Explain log p(target) - log p(this token) instead.")
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="integrated_gradients, gradient_x_input, occlusion, shapley, kernel_shap or lime.",
+        ),
+    ] = "integrated_gradients",
+    features: Annotated[
+        str, typer.Option("--features", "-f", help="tokens, words, sentences or lines.")
+    ] = "tokens",
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Integrated-gradients steps.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the attribution as JSON.")] = False,
+    trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Attribute the model's prediction after TEXT to its tokens, words, sentences or lines (signed
+    scores, through Captum), with the completeness error delta = sum of scores - (F(x) - F(baseline))."""
+    from lmpeek.attribution.attribute import attribute_cli
+
+    m = _load(model, trust_remote_code, _placement(dtype, device, None, None, False))
+    attribute_cli(m, text, target=target, method=method, features=features, as_json=as_json, steps=steps,
+                  contrast=contrast)  # fmt: skip
+
+
+@app.command("ablate")
+@friendly
+@quiet
+def ablate_cmd(
+    prompt: Annotated[str, typer.Argument(help="The prompt to vary.")],
+    variant: Annotated[
+        list[str] | None, typer.Option("--variant", "-v", help="A variant of the prompt (repeatable).")
+    ] = None,
+    auto: Annotated[
+        str | None,
+        typer.Option("--auto", help="Make variants: sentences or words (drop each), replace (each word)."),
+    ] = None,
+    model: ModelOpt = "default",
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="The token whose probability to follow.")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=100)] = 10,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=0, max=256)] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the study as JSON.")] = False,
+    trust_remote_code: RemoteOpt = False,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """A prompt-ablation study: the prompt and its variants run batched; per variant the target's
+    probability, the top-k, KL from the prompt's next-token distribution, the greedy continuation with a
+    word diff, and per-layer residual-norm differences at the last position."""
+    from lmpeek.attribution.prompt_ablation import ablate_prompt_cli
+
+    if not variant and auto is None:
+        _fail("give variants (--variant TEXT, repeatable) or --auto sentences|words|replace")
+    m = _load(model, trust_remote_code, _placement(dtype, device, None, None, False))
+    ablate_prompt_cli(m, prompt, variant or None, target=target, auto=auto, top_k=top_k,
+                      max_new_tokens=max_new_tokens, seed=seed, json=as_json, echo=print)  # fmt: skip
+
+
 @app.command("serve")
 @friendly
 def serve_cmd(

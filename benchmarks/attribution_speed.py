@@ -1,0 +1,127 @@
+"""Time per attribution method: lmpeek.attribute against Captum called directly on the plain
+transformers model (the same method, baseline, steps and samples), interleaved rounds, medians.
+
+Captum "directly" is what its tutorials do: the forward returns log_softmax over the whole vocabulary
+at the last position (full logits at every position), perturbations run `perturbations_per_eval` at
+a time (set to lmpeek's batch here, so the comparison is not just batching). IG runs at equal steps
+(--steps) with a zero-embedding baseline; both deltas are printed.
+
+    .venv/bin/python benchmarks/attribution_speed.py --tokens 128
+    .venv/bin/python benchmarks/attribution_speed.py --tokens 32 --model tiny:llama
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+METHOD_NAMES = ("integrated_gradients", "gradient_x_input", "occlusion", "shapley", "kernel_shap", "lime")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=2, help="shapley permutations / 25x for kernel_shap, lime")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHOD_NAMES))
+    args = ap.parse_args()
+
+    import torch
+    from _batches import interleaved
+    from captum.attr import (
+        FeatureAblation,
+        InputXGradient,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        ShapleyValueSampling,
+    )
+
+    import lmpeek
+    from lmpeek.attribution.attribute import attribute
+    from lmpeek.attribution.methods import surrogate
+
+    model = lmpeek.load(args.model, progress=False)
+    hf, tok = model.hf, model.tokenizer
+    words = pathlib.Path(__file__).with_name("sample.txt").read_text().split()
+    text, n = "", 0
+    for w in words:  # the first words of the sample giving `--tokens` tokens
+        if len(tok.encode(text + " " + w)) > args.tokens:
+            break
+        text = (text + " " + w).strip()
+    ids = torch.tensor([tok.encode(text)])
+    n = ids.shape[1]
+    top = int(hf(ids).logits[0, -1].argmax())
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def logp(logits):
+        return torch.log_softmax(logits[:, -1].float(), -1)[:, top]
+
+    x = hf.get_input_embeddings()(ids).detach()
+    ks = args.samples * 25
+    ig = IntegratedGradients(lambda e: logp(hf(inputs_embeds=e).logits))
+    captum = {
+        "integrated_gradients": lambda: ig.attribute(
+            x,
+            baselines=torch.zeros_like(x),
+            n_steps=args.steps,
+            internal_batch_size=args.batch,
+            return_convergence_delta=True,
+        )[1].item(),  # fmt: skip
+        "gradient_x_input": lambda: (
+            InputXGradient(lambda e: logp(hf(inputs_embeds=e).logits))
+            .attribute(x.clone().requires_grad_())
+            .sum()
+            .item()
+        ),  # fmt: skip
+        "occlusion": lambda: FeatureAblation(lambda i: logp(hf(i).logits)).attribute(
+            ids, baselines=pad, perturbations_per_eval=args.batch
+        ),  # fmt: skip
+        "shapley": lambda: ShapleyValueSampling(lambda i: logp(hf(i).logits)).attribute(
+            ids, baselines=pad, n_samples=args.samples, perturbations_per_eval=args.batch
+        ),  # fmt: skip
+    }
+
+    def presence_f(p):
+        return logp(hf(torch.where(p > 0.5, ids, torch.full_like(ids, pad)).long()).logits)
+
+    def _ks(cls):
+        e = cls(presence_f)
+        e.interpretable_model = surrogate()
+        return lambda: e.attribute(torch.ones(1, n), baselines=torch.zeros(1, n), n_samples=ks,
+                                   perturbations_per_eval=args.batch)  # fmt: skip
+
+    captum["kernel_shap"], captum["lime"] = _ks(KernelShap), _ks(Lime)
+    threads = torch.get_num_threads()
+    print(f"model {model.name}  tokens {n}  threads {threads}  steps {args.steps}  batch {args.batch}")
+    print(f"{'method':<22}{'lmpeek s':>10}{'captum s':>10}{'ratio':>8}{'forwards':>10}  delta (rel)")
+    for method in args.methods.split(","):
+        kw = dict(method=method, batch=args.batch, time_budget=1e9)
+        if method == "integrated_gradients":
+            kw["steps"] = args.steps
+        if method in ("kernel_shap", "lime"):
+            kw["samples"] = ks
+        if method == "shapley":
+            kw["samples"] = args.samples
+        if method in ("occlusion", "shapley", "kernel_shap", "lime"):
+            kw["baseline"] = "pad" if tok.pad_token_id is not None else "eos"
+        box = {}
+
+        def mine(kw=kw, box=box):
+            box["a"] = attribute(model, text, **kw)
+
+        t = interleaved({"lmpeek": mine, "captum": captum[method]}, repeat=args.repeat)
+        a = box["a"]
+        extra = f"  captum IG delta {captum[method]():+.4f}" if method == "integrated_gradients" else ""
+        print(f"{method:<22}{t['lmpeek']:>10.3f}{t['captum']:>10.3f}{t['lmpeek'] / t['captum']:>8.2f}"
+              f"{a.forwards:>10}  {a.delta[0]:+.4f} ({a.relative_delta[0]:.1%}){extra}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""The attribution methods, one registry entry each, all computed by Captum (not re-implemented).
+
+Every method returns signed, additive scores [R, n_features] for the target rows F_r (targets.py):
+- integrated_gradients: Captum IntegratedGradients on the input embeddings, Gauss-Legendre,
+  IG_i = (x_i - x'_i) . sum_k w_k dF(x' + a_k (x - x'))/dx_i, summed over the hidden size and over
+  each segment's tokens (signed sums keep completeness: sum_i IG_i = F(x) - F(x')).
+- gradient_x_input: Captum InputXGradient on d = x - x' (F read at x' + d), i.e. (x - x') . dF/dx(x);
+  exact for a model linear in its embeddings.
+- occlusion: Captum FeatureAblation, one segment at a time replaced by the baseline token.
+- shapley: exact Shapley values over all 2^n segment subsets for n <= 10 (phi_i = sum over S not
+  holding i of |S|!(n-|S|-1)!/n! [v(S+i) - v(S)]; checked equal to Captum's ShapleyValues, which
+  enumerates the n! permutations), Captum ShapleyValueSampling beyond.
+- kernel_shap: Captum KernelShap; lime: Captum Lime (cosine-kernel similarity). Their surrogate is a
+  closed-form weighted least-squares fit (`weighted_least_squares`): sklearn, Captum's default, is not
+  a dependency. Lime's default in Captum is a Lasso (alpha 0.01); least squares keeps it additive.
+
+Perturbation methods see each segment as present (1) or replaced by the baseline token (0): Captum gets
+the presence vector (as Captum's own LLMAttribution does), and `Problem.f_presence` builds the token
+ids. Its results are memoised per presence pattern, so asking for R target rows costs one teacher-forced
+forward per distinct perturbation (all rows come from that pass), not R. Gradient methods need one
+backward per row. Tokens in no segment (outside user spans, the teacher-forced span) are never changed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmpeek.attribution.targets import Target, scores
+
+SHAPLEY_EXACT_MAX = 10  # 2^10 = 1,024 forwards at most
+RELATIVE_DELTA = 0.05  # IG raises its steps until |delta| / |F(x) - F(x')| is below this
+IG_FIRST_STEPS, IG_MAX_STEPS = 16, 1024
+
+
+@dataclass
+class Problem:
+    """One attribution to compute: the model, the tokens, the target rows and the features."""
+
+    model: Any  # transformers CausalLM
+    ids: torch.Tensor  # [1, S] prompt (+ teacher-forced span)
+    target: Target
+    token_segment: np.ndarray  # [S] segment of each token, -1: never perturbed
+    n_features: int
+    baseline_id: int | None = None  # perturbation methods: the replacement token
+    baseline_embeds: torch.Tensor | None = None  # gradient methods: x' [1, S, D] (x at fixed tokens)
+    steps: int | None = None
+    samples: int | None = None
+    seed: int = 0
+    batch: int = 16
+    time_budget: float = 60.0
+    forwards: int = 0
+    _cache: dict[bytes, torch.Tensor] = field(default_factory=dict)
+
+    def _logits(self, **inputs) -> torch.Tensor:
+        first = self.target.first
+        S = self.ids.shape[1]
+        out = self.model(**inputs, use_cache=False, logits_to_keep=S - first)
+        self.forwards += next(iter(inputs.values())).shape[0]
+        return scores(out.logits[:, -(S - first) :], self.target, first)
+
+    def f_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        """F [B, R] of input embeddings [B, S, D] (differentiable)."""
+        return self._logits(inputs_embeds=embeds)
+
+    def f_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self._logits(input_ids=c) for c in ids.split(self.batch)])
+
+    def f_presence(self, presence: torch.Tensor) -> torch.Tensor:
+        """F [B, R] with segment j kept where presence[b, j] > 0.5, else replaced by the baseline token."""
+        keep = (presence.detach().cpu() > 0.5).numpy()
+        keys = [row.tobytes() for row in keep]
+        todo = {k: row for k, row in zip(keys, keep, strict=True) if k not in self._cache}
+        if todo:
+            rows = np.stack(list(todo.values()))  # [M, n]
+            fixed = self.token_segment < 0
+            kept = np.where(fixed[None], True, rows[:, np.maximum(self.token_segment, 0)])  # [M, S]
+            kept_t = torch.from_numpy(kept).to(self.ids.device)
+            ids = torch.where(kept_t, self.ids, torch.full_like(self.ids, int(self.baseline_id)))
+            for k, f in zip(todo, self.f_ids(ids), strict=True):
+                self._cache[k] = f.float().cpu()
+        return torch.stack([self._cache[k] for k in keys]).to(presence.device)
+
+    def segment_sum(self, per_token: torch.Tensor) -> np.ndarray:
+        """[S] token scores -> [n_features] segment scores (tokens in no segment dropped)."""
+        out = np.zeros(self.n_features)
+        seg = self.token_segment
+        np.add.at(out, seg[seg >= 0], per_token.detach().double().cpu().numpy()[seg >= 0])
+        return out
+
+    def rows(self) -> range:
+        return range(len(self.target.positions))
+
+
+@dataclass(frozen=True)
+class Result:
+    scores: np.ndarray  # [R, n_features]
+    f_input: np.ndarray  # [R] F(x)
+    f_baseline: np.ndarray  # [R] F(x'): every feature at its baseline
+    steps: int | None = None
+    samples: int | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "gradient" | "perturbation"
+    run: Callable[[Problem], Result]
+    summary: str
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, kind: str, summary: str):
+    def deco(fn):
+        METHODS[name] = Method(name, kind, fn, summary)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------- gradient methods
+
+
+def _embeds(p: Problem) -> torch.Tensor:
+    with torch.no_grad():
+        return p.model.get_input_embeddings()(p.ids).detach()
+
+
+def _ends(p: Problem, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        f = p.f_embeds(torch.cat([x, p.baseline_embeds]))
+    return f[0].double().cpu().numpy(), f[1].double().cpu().numpy()
+
+
+def _relative(scores_: np.ndarray, fx: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    delta = scores_.sum(-1) - (fx - fb)
+    return np.abs(delta) / np.maximum(np.abs(fx - fb), 1e-12)
+
+
+@register("integrated_gradients", "gradient", "path integral of gradients from the baseline (Captum IG)")
+def integrated_gradients(p: Problem) -> Result:
+    from captum.attr import IntegratedGradients
+
+    x = _embeds(p)
+    fx, fb = _ends(p, x)
+    ig = IntegratedGradients(p.f_embeds)
+    start = time.perf_counter()
+    steps = p.steps or IG_FIRST_STEPS
+    worst_before = np.inf
+    while True:
+        out = np.zeros((len(p.rows()), p.n_features))
+        for r in p.rows():
+            attr = ig.attribute(x, baselines=p.baseline_embeds, target=r, n_steps=steps,
+                                method="gausslegendre", internal_batch_size=p.batch)  # fmt: skip
+            out[r] = p.segment_sum(attr.sum(-1)[0])
+        worst = _relative(out, fx, fb).max()
+        # stop: steps given, converged, out of steps or time, or doubling no longer helps (a zero
+        # baseline under RMSNorm makes F jump near alpha = 0, which more steps do not fix)
+        done = p.steps is not None or worst < RELATIVE_DELTA or worst > 0.8 * worst_before
+        if done or steps * 2 > IG_MAX_STEPS or time.perf_counter() - start > p.time_budget:
+            return Result(out, fx, fb, steps=steps)
+        steps, worst_before = steps * 2, worst
+
+
+@register("gradient_x_input", "gradient", "gradient times (input - baseline), one backward (Captum)")
+def gradient_x_input(p: Problem) -> Result:
+    from captum.attr import InputXGradient
+
+    x = _embeds(p)
+    fx, fb = _ends(p, x)
+    base = p.baseline_embeds
+    ixg = InputXGradient(lambda d: p.f_embeds(base + d))
+    out = np.zeros((len(p.rows()), p.n_features))
+    for r in p.rows():
+        d = (x - base).requires_grad_()
+        out[r] = p.segment_sum(ixg.attribute(d, target=r).sum(-1)[0])
+    return Result(out, fx, fb)
+
+
+# ---------------------------------------------------------------- perturbation methods
+
+
+def _presence_ends(p: Problem) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    ones = torch.ones(1, p.n_features)
+    zeros = torch.zeros(1, p.n_features)
+    f = p.f_presence(torch.cat([ones, zeros])).double().numpy()
+    return ones, zeros, f[0], f[1]
+
+
+def _seeded(p: Problem, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    # the same seed for every row: the same samples, so rows after the first are cache hits
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        return fn()
+
+
+def _per_row(p: Problem, attribute: Callable[..., torch.Tensor], **kw) -> np.ndarray:
+    ones, zeros, _, _ = _presence_ends(p)
+    out = np.zeros((len(p.rows()), p.n_features))
+    for r in p.rows():
+        attr = _seeded(p, lambda r=r: attribute(ones, baselines=zeros, target=r, **kw))
+        out[r] = attr[0].double().cpu().numpy()
+    return out
+
+
+@register("occlusion", "perturbation", "F(x) - F(x with one segment replaced), one forward each (Captum)")
+def occlusion(p: Problem) -> Result:
+    from captum.attr import FeatureAblation
+
+    _, _, fx, fb = _presence_ends(p)
+    out = _per_row(p, FeatureAblation(p.f_presence).attribute, perturbations_per_eval=p.batch)
+    return Result(out, fx, fb)
+
+
+def exact_shapley(values: np.ndarray, n: int) -> np.ndarray:
+    """Shapley values from v over all subsets: values[m] = v(subset with bit j of m set for player j),
+    values [2^n, R] -> phi [R, n]."""
+    m = np.arange(2**n)
+    size = np.array([bin(i).count("1") for i in m])
+    phi = np.zeros((values.shape[1], n))
+    for j in range(n):
+        without = m[(m >> j) & 1 == 0]
+        s = size[without]
+        w = np.array([math.factorial(k) * math.factorial(n - k - 1) for k in s]) / math.factorial(n)
+        phi[:, j] = (w[:, None] * (values[without | (1 << j)] - values[without])).sum(0)
+    return phi
+
+
+@register(
+    "shapley", "perturbation", "Shapley values: exact over all subsets for <= 10 segments, else sampled"
+)
+def shapley(p: Problem) -> Result:
+    _, _, fx, fb = _presence_ends(p)
+    n = p.n_features
+    if n <= SHAPLEY_EXACT_MAX:
+        m = np.arange(2**n)
+        presence = torch.from_numpy(((m[:, None] >> np.arange(n)[None]) & 1).astype(np.float32))
+        values = torch.cat([p.f_presence(c) for c in presence.split(256)]).double().numpy()
+        return Result(exact_shapley(values, n), fx, fb, samples=None)
+    from captum.attr import ShapleyValueSampling
+
+    samples = p.samples or 25
+    out = _per_row(p, ShapleyValueSampling(p.f_presence).attribute, n_samples=samples,
+                   perturbations_per_eval=p.batch)  # fmt: skip
+    return Result(out, fx, fb, samples=samples)
+
+
+def weighted_least_squares(model, dataloader, construct_kwargs, **_) -> dict[str, float]:
+    """A Captum `LinearModel` train_fn: y ~ X w + b minimising sum_k weight_k (y_k - X_k w - b)^2, in
+    closed form (numpy lstsq; the minimum-norm w when there are fewer samples than features)."""
+    xs, ys, ws = [], [], []
+    for batch in dataloader:
+        xs.append(batch[0].double().cpu().numpy())
+        ys.append(batch[1].double().cpu().numpy().reshape(len(batch[0]), -1))
+        ws.append(batch[2].double().cpu().numpy() if len(batch) == 3 else np.ones(len(batch[0])))
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws).reshape(-1)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    root = np.sqrt(np.clip(w, 0, None))[:, None]
+    coef = np.linalg.lstsq(design * root, y * root, rcond=None)[0]  # [n + 1, outputs]
+    model._construct_model_params(
+        norm_type=None,
+        weight_values=torch.tensor(coef[:-1].T, dtype=torch.float32),
+        bias_value=torch.tensor(coef[-1], dtype=torch.float32),
+    )
+    return {}
+
+
+def surrogate():
+    """Captum's LinearModel fitted by `weighted_least_squares`."""
+    from captum._utils.models.linear_model import LinearModel
+
+    return LinearModel(train_fn=weighted_least_squares)
+
+
+@register("kernel_shap", "perturbation", "weighted linear fit on random coalitions, Shapley kernel (Captum)")
+def kernel_shap(p: Problem) -> Result:
+    from captum.attr import KernelShap
+
+    _, _, fx, fb = _presence_ends(p)
+    samples = p.samples or 200
+    ks = KernelShap(p.f_presence)
+    ks.interpretable_model = surrogate()
+    out = _per_row(p, ks.attribute, n_samples=samples, perturbations_per_eval=p.batch)
+    return Result(out, fx, fb, samples=samples)
+
+
+@register("lime", "perturbation", "local weighted linear fit on random coalitions (Captum Lime)")
+def lime(p: Problem) -> Result:
+    from captum.attr import Lime
+
+    _, _, fx, fb = _presence_ends(p)
+    samples = p.samples or 200
+    out = _per_row(p, Lime(p.f_presence, interpretable_model=surrogate()).attribute, n_samples=samples,
+                   perturbations_per_eval=p.batch)  # fmt: skip
+    return Result(out, fx, fb, samples=samples)
