@@ -892,12 +892,21 @@ def features_export(
     source: Annotated[
         str | None, typer.Option("--source", "-s", help="Which source: its id or name (default: the first).")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="The database's model: computes each --text's features."),
+    ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option("--text", "-t", help='A text for "Your text" in the file (repeatable; needs -m).'),
+    ] = None,
 ) -> None:
     """Write the pages of some features as one self-contained HTML file: it opens from disk, offline, on
-    the first feature's page, with the list of the exported features (no model, no server needed)."""
+    the first feature's page, with the list of the exported features (no model, no server needed). With
+    --model and --text, the file also shows each text's features ("Your text", read-only)."""
     from lmpeek.views.features_export import export_cli
 
-    export_cli(db, feature, source, output, echo=out.print)
+    export_cli(db, feature, source, output, echo=out.print, model=model, texts=text)
 
 
 @features_app.command("export-td")

@@ -495,7 +495,7 @@ class FeatureService:
             tok = from_ids(model.tokenizer, text, model.context_length, vocab_size(model))
         template = template_flags(tok, text, getattr(model.tokenizer, "all_special_ids", None) or ())
         return self._answer(e, src, tok.token_ids, tok.tokens, template, text, features, rank, top,
-                            exclude_template)  # fmt: skip
+                            exclude_template, tok.token_bytes)  # fmt: skip
 
     def _online(
         self, source: str, features: Sequence[int] | None, rank: str, top: int
@@ -536,9 +536,10 @@ class FeatureService:
         rank: str,
         top: int,
         exclude_template: bool,
+        pieces: list[bytes],
     ) -> dict[str, Any]:
-        """`activations`' answer for tokens `ids` (shown as `labels`; `template`: flags) from one
-        forward over `ids` (a source that scores text alone reads `text`)."""
+        """`activations`' answer for tokens `ids` (shown as `labels`; `template`: flags; `pieces`: each
+        token's exact bytes) from one forward over `ids` (a source that scores text alone reads `text`)."""
         from lmpeek import features as feats
 
         model = self.model
@@ -562,6 +563,9 @@ class FeatureService:
                 {"id": int(i), "label": lab, "template": bool(f)}
                 for i, lab, f in zip(ids.tolist(), labels, template, strict=True)
             ],
+            # as a trace envelope's: the page joins these, not the labels, for the text it copies (a BOS
+            # and sentencepiece's prepended space have a label but no bytes of the text)
+            "token_bytes": [b.hex() for b in pieces],
             "features": chosen,
             "values": values,  # [K, T] float32
             "quantiles": q,  # [K, T] float64, or None without a database
@@ -619,10 +623,12 @@ class FeatureService:
 
         ids: list[int] = []
         labels: list[str] = []
+        pieces: list[bytes] = []
         try:
             for step in gen:
                 ids.append(step.token_id)
                 labels.append(step.token)  # as the Generate tab labels it (byte pieces as <0xC3>)
+                pieces.append(step.token_bytes)
                 yield step.token_id
         finally:
             gen.close()  # cancelled between steps: the KV cache goes now
@@ -631,7 +637,7 @@ class FeatureService:
         # the model's own words are not template, but an end-of-turn token it writes is the template's
         flags = np.concatenate([template_flags(tok, text, special), np.isin(new, list(special))])
         out = self._answer(e, src, np.concatenate([tok.token_ids, new]), [*tok.tokens, *labels], flags, text,
-                           features, rank, top, exclude_template)  # fmt: skip
+                           features, rank, top, exclude_template, [*tok.token_bytes, *pieces])  # fmt: skip
         return {
             **out,
             "prompt_tokens": P,

@@ -328,6 +328,16 @@ class FeatureDatabaseInfo(BaseModel):
     format_version: str
 
 
+class RecordedTexts(BaseModel):
+    """A features export's texts (views/features_export.py): the page asks POST .../activations for each
+    with `features` and `top` as here, either rank and either exclude_template, and gets the recorded
+    answers; anything else is "not in this export"."""
+
+    texts: list[str]
+    features: list[int]
+    top: int
+
+
 class FeatureSourceInfo(BaseModel):
     """A source the Features routes take as {source}: `online` when the loaded model computes it on any
     text; `message` (only when not online) says why not."""
@@ -340,6 +350,7 @@ class FeatureSourceInfo(BaseModel):
     online: bool
     database: FeatureDatabaseInfo | None
     message: str = absent()
+    recorded: RecordedTexts = absent()  # an export only: the texts whose answers it holds
 
 
 class FeatureSources(BaseModel):
@@ -478,6 +489,7 @@ class FeatureActivations(BaseModel):
     their corpus quantiles), each token's top features, the text's top features."""
 
     tokens: list[FeatureToken]
+    token_bytes: list[str]  # hex per token, as a trace's: the page copies these (a BOS has none)
     features: list[int]
     values: list[Floats]
     quantiles: list[Floats] | None

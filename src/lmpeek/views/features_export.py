@@ -14,6 +14,16 @@ serving the database alone (server.app.create_app(None, features=[db])). The pac
 - the feature list of just the chosen features, in every sort and order the page offers (each page of
   50), ordered as the database orders them (key, then feature index; NULL lowest, as SQLite).
 
+With a model and texts (`--model M --text "…"`, the Features tab's "Your text" on each text), also:
+- the source's `recorded` entry in GET /api/features: the texts, the features and `top`;
+- POST /api/features/{source}/activations for each text, with `features` the exported ones and `top`
+  5 (the panel's default), by activation and by corpus quantile, with and without exclude_template:
+  the four questions the panel asks of a recorded text, under `post_key` (the body is part of the
+  question). The panel shows the texts read-only (a picker when several); another feature, text or
+  `top` is "not in this export". Measured with the shipped database and the default model (one
+  100-token text, 3 features): +31.5 kB, of which the rankings are most (a plain text's answers with and
+  without exclude_template are the same bytes, stored once).
+
 Not recorded, said by the page as "not in this export": other features (a correlated feature's link,
 with the `--feature` that adds it), a search, and an example's whole document ("context"). Documents
 are left out by size. Measured on the default model's neurons:10 over 20k tokens of the demo corpus
@@ -27,14 +37,14 @@ for every feature.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from lmpeek.errors import InvalidInput
-from lmpeek.views.export import _Recorder, page_html
+from lmpeek.views.export import _Recorder, page_html, request_key
 
 HINT = (
     "Open the database in lmpeek (`lmpeek features serve DB`) to browse every feature, search them and "
@@ -42,6 +52,8 @@ HINT = (
 )
 LIST_LIMIT = 50  # web/src/components/FeatureList.svelte: rows a page of the list asks for
 LIST_SORTS = ("density", "max", "count", "mean", "feature", "relevance")  # web/src/lib/features.ts SORTS
+TEXT_TOP = 5  # web/src/components/FeatureOnline.svelte: the ranked features per token it asks for first
+TEXT_FEATURES = 32  # service.MAX_FEATURES: the features one answer holds the values of
 
 
 def segment(text: str) -> str:
@@ -57,12 +69,34 @@ def db_path(db: Any) -> Path:
     return Path(db.path if isinstance(db, FeatureDB) else db).expanduser()
 
 
-def features_app(db: Any) -> Any:
-    """An app serving the database alone (no model): the routes the export asks and the widget uses.
-    A missing or foreign file fails here, in one line."""
+def features_app(db: Any, model: Any = None) -> Any:
+    """An app serving the database alone (no model): the routes the export asks and the widget uses;
+    with `model` (a LoadedModel, Session or a source for lmpeek.load), an app over its Session serving
+    the database too, which answers the online panel. A missing or foreign file fails here, in one line."""
     from lmpeek.server.app import create_app
 
-    return create_app(None, features=[db_path(db)])
+    if model is None:
+        return create_app(None, features=[db_path(db)])
+    from lmpeek.views.widget import session_for
+
+    return create_app(session=session_for(model), features=[db_path(db)])
+
+
+def post_key(path: str, body: dict[str, Any]) -> str:
+    """The key a POST is recorded under: request_key's, then its JSON body with sorted keys and no
+    spaces (web/src/lib/transport.ts postKey: JSON.stringify of the body, keys sorted, gives the same)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return f"{request_key('POST', path)} {canonical}"
+
+
+def text_requests(text: str, features: list[int]) -> list[dict[str, Any]]:
+    """The bodies the online panel posts for a recorded text (FeatureOnline.svelte run(): the exported
+    features, the default top, either rank, either exclude_template)."""
+    return [
+        {"text": text, "features": features, "rank": rank, "top": TEXT_TOP, "exclude_template": exclude}
+        for rank in ("activation", "quantile")
+        for exclude in (False, True)
+    ]
 
 
 def pick_source(app: Any, source: str | None) -> dict[str, Any]:
@@ -114,23 +148,60 @@ def list_answers(rows: list[dict[str, Any]]) -> dict[tuple[str, str | None, int]
     return out
 
 
-def record_pack(db: Any, features: int | Iterable[int], source: str | None = None) -> bytes:
-    """Ask a database-only app the page's questions about `features` of `source` and pack the answers."""
-    return _recorded(db, features, source)[0]
+def check_texts(texts: str | Iterable[str], model: Any, chosen: list[int]) -> list[str]:
+    """The texts to record (each once, in order): only with a model, with at most TEXT_FEATURES features."""
+    out = list(dict.fromkeys([texts] if isinstance(texts, str) else list(texts)))
+    if not out:
+        return out
+    if model is None:
+        raise InvalidInput("--text needs --model: the features of a text are computed by the model")
+    if len(chosen) > TEXT_FEATURES:
+        raise InvalidInput(f"with --text, at most {TEXT_FEATURES} features (one answer holds their values)")
+    if any(not isinstance(t, str) or not t for t in out):
+        raise InvalidInput("a --text must be a non-empty string")
+    return out
 
 
-def _recorded(db: Any, features: Any, source: str | None) -> tuple[bytes, str, list[int]]:
+def record_pack(
+    db: Any, features: int | Iterable[int], source: str | None = None, model: Any = None, texts: Any = ()
+) -> bytes:
+    """Ask a database-only app the page's questions about `features` of `source` and pack the answers;
+    with `model`, also the online panel's about each of `texts`."""
+    return _recorded(db, features, source, model, texts)[0]
+
+
+def _recorded(db: Any, features: Any, source: str | None, model: Any = None,
+              texts: Any = ()) -> tuple[bytes, str, list[int]]:  # fmt: skip
     """(the pack, the source's id, the features in order)."""
-    app = features_app(db)
+    app = features_app(db, model if texts else None)
     try:
         src = pick_source(app, source)
         chosen = check_features(src, features)
-        return _record(app, src, chosen), src["id"], chosen
+        return _record(app, src, chosen, check_texts(texts, model, chosen)), src["id"], chosen
     finally:
         app.state.features.close()
 
 
-def _record(app: Any, src: dict[str, Any], chosen: list[int]) -> bytes:
+def _record_texts(rec: _Recorder, src: dict[str, Any], chosen: list[int], texts: list[str]) -> None:
+    """The online panel's answers for each text (text_requests), asked of the app's route as the page
+    asks it; a refusal (a model the database was not built on, a text too long) fails the export."""
+    from lmpeek.views.asgi import fetch_sync
+
+    path = f"/api/features/{segment(src['id'])}/activations"
+    for text in texts:
+        for body in text_requests(text, chosen):
+            data = json.dumps(body, ensure_ascii=False).encode()
+            head, answer = fetch_sync(rec.app, "POST", path, {"content-type": "application/json"}, data)
+            if head.status != 200:
+                try:
+                    why = json.loads(answer).get("detail")
+                except (ValueError, AttributeError):
+                    why = answer[:300].decode("utf-8", "replace")
+                raise InvalidInput(f"--text {text[:40]!r}: {why} (HTTP {head.status})")
+            rec.put(post_key(path, body), 200, {"content-type": "application/json"}, answer)
+
+
+def _record(app: Any, src: dict[str, Any], chosen: list[int], texts: Sequence[str] = ()) -> bytes:
     rec = _Recorder(app)
     sid, base = src["id"], f"/api/features/{segment(src['id'])}"
     name = Path(src["database"]["path"]).name
@@ -139,6 +210,9 @@ def _record(app: Any, src: dict[str, Any], chosen: list[int]) -> bytes:
                                  "queue": {"pending": 0, "limit": 0}, "features_only": True})  # fmt: skip
     shown = {k: v for k, v in src.items() if k != "message"}  # why not online: nothing is online in a file
     shown.update(online=False, database={**src["database"], "path": name})  # no local paths in a shared file
+    if texts:
+        shown["recorded"] = {"texts": list(texts), "features": chosen, "top": TEXT_TOP}
+        _record_texts(rec, src, chosen, texts)
     rec.put_json("/api/features", {"sources": [shown], "model": None})
     rows = []
     for f in chosen:
@@ -158,24 +232,40 @@ def _record(app: Any, src: dict[str, Any], chosen: list[int]) -> bytes:
 
 
 def export_html(
-    db: Any, features: int | Iterable[int], source: str | None = None, title: str | None = None
+    db: Any,
+    features: int | Iterable[int],
+    source: str | None = None,
+    title: str | None = None,
+    *,
+    model: Any = None,
+    texts: str | Iterable[str] = (),
 ) -> str:
     """The whole HTML file: the Features tab on the page of the first of `features` (one index or
     several) of `source` (its id or name; default: the database's first source), every one of their
-    pages embedded. `db`: a feature database's path or a FeatureDB."""
-    pack, sid, chosen = _recorded(db, features, source)
+    pages embedded. `db`: a feature database's path or a FeatureDB. With `model` (the database's model:
+    a LoadedModel, a Session or a source for lmpeek.load) and `texts`, "Your text" on each text too."""
+    pack, sid, chosen = _recorded(db, features, source, model, texts)
     more = f" (+{len(chosen) - 1} more)" if len(chosen) > 1 else ""
     return page_html(pack, title or f"lmpeek · {sid} · feature #{chosen[0]}{more}", "features")
 
 
-def export_cli(db: str, features: list[int], source: str | None, out: str, echo: Any = print) -> Path:
+def export_cli(db: str, features: list[int], source: str | None, out: str, echo: Any = print,
+               model: str | None = None, texts: list[str] | None = None) -> Path:  # fmt: skip
     """What `lmpeek features export` runs: write the file, say its size."""
-    page = export_html(db, features, source)
+    if texts and model is None:
+        raise InvalidInput("--text needs --model: the features of a text are computed by the model")
+    loaded = None
+    if texts:
+        from lmpeek.api import load
+
+        loaded = load(model)
+    page = export_html(db, features, source, model=loaded, texts=texts or ())
     path = Path(out)
     try:
         path.write_text(page, encoding="utf-8")
     except OSError as e:
         raise InvalidInput(f"cannot write {path}: {e.strerror or e}") from None
     n = len(set(features))
-    echo(f"wrote {path} ({len(page.encode()) / 1e3:.1f} kB, {n} feature page{'s' * (n != 1)})")
+    more = f", {len(set(texts))} text{'s' * (len(set(texts)) != 1)}" if texts else ""
+    echo(f"wrote {path} ({len(page.encode()) / 1e3:.1f} kB, {n} feature page{'s' * (n != 1)}{more})")
     return path

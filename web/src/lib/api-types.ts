@@ -81,6 +81,7 @@ export interface CrosscoderSummary {
 /** POST /api/features/{source}/activations: per requested feature its values over the tokens (and their corpus quantiles), each token's top features, the text's top features. */
 export interface FeatureActivations {
   tokens: FeatureToken[];
+  token_bytes: string[];
   features: number[];
   values: (number | null)[][];
   quantiles: (number | null)[][] | null;
@@ -127,6 +128,7 @@ export interface FeatureExamples {
 /** POST /api/features/{source}/generate: the activations of the prompt and the model's response together (tokens[prompt_tokens:] are the response), from one forward over the final ids. */
 export interface FeatureGeneration {
   tokens: FeatureToken[];
+  token_bytes: string[];
   features: number[];
   values: (number | null)[][];
   quantiles: (number | null)[][] | null;
@@ -196,6 +198,7 @@ export interface FeatureSourceInfo {
   online: boolean;
   database: FeatureDatabaseInfo | null;
   message?: string;
+  recorded?: RecordedTexts;
 }
 
 /** GET /api/features: listed sources (any neurons:L is taken too when a model is loaded). */
@@ -438,6 +441,13 @@ export interface RankedFeature {
   feature: number;
   value: number | null;
   quantile: number | null;
+}
+
+/** A features export's texts (views/features_export.py): the page asks POST .../activations for each with `features` and `top` as here, either rank and either exclude_template, and gets the recorded answers; anything else is "not in this export". */
+export interface RecordedTexts {
+  texts: string[];
+  features: number[];
+  top: number;
 }
 
 export interface Sample {

@@ -156,16 +156,27 @@ export function labelHex(label: string): string {
 }
 
 /** Labels as displayed, as Explore shows a trace's tokens: consecutive byte pieces decoded together, a
- * split character shown once, on its first piece (lib/tokens.mergeTokens). */
-export function displayTokens(labels: string[]): MergedToken[] {
-  return mergeTokens(labels, labels.map(labelHex));
+ * split character shown once, on its first piece (lib/tokens.mergeTokens). `bytes`: each token's exact
+ * bytes (hex) when the server sent them (an online answer's token_bytes, as a trace's); else the bytes
+ * the labels spell. */
+export function displayTokens(labels: string[], bytes?: string[] | null): MergedToken[] {
+  return mergeTokens(labels, bytes && bytes.length === labels.length ? bytes : labels.map(labelHex));
 }
 
-/** The exact text of some tokens (what "copy" puts on the clipboard): markers decoded back to characters. */
-export function tokensText(labels: string[]): string {
-  return displayTokens(labels)
+/** The exact text of some tokens (what "copy" puts on the clipboard): markers decoded back to characters.
+ * With `bytes` (see displayTokens) a token that stands for no bytes of the text (a BOS "<s>",
+ * sentencepiece's prepended space) copies as nothing, as Explore's copy; from labels alone it copies
+ * its label. */
+export function tokensText(labels: string[], bytes?: string[] | null): string {
+  return displayTokens(labels, bytes)
     .map((m) => m.text)
     .join("");
+}
+
+/** What copying tokens `first`..`last` (inclusive) of a FeatureText puts on the clipboard (tokensText of
+ * those tokens, their bytes when known). */
+export function selectionText(labels: string[], bytes: string[] | null | undefined, first: number, last: number): string {
+  return tokensText(labels.slice(first, last + 1), bytes && bytes.length === labels.length ? bytes.slice(first, last + 1) : null);
 }
 
 /** The value array of a whole document with an example's window placed at `start` (null outside it:

@@ -139,6 +139,28 @@ export function requestKey(method: string, url: string): string {
   return `${method.toUpperCase()} ${u.pathname}${qs ? `?${qs}` : ""}`;
 }
 
+/** JSON with every object's keys sorted, no spaces: Python's json.dumps(sort_keys=True,
+ * separators=(",", ":"), ensure_ascii=False) of the same value (lmpeek/views/features_export.py). */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const keys = Object.keys(v).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** The key a POST with a JSON body is recorded under: requestKey's, a space, the body as canonicalJson
+ * (a features export records the online panel's questions this way); null for a body that is not JSON. */
+export function postKey(url: string, body: unknown): string | null {
+  if (typeof body !== "string") return null;
+  try {
+    return `${requestKey("POST", url)} ${canonicalJson(JSON.parse(body))}`;
+  } catch {
+    return null;
+  }
+}
+
 function json(status: number, body: unknown): Response {
   return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
 }
@@ -216,12 +238,38 @@ function wanted(u: URL): { what: string; add?: string } | null {
   return null;
 }
 
+const FEATURE_ACTS = /^\/api\/features\/([^/]+)\/activations$/;
+
+/** What an unrecorded question of the online panel (POST …/activations, `key` as postKey) needed,
+ * told from the recorded ones of the same source: another text, a feature, or other options. */
+function wantedText(responses: Record<string, Recorded>, key: string): { what: string; add?: string } {
+  const space = key.indexOf(" ", key.indexOf(" ") + 1);
+  const prefix = key.slice(0, space + 1);
+  const asked = JSON.parse(key.slice(space + 1)) as { text?: string; features?: number[] | null; top?: number };
+  const same = Object.keys(responses)
+    .filter((k) => k.startsWith(prefix))
+    .map((k) => JSON.parse(k.slice(prefix.length)) as { text?: string; features?: number[] | null; top?: number })
+    .find((r) => r.text === asked.text);
+  if (!same) return { what: "the features of this text (the file holds its recorded texts only)", add: "--text" };
+  const extra = (asked.features ?? []).filter((f) => !(same.features ?? []).includes(f));
+  if (extra.length) return { what: `feature #${extra[0]} on this text`, add: `--feature ${extra[0]}` };
+  if (asked.top !== same.top) return { what: `the top ${asked.top} features per token (the file holds the top ${same.top})` };
+  return { what: "this text with these options" };
+}
+
 /** A fetch answered from an export's recorded responses. */
 export function staticFetcher(pack: Pack): Fetcher {
   const { header, data } = pack;
   const missing = (what: string, add?: string) => json(404, { detail: `not in this export: ${what}${add ? ` (${add})` : ""}. ${header.hint}` });
   return async (url, init) => {
     const method = (init?.method ?? "GET").toUpperCase();
+    const posted = method === "POST" ? postKey(url, init?.body) : null;
+    const answered = posted !== null ? header.responses[posted] : undefined;
+    if (answered) return new Response(recordedBody(answered, data), { status: answered.status, headers: answered.headers });
+    if (posted !== null && FEATURE_ACTS.test(new URL(url, "http://lmpeek.invalid").pathname)) {
+      const need = wantedText(header.responses, posted);
+      return missing(need.what, need.add);
+    }
     if (method !== "GET") {
       const detail = url.includes("/api/features/")
         ? `this is an exported file: nothing can be saved here. ${header.hint}`
