@@ -155,7 +155,7 @@ def test_the_route_answers_as_the_service(client, service):
     want = service.generate("sae", CHAT, **{k: v for k, v in body.items() if k != "text"})
     assert r.json() == clean(want)
     got = r.json()
-    assert set(got) == {"tokens", "features", "values", "quantiles", "ranking", "top_features",
+    assert set(got) == {"tokens", "token_bytes", "features", "values", "quantiles", "ranking", "top_features",
                         "prompt_tokens", "response", "seed", "stopped"}  # fmt: skip
 
 
