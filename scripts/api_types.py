@@ -100,9 +100,9 @@ def stream_schemas() -> dict[str, Any]:
     described by OpenAPI, so their schemas come straight from the models, as components."""
     from pydantic.json_schema import models_json_schema
 
-    from lmpeek.server.responses import STREAM_EVENTS
+    from lmpeek.server.responses import STREAM_EVENTS, WHY_EVENTS
 
-    models = [(m, "serialization") for m in STREAM_EVENTS.values()]
+    models = [(m, "serialization") for m in {**STREAM_EVENTS, **WHY_EVENTS}.values()]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return top.get("$defs", {})
 
@@ -135,6 +135,12 @@ def render(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
         lines.append("/** POST /api/generate's server-sent events: the data of each, by event name. */")
         lines.append("export interface GenerateEvents {")
         lines += [f"  {event}: {model.__name__};" for event, model in STREAM_EVENTS.items()]
+        lines.append("}\n")
+        from lmpeek.server.responses import WHY_EVENTS
+
+        lines.append("/** POST /api/why/attribute's server-sent events: the data of each, by event name. */")
+        lines.append("export interface WhyEvents {")
+        lines += [f"  {event}: {model.__name__};" for event, model in WHY_EVENTS.items()]
         lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -441,7 +441,8 @@ def export_cmd(
             help="Also embed, comma-separated: attention=LAYER:HEAD (repeatable), lens (the logit lens of "
             "every token), grid (the Attention tab's model view of its first window), grid=START:END (the "
             "model view of tokens START..END-1), qk=LAYER:HEAD:QUERY (the neuron view of that query "
-            "against every key).",
+            "against every key), flow=TOKEN or flow (the information flow of that token's, or the last "
+            "token's, prediction at thresholds 0.02, 0.04, 0.06 and 0.1).",
         ),
     ] = "",
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Alternatives kept per position.")] = 10,

@@ -17,10 +17,12 @@ worker thread itself (the server runs whole jobs there) runs its model work dire
 
 from __future__ import annotations
 
+import inspect
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -161,6 +163,72 @@ def _need(name: str, **given: Any) -> None:
         raise MissingParameter(f"metric '{name}' needs {' and '.join(missing)}")
 
 
+@dataclass(frozen=True)
+class WhyEstimate:
+    forwards: int  # sequences the attribution and its faithfulness will run (IG's first round of steps)
+    seconds: float  # forwards × one measured forward of this text's length (× 3 with a backward)
+    cached: bool  # the answer is already known: no forward will run
+
+
+@dataclass(frozen=True)
+class WhyResult:
+    attribution: Any  # lmpeek.attribution.attribute.Attribution
+    faithfulness: Any  # lmpeek.attribution.faithfulness.Faithfulness, or None when not asked
+    cached: bool
+
+
+def attribution_forwards(kind: str, method: str, n: int, steps: int | None, faith: bool) -> tuple[int, int]:
+    """Sequences a method runs on n segments (one target row), as methods.py counts them: the forward
+    that finds the target, then F(x) and F(x'), then the method's own; faithfulness scores at most
+    (1 + 8 random orders) × 2 curves × (n + 1) masks, of which the full and empty ones are shared.
+    Returns (sequences, of which also run backward: a gradient method's own)."""
+    own = {
+        "integrated_gradients": steps or 16,  # adaptive IG may double it (progress totals then grow)
+        "gradient_x_input": 1,
+        "occlusion": n,
+        "shapley": 2**n if n <= 10 else 25 * n,
+        "kernel_shap": 200,
+        "lime": 200,
+    }.get(method, n)
+    scored = 18 * max(n - 1, 0) + 2 if faith else 0
+    return 1 + 2 + own + scored, own if kind == "gradient" else 0
+
+
+class AttributionRun:
+    """Session.start_attribution's answer: `estimate`, then iterate it (on the model's thread) for
+    (done, total) progress; `result` once it ends. Its computation runs in turns (lmpeek.turns), so
+    the worker's other jobs run between them; closing the iteration early cancels it."""
+
+    def __init__(self, session: Session, key: tuple, estimate: WhyEstimate, compute: Any, result: Any):
+        self.session, self.key, self.estimate = session, key, estimate
+        self._compute = compute
+        self.result: WhyResult | None = result
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.result is not None:
+            return
+        from lmpeek.capture.hooks import model_lock
+        from lmpeek.turns import Turns
+
+        turns = Turns(self._compute, model_lock(self.session.model.hf), "lmpeek-attribution")
+        try:
+            while True:
+                kind, value = turns.step()
+                if kind == "item":
+                    yield value
+                    continue
+                if kind == "error":
+                    raise value
+                cache = self.session._why
+                cache[self.key] = WhyResult(value.attribution, value.faithfulness, True)
+                while len(cache) > self.session.WHY_KEPT:
+                    cache.popitem(last=False)
+                self.result = value
+                return
+        finally:
+            turns.close()
+
+
 class Session:
     """A model, its queue and its traces. `model`: a LoadedModel, or a source for `lmpeek.load`.
     `store`: a TraceStore (default: one in a temporary folder, removed with the Session)."""
@@ -179,6 +247,10 @@ class Session:
         self.store = store
         self.worker = worker if worker is not None else ModelWorker()
         self._own_worker = worker is None
+        self._why: OrderedDict[tuple, WhyResult] = OrderedDict()  # attribution results (start_attribution)
+        self._forward_seconds: dict[int, float] = {}  # one forward's time per length bucket (estimates)
+        # trace id -> (flow Decomposition, its shares memo, answers by (token, threshold, contrast))
+        self._flows: OrderedDict[str, tuple[Any, dict[Any, Any], dict[Any, Any]]] = OrderedDict()
 
     def close(self) -> None:
         if self._own_worker:
@@ -568,6 +640,141 @@ class Session:
         token = token or 0
         cos = self.similarity(trace_id, hook, head, token, kind)
         return cos, [token] if kind == "tokens" else []  # a token's cosine with itself is 1 by definition
+
+    # --- information flow ---------------------------------------------------------------------------
+
+    FLOW_KEPT = 2  # decompositions kept (a text's residual parts: O(L·T·D) each), newest last
+
+    def flow(self, trace_id: str, token: int, threshold: float = 0.04, contrast: int | None = None):
+        """The information-flow graph (lmpeek.attribution.flow) of the prediction at `token` of a
+        stored trace: an attribution.flow.Graph. `threshold` in (0, 1]; `contrast`: a token id B
+        (edges then carry their direct effect on log p(top) − log p(B)). One forward per trace
+        (its Decomposition is kept for the FLOW_KEPT newest traces) and each node's shares once: another
+        threshold, token or contrast re-walks from them; each answer is cached too."""
+        from lmpeek import validate
+        from lmpeek.attribution.flow import Decomposition, explain
+
+        t = self.get(trace_id)
+        T = len(t)
+        _check_index("token", token, T, f" (the trace has {T} tokens)")
+        threshold = validate.number("threshold", threshold, 0.0, 1.0, above=True)
+        key = (token, threshold, contrast)
+        held = self._flows.get(trace_id)
+        if held is not None and key in held[2]:
+            return held[2][key]
+
+        def run():
+            state = self._flows.get(trace_id)
+            if state is None:
+                state = (Decomposition(self.model, [int(i) for i in t.token_ids], list(t.tokens)), {}, {})
+                self._flows[trace_id] = state
+                while len(self._flows) > self.FLOW_KEPT:
+                    self._flows.popitem(last=False)
+            self._flows.move_to_end(trace_id)
+            graph = explain(state[0], token, threshold, contrast, memo=state[1])  # a bad contrast: 400
+            if len(state[2]) >= 64:  # answers are small; a slider dragged for minutes should not grow them
+                state[2].pop(next(iter(state[2])))
+            state[2][key] = graph
+            return graph
+
+        return self._on_model(run, "flow")
+
+    # --- attribution (the Why tab): a long job with an estimate, progress, cancel and a cache --------
+
+    WHY_KEPT = 32  # attribution results kept (LRU), keyed by model, text and every parameter
+
+    def start_attribution(self, text: str, target: Any = None, method: str = "integrated_gradients",
+                          features: Any = "tokens", contrast: Any = None, steps: int | None = None,
+                          faithfulness: bool = True) -> AttributionRun:  # fmt: skip
+        """An attribution (lmpeek.attribute) of `text`, with its faithfulness (curves, AOPC, random
+        band) when asked, to run as a job: `.estimate` (forwards, seconds) first, then iterate it on the
+        model's thread for (done, total) sequences, `.result` at the end (cached: a repeat is done at
+        once). Bad input raises here. Runs one forward (finds the default target; timed once per length
+        bucket), so call it on the model's thread too (the server runs it as a job; `attribute` does)."""
+        import time
+
+        from lmpeek import validate
+        from lmpeek.attribution import segments as seg
+        from lmpeek.attribution import targets as tgt
+        from lmpeek.attribution.attribute import _baseline_token, _template_mask
+        from lmpeek.attribution.methods import METHODS
+        from lmpeek.capture.hooks import model_lock
+        from lmpeek.capture.tokens import tokenize
+        from lmpeek.errors import InvalidInput
+
+        validate.text(text)
+        if method not in METHODS:
+            raise InvalidInput(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        if steps is not None:
+            steps = validate.integer("steps", steps, 1, 4096)
+        model, tok = self.model, self.model.tokenizer
+        feats = features if isinstance(features, str) else tuple(tuple(s) for s in features)
+        key = (model.fingerprint["id"], text, target, contrast, method, feats, steps, bool(faithfulness))
+        if key in self._why:
+            self._why.move_to_end(key)
+            return AttributionRun(self, key, WhyEstimate(0, 0.0, True), None, self._why[key])
+        tz = tokenize(tok, text, model.context_length)
+        segments = seg.segment(tz.text, tz.offsets, tz.tokens, _template_mask(tok, tz.token_ids), features)
+        bucket = max(int(len(tz.token_ids)) - 1, 1).bit_length()  # 2^(b-1) < tokens <= 2^b
+        import torch
+
+        with model_lock(model.hf), torch.no_grad():
+            ids = torch.as_tensor(tz.token_ids, device=model.device)[None]
+            logits = model.hf(ids, use_cache=False, logits_to_keep=1).logits
+            if bucket not in self._forward_seconds:  # timed on a second forward: the first pays warm-up
+                start = time.perf_counter()
+                model.hf(ids, use_cache=False, logits_to_keep=1)
+                self._forward_seconds[bucket] = time.perf_counter() - start
+        one = self._forward_seconds[bucket]
+        resolved = tgt.resolve(tok, tz.token_ids.tolist(), int(logits[0, -1].argmax()), target, contrast)
+        baseline_id, baseline_text = _baseline_token(tok, None) if faithfulness else (None, "")
+        kind = METHODS[method].kind
+        estimate, backward = attribution_forwards(kind, method, len(segments), steps, faithfulness)
+        seconds = (estimate + 2 * backward) * one  # a backward costs about two forwards
+        # sequences per batched forward: about a quarter second each, so the queue's other jobs (run
+        # between batches) never wait long; at most the library's defaults
+        batch = max(1, min(16, int(0.25 / max(one, 1e-6))))
+
+        def compute(pause: Callable[[Any], None]) -> WhyResult:
+            from lmpeek.attribution.attribute import attribute
+            from lmpeek.attribution.faithfulness import faithfulness as faith
+
+            last = [time.monotonic()]
+
+            def tick(done: int) -> None:  # pause (the queue's other jobs run) about every 50 ms
+                if time.monotonic() - last[0] >= 0.05:
+                    pause((done, max(estimate, done)))
+                    last[0] = time.monotonic()
+
+            a = attribute(model, text, target, method, features, steps, contrast=contrast, batch=batch,
+                          progress=tick)  # fmt: skip
+            f = None
+            if faithfulness:
+                spans = [list(range(lo, hi)) for lo, hi in a.segments.ranges]
+                f = faith(model, text, a.scores, spans, target=resolved, baseline=baseline_id,
+                          batch_size=batch, progress=lambda d, _n: tick(a.forwards + d))  # fmt: skip
+                f = replace(f, baseline=baseline_text)  # the token's name, not its id
+            return WhyResult(a, f, False)
+
+        return AttributionRun(self, key, WhyEstimate(estimate, seconds, False), compute, None)
+
+    def attribute(self, text: str, target: Any = None, method: str = "integrated_gradients",
+                  features: Any = "tokens", contrast: Any = None, steps: int | None = None,
+                  faithfulness: bool = True) -> WhyResult:  # fmt: skip
+        """`start_attribution` run to its end as jobs on the model's queue (other jobs run between its
+        turns); for the notebook and tests. The server streams the run's progress instead."""
+        run = self._on_model(lambda: self.start_attribution(text, target, method, features, contrast, steps,
+                                                            faithfulness), "attribute")  # fmt: skip
+
+        def steps_() -> Iterator[Any]:
+            yield from run
+
+        out = self._on_model(steps_, "attribute")
+        if inspect.isgenerator(out):  # called on the model's thread itself: run the steps here
+            for _ in out:
+                pass
+        assert run.result is not None
+        return run.result
 
     # --- the catalogue ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,7 @@ def attribute(
     seed: int = 0,
     batch: int = 16,
     time_budget: float = 60.0,
+    progress: Callable[[int], None] | None = None,
 ) -> Attribution:
     """Attribute a target's score to segments of `text` (see the module docstring).
 
@@ -133,7 +135,8 @@ def attribute(
     the text's own next token). score: "log_prob" | "prob" | "logit". baseline: None (zeros for
     gradient methods, pad/unk/eos token for perturbation ones), "zeros", "pad", "unk", "eos", a token
     string or id. steps: IG steps (None: adaptive); samples: for shapley (> 10 segments), kernel_shap,
-    lime; seed: their random samples; batch: sequences per forward.
+    lime; seed: their random samples; batch: sequences per forward. progress: called with the number
+    of sequences run so far before each batched forward (raise from it to cancel between batches).
     """
     from lmpeek.capture.hooks import model_lock
     from lmpeek.capture.tokens import tokenize
@@ -169,7 +172,7 @@ def attribute(
             [segments.token_map(len(prompt)), -np.ones(len(target_.span_ids), int)]
         )
         problem = Problem(hf, ids, target_, token_segment, len(segments), steps=steps, samples=samples,
-                          seed=seed, batch=batch, time_budget=time_budget)  # fmt: skip
+                          seed=seed, batch=batch, time_budget=time_budget, progress=progress)  # fmt: skip
         problem.forwards = 1
         if kind == "gradient":
             x = hf.get_input_embeddings()(ids).detach()

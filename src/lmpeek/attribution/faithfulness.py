@@ -318,13 +318,18 @@ class _ModelScorer:
     """F on perturbed copies of `ids`, `batch_size` per forward (left-padded with attention mask and
     position ids, as capture.batched does), reading only the logit rows the target needs."""
 
-    def __init__(self, model, ids, segments, baseline_id, target, batch_size) -> None:
+    def __init__(self, model, ids, segments, baseline_id, target, batch_size, progress=None) -> None:
         self.model, self.ids, self.segments = model, ids, segments
         self.baseline_id, self.target, self.batch_size = baseline_id, target, batch_size
+        self.progress = progress  # (sequences done, sequences in all) before each batch
         self.forwards = 0
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
-        out = [self._batch(masks[a : a + self.batch_size]) for a in range(0, len(masks), self.batch_size)]
+        out = []
+        for a in range(0, len(masks), self.batch_size):
+            if self.progress is not None:
+                self.progress(a, len(masks))
+            out.append(self._batch(masks[a : a + self.batch_size]))
         return np.concatenate(out) if out else np.zeros(0)
 
     def _rows(self, kept: np.ndarray) -> list[int]:
@@ -413,11 +418,13 @@ def faithfulness(
     random: int = 8,
     seed: int = 0,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Faithfulness:
     """Deletion / insertion curves, AOPC comprehensiveness and sufficiency, and a random-order band
     for an attribution's `scores` (one per segment; a [n_targets, n] array is summed over targets,
     as signed additive scores of a summed span are) over `segments` (token index lists; None: every
-    token) of the input, on a LoadedModel. See the module docstring for the definitions."""
+    token) of the input, on a LoadedModel. See the module docstring for the definitions. `progress`:
+    called with (sequences scored, sequences in all) before each batch (raise from it to cancel)."""
     from lmpeek.capture.trace import require_model
 
     require_model(model)
@@ -439,7 +446,7 @@ def faithfulness(
     before = 1 if target is None else 0  # the forward that found the default target
     tgt, span = resolve_target(model, ids, target)
     ids = np.concatenate([ids, span])  # a teacher-forced continuation, never perturbed
-    scorer = _ModelScorer(model, ids, segs, baseline_id, tgt, batch_size)
+    scorer = _ModelScorer(model, ids, segs, baseline_id, tgt, batch_size, progress)
     result = evaluate(scorer, s, fractions, random, seed)
     return replace(
         result,

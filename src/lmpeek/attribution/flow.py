@@ -487,7 +487,7 @@ def flow(
     edges then also carry their direct effect on log p(A) − log p(B) (negative: toward B); A defaults
     to the top prediction. Bad input raises InvalidInput with a one-line message."""
     from lmpeek import validate
-    from lmpeek.capture.tokens import from_ids, token_labels_fn, tokenize
+    from lmpeek.capture.tokens import from_ids, tokenize
     from lmpeek.capture.trace import require_model, vocab_size
 
     require_model(model)
@@ -497,19 +497,56 @@ def flow(
     else:
         tok = from_ids(model.tokenizer, text, model.context_length, vocab_size(model))
     target = _position(token, len(tok.token_ids))
-    dec = Decomposition(model, tok.token_ids.tolist(), tok.tokens)
+    return explain(Decomposition(model, tok.token_ids.tolist(), tok.tokens), target, threshold, contrastive)
+
+
+def _memoised(fn: Shares, memo: dict[tuple[int, str, int], dict[str, torch.Tensor]]) -> Shares:
+    def get(layer: int, kind: str, i: int) -> dict[str, torch.Tensor]:
+        key = (layer, kind, i)
+        if key not in memo:
+            memo[key] = fn(layer, kind, i)
+        return memo[key]
+
+    return get
+
+
+def explain(
+    dec: Decomposition,
+    target: int,
+    threshold: float = 0.04,
+    contrastive: Any = None,
+    memo: dict[Any, Any] | None = None,
+) -> Graph:
+    """`flow`'s graph from a Decomposition already made (position `target` in 0..T-1). `memo`: a dict
+    kept by the caller between calls on the same `dec` (the server's Session): each node's shares and
+    each contrast pair's projections are then computed once, so another threshold or target re-walks
+    without decomposing a sum twice (same numbers: the parts do not depend on the target)."""
+    from lmpeek import validate
+    from lmpeek.capture.tokens import token_labels_fn
+
+    threshold = validate.number("threshold", threshold, 0.0, 1.0)
+    target = _position(target, dec.n_tokens)
+    model = dec.model
     logp = torch.log_softmax(dec.logits[target].double(), -1)
     top = int(logp.argmax())
     label = token_labels_fn(model.tokenizer)
     prediction = {"id": top, "token": label(top), "prob": float(logp[top].exp())}
-    project, info = None, None
+    shares: Shares = dec.shares if memo is None else _memoised(dec.shares, memo.setdefault("shares", {}))
+    project, info, projection = None, None, None
     if contrastive is not None:
         a, b = _contrast_pair(model, contrastive, top)
-        project = _Projection(dec, a, b)
+        if memo is None:
+            projection = _Projection(dec, a, b)
+            project = projection
+        else:
+            if ("projection", a, b) not in memo:
+                memo[("projection", a, b)] = _Projection(dec, a, b)
+            projection = memo[("projection", a, b)]
+            project = _memoised(projection, memo.setdefault(("project", a, b), {}))
         info = {"a": label(a), "b": label(b), "a_id": a, "b_id": b, "logprob_diff": float(logp[a] - logp[b])}
-    infl, edges, calls = walk(dec.shares, dec.n_layers, target, threshold, dec.parallel, project)
+    infl, edges, calls = walk(shares, dec.n_layers, target, threshold, dec.parallel, project)
     return Graph(
-        tokens=list(tok.tokens),
+        tokens=list(dec.tokens),
         target=target,
         threshold=threshold,
         n_layers=dec.n_layers,
@@ -518,6 +555,6 @@ def flow(
         edges=edges,
         prediction=prediction,
         contrastive=info,
-        node_contrast={n: project.node(n) for n in infl} if project else None,
+        node_contrast={n: projection.node(n) for n in infl} if projection else None,
         computed=calls,
     )

@@ -56,11 +56,15 @@ class Problem:
     batch: int = 16
     time_budget: float = 60.0
     forwards: int = 0
+    # called with `forwards` before each forward (progress; it may raise to cancel between batches)
+    progress: Callable[[int], None] | None = None
     _cache: dict[bytes, torch.Tensor] = field(default_factory=dict)
 
     def _logits(self, **inputs) -> torch.Tensor:
         first = self.target.first
         S = self.ids.shape[1]
+        if self.progress is not None:
+            self.progress(self.forwards)
         out = self.model(**inputs, use_cache=False, logits_to_keep=S - first)
         self.forwards += next(iter(inputs.values())).shape[0]
         return scores(out.logits[:, -(S - first) :], self.target, first)

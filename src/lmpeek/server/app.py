@@ -486,7 +486,13 @@ def create_app(
     from lmpeek.server.routes_attention import add_attention_routes  # the Attention tab's grid and q·k
 
     add_attention_routes(app)
+    from lmpeek.server.routes_flow import add_flow_routes  # the information-flow graph (issue 13)
+
+    add_flow_routes(app)
     add_feature_routes(app, holder, service)  # the Features tab: databases, search, labels, your text
+    from lmpeek.server.routes_why import add_why_routes  # the Why tab: attributions as jobs (issue 13)
+
+    add_why_routes(app, holder)
 
     @app.get("/api/samples", **responses.typed(list[responses.Sample]))
     def samples() -> list[dict[str, Any]]:

@@ -495,3 +495,158 @@ class FeatureActivations(BaseModel):
     quantiles: list[Floats] | None
     ranking: list[list[RankedFeature]]
     top_features: list[TextFeature]
+
+
+class FlowNode(BaseModel):
+    id: str  # LM-TT's names: X_t (embedding), A{l}_t (after attention), M{l}_t (MLP), I{l}_t (block out)
+    layer: int  # -1 for the embedding
+    token: int
+    kind: Literal["embed", "attn", "mlp", "resid"]
+    influence: float  # the share of the prediction reaching the node along kept edges
+    contrast: float = absent()  # the node's projection on log p(A) − log p(B) (contrastive only)
+
+
+class FlowEdge(BaseModel):
+    source: str  # a node id (the part)
+    target: str  # a node id (the sum it is part of)
+    kind: Literal["head", "mlp", "residual"]
+    head: int | None
+    weight: float  # the part's share of the target's sum (proximity importance)
+    flow: float  # weight × the target's influence
+    contrast: float = absent()  # the part's direct effect on log p(A) − log p(B) (contrastive only)
+
+
+class FlowPrediction(BaseModel):
+    id: int
+    token: str
+    prob: float
+
+
+class FlowContrast(BaseModel):
+    a: str
+    b: str
+    a_id: int
+    b_id: int
+    logprob_diff: float
+
+
+class FlowGraph(BaseModel):
+    """GET /api/traces/{id}/flow: lmpeek.attribution.flow's graph (Graph.to_json) of one prediction."""
+
+    tokens: list[str]
+    target: int
+    threshold: float
+    n_layers: int
+    parallel: bool
+    prediction: FlowPrediction
+    contrastive: FlowContrast | None
+    nodes: list[FlowNode]
+    edges: list[FlowEdge]
+
+
+# --- the Why tab (server/routes_why.py): POST /api/why/attribute's events, GET /api/why/methods ---
+
+
+class WhyMethod(BaseModel):
+    name: str
+    kind: Literal["gradient", "perturbation"]
+    summary: str
+    exact: bool  # deterministic scores (no random samples; shapley: exact up to `exact_up_to` segments)
+    sampled: bool  # random samples (shapley beyond `exact_up_to` segments, kernel_shap, lime)
+    default_steps: int | None  # integrated_gradients: the first round (adaptive: doubled until δ < 5 %)
+    default_samples: int | None
+
+
+class WhyMethods(BaseModel):
+    """GET /api/why/methods: the attribution methods, feature kinds and the default method."""
+
+    methods: list[WhyMethod]
+    features: list[str]
+    default: str
+    exact_up_to: int  # shapley is exact (all subsets) up to this many segments
+
+
+class WhyEstimate(BaseModel):
+    """Event `estimate`: sequences to run and the seconds they should take (0 when cached)."""
+
+    forwards: int
+    seconds: Float
+    cached: bool
+
+
+class WhyProgress(BaseModel):
+    """Event `progress`: sequences run so far, of `total` (IG's adaptive steps may raise it)."""
+
+    done: int
+    total: int
+
+
+class WhySegment(BaseModel):
+    label: str
+    tokens: list[int]  # [first, end) token indices
+
+
+class WhyBand(BaseModel):
+    mean: Floats
+    std: Floats
+
+
+class WhyScalarBand(BaseModel):
+    mean: Float
+    std: Float
+
+
+class WhyFaithfulness(BaseModel):
+    """Deletion / insertion curves (index k: k segments removed / kept, highest score first), ERASER
+    comprehensiveness and sufficiency at each fraction of segments, their AOPC, and the random band."""
+
+    fractions: list[float]
+    k: list[int]
+    order: list[int]
+    deletion: Floats
+    insertion: Floats
+    comprehensiveness: Floats
+    sufficiency: Floats
+    aopc_comprehensiveness: Float
+    aopc_sufficiency: Float
+    deletion_auc: Float
+    insertion_auc: Float
+    random_deletion: WhyBand
+    random_insertion: WhyBand
+    random_aopc_comprehensiveness: WhyScalarBand
+    random_aopc_sufficiency: WhyScalarBand
+    random_orders: int
+    full: Float
+    empty: Float
+    forwards: int
+    sequences: int
+    baseline: str
+    target: str
+
+
+class WhyResult(BaseModel):
+    """Event `result`: lmpeek.attribute's answer (Attribution.to_dict) and its faithfulness."""
+
+    method: str
+    target: str
+    target_labels: list[str]
+    baseline: str
+    features: str
+    segments: list[WhySegment]
+    tokens: list[str]
+    scores: list[Floats]  # [targets, segments], signed
+    delta: Floats
+    relative_delta: Floats
+    f_input: Floats
+    f_baseline: Floats
+    steps: int | None
+    samples: int | None
+    forwards: int
+    seconds: float
+    faithfulness: WhyFaithfulness | None
+    cached: bool
+
+
+WHY_EVENTS: dict[str, type[BaseModel]] = {
+    "estimate": WhyEstimate, "progress": WhyProgress, "result": WhyResult, "error": StreamError,
+}  # fmt: skip

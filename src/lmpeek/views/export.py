@@ -24,7 +24,9 @@ its causal triangle (row q holds keys 0..q) in float16: T(T+1) bytes, half of th
 `include` (Include.parse; `--include` of `lmpeek export`): attention=L:H (a head: the Explore metric
 and the Attention tab's head view), lens (the logit lens of every token), grid (the Attention tab's
 model view of the window it opens on), grid=START:END (the model view of that window: what the tab
-asks while it shows tokens START..END-1), qk=L:H:Q (the neuron view of query Q against every key).
+asks while it shows tokens START..END-1), qk=L:H:Q (the neuron view of query Q against every key),
+flow=TOKEN (the information-flow graph of the prediction at TOKEN at the slider stops FLOW_THRESHOLDS,
+no contrast; `flow` alone: the last token).
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ class Include:
     grid: bool = False  # the Attention tab's model view of the window it opens on
     windows: list[tuple[int, int]] = field(default_factory=list)  # more model-view windows (start, end)
     qk: list[tuple[int, int, int]] = field(default_factory=list)  # (layer, head, query): every key <= query
+    flow: list[int] = field(default_factory=list)  # tokens whose information flow is recorded (-1: the last)
 
     @classmethod
     def parse(cls, spec: str | Sequence[str] | None) -> Include:
-        """'attention=0:1,attention=3:2,lens,grid,grid=64:128,qk=1:2:7' (or a list of such items)."""
+        """'attention=0:1,attention=3:2,lens,grid,grid=64:128,qk=1:2:7,flow=5' (or a list of such items)."""
         inc = cls()
         items: Iterable[str] = spec.split(",") if isinstance(spec, str) else (spec or [])
         for raw in items:
@@ -94,10 +97,14 @@ class Include:
                 inc.windows.append((start, end))
             elif m := re.fullmatch(r"qk=(\d+):(\d+):(\d+)", item):
                 inc.qk.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
+            elif item == "flow":
+                inc.flow.append(-1)
+            elif m := re.fullmatch(r"flow=(\d+)", item):
+                inc.flow.append(int(m.group(1)))
             else:
                 raise InvalidInput(
-                    f"unknown --include item '{item}': use attention=LAYER:HEAD, lens, grid, grid=START:END "
-                    "or qk=LAYER:HEAD:QUERY"
+                    f"unknown --include item '{item}': use attention=LAYER:HEAD, lens, grid, grid=START:END, "
+                    "qk=LAYER:HEAD:QUERY, flow or flow=TOKEN"
                 )
         return inc
 
@@ -106,6 +113,9 @@ class Include:
 # token, 0 when a page opens) and its thumbnail size (web/src/lib/attention.ts THUMB_CELLS)
 GRID_WIDTH = 64
 THUMB_CELLS = 64
+# the information-flow slider stops an export records (web/src/lib/flow.ts THRESHOLDS; 0.04 the default),
+# written as the page's query writes them (String(0.1) == "0.1" == str(0.1))
+FLOW_THRESHOLDS = (0.02, 0.04, 0.06, 0.1)
 
 
 def window_around(T: int, token: int, width: int) -> tuple[int, int]:
@@ -319,8 +329,9 @@ def default_requests(session: Any, trace_id: str) -> list[dict[str, Any]]:
 
 def attention_requests(session: Any, trace_id: str, include: Include) -> list[dict[str, Any]]:
     """The Attention tab's questions an `include` answers, as web/src/lib/api.ts asks them: the model
-    view of each window (attentionGrid: start, end, size), and the neuron view of query Q against every
-    key it sees (qk: layer, head, query, key)."""
+    view of each window (attentionGrid: start, end, size), the neuron view of query Q against every
+    key it sees (qk: layer, head, query, key), and the information flow of each token at each of
+    FLOW_THRESHOLDS (web/src/lib/flow.ts flowPath: token, threshold)."""
     T = len(session.get(trace_id))
     out: list[dict[str, Any]] = []
     for start, end in grid_windows(T, include):
@@ -334,6 +345,11 @@ def attention_requests(session: Any, trace_id: str, include: Include) -> list[di
             {"__path__": path, "layer": layer, "head": head, "query": query, "key": k}
             for k in range(query + 1)
         ]
+    for token in dict.fromkeys(T - 1 if t == -1 else t for t in include.flow):
+        if token >= T:
+            raise InvalidInput(f"--include flow={token}: the text has {T} tokens (0..{T - 1})")
+        path = f"/api/traces/{trace_id}/flow"
+        out += [{"__path__": path, "token": token, "threshold": t} for t in FLOW_THRESHOLDS]
     return out
 
 

@@ -9,6 +9,16 @@ export interface ActivationsRequest {
   exclude_template?: boolean;
 }
 
+export interface AttributeRequest {
+  text: string;
+  target?: string | number | null;
+  contrast?: string | number | null;
+  method?: string;
+  features?: string;
+  steps?: number | null;
+  faithfulness?: boolean;
+}
+
 /** analysis.scales.ColourScale: the page maps min -> 0, divider -> 0.5, max -> 1 of its colour map. */
 export interface ColourScale {
   kind: "sequential" | "diverging";
@@ -211,6 +221,52 @@ export interface FeatureToken {
   id: number;
   label: string;
   template: boolean;
+}
+
+export interface FlowContrast {
+  a: string;
+  b: string;
+  a_id: number;
+  b_id: number;
+  logprob_diff: number;
+}
+
+export interface FlowEdge {
+  source: string;
+  target: string;
+  kind: "head" | "mlp" | "residual";
+  head: number | null;
+  weight: number;
+  flow: number;
+  contrast?: number;
+}
+
+/** GET /api/traces/{id}/flow: lmpeek.attribution.flow's graph (Graph.to_json) of one prediction. */
+export interface FlowGraph {
+  tokens: string[];
+  target: number;
+  threshold: number;
+  n_layers: number;
+  parallel: boolean;
+  prediction: FlowPrediction;
+  contrastive: FlowContrast | null;
+  nodes: FlowNode[];
+  edges: FlowEdge[];
+}
+
+export interface FlowNode {
+  id: string;
+  layer: number;
+  token: number;
+  kind: "embed" | "attn" | "mlp" | "resid";
+  influence: number;
+  contrast?: number;
+}
+
+export interface FlowPrediction {
+  id: number;
+  token: string;
+  prob: number;
 }
 
 /** Event `done`: the id of the stored trace of the whole text. */
@@ -544,6 +600,100 @@ export interface Vector {
   data: (number | null)[];
 }
 
+export interface WhyBand {
+  mean: (number | null)[];
+  std: (number | null)[];
+}
+
+/** Event `estimate`: sequences to run and the seconds they should take (0 when cached). */
+export interface WhyEstimate {
+  forwards: number;
+  seconds: number | null;
+  cached: boolean;
+}
+
+/** Deletion / insertion curves (index k: k segments removed / kept, highest score first), ERASER comprehensiveness and sufficiency at each fraction of segments, their AOPC, and the random band. */
+export interface WhyFaithfulness {
+  fractions: number[];
+  k: number[];
+  order: number[];
+  deletion: (number | null)[];
+  insertion: (number | null)[];
+  comprehensiveness: (number | null)[];
+  sufficiency: (number | null)[];
+  aopc_comprehensiveness: number | null;
+  aopc_sufficiency: number | null;
+  deletion_auc: number | null;
+  insertion_auc: number | null;
+  random_deletion: WhyBand;
+  random_insertion: WhyBand;
+  random_aopc_comprehensiveness: WhyScalarBand;
+  random_aopc_sufficiency: WhyScalarBand;
+  random_orders: number;
+  full: number | null;
+  empty: number | null;
+  forwards: number;
+  sequences: number;
+  baseline: string;
+  target: string;
+}
+
+export interface WhyMethod {
+  name: string;
+  kind: "gradient" | "perturbation";
+  summary: string;
+  exact: boolean;
+  sampled: boolean;
+  default_steps: number | null;
+  default_samples: number | null;
+}
+
+/** GET /api/why/methods: the attribution methods, feature kinds and the default method. */
+export interface WhyMethods {
+  methods: WhyMethod[];
+  features: string[];
+  default: string;
+  exact_up_to: number;
+}
+
+/** Event `progress`: sequences run so far, of `total` (IG's adaptive steps may raise it). */
+export interface WhyProgress {
+  done: number;
+  total: number;
+}
+
+/** Event `result`: lmpeek.attribute's answer (Attribution.to_dict) and its faithfulness. */
+export interface WhyResult {
+  method: string;
+  target: string;
+  target_labels: string[];
+  baseline: string;
+  features: string;
+  segments: WhySegment[];
+  tokens: string[];
+  scores: (number | null)[][];
+  delta: (number | null)[];
+  relative_delta: (number | null)[];
+  f_input: (number | null)[];
+  f_baseline: (number | null)[];
+  steps: number | null;
+  samples: number | null;
+  forwards: number;
+  seconds: number;
+  faithfulness: WhyFaithfulness | null;
+  cached: boolean;
+}
+
+export interface WhyScalarBand {
+  mean: number | null;
+  std: number | null;
+}
+
+export interface WhySegment {
+  label: string;
+  tokens: number[];
+}
+
 /** Each JSON route's answer (status 200), by method and path. */
 export interface ApiResponses {
   "GET /api/health": Health;
@@ -563,6 +713,7 @@ export interface ApiResponses {
   "GET /api/traces/{trace_id}/metric": Metric;
   "GET /api/traces": StoredTrace[];
   "GET /api/traces/{trace_id}/qk": QkTerms;
+  "GET /api/traces/{trace_id}/flow": FlowGraph;
   "GET /api/features/{source}/crosscoder": CrosscoderSummary;
   "POST /api/features/{source}/pair": CrosscoderPair;
   "GET /api/features": FeatureSources;
@@ -571,6 +722,7 @@ export interface ApiResponses {
   "GET /api/features/{source}/{feature}/document/{doc}": FeatureDocument;
   "POST /api/features/{source}/activations": FeatureActivations;
   "POST /api/features/{source}/generate": FeatureGeneration;
+  "GET /api/why/methods": WhyMethods;
   "GET /api/samples": Sample[];
   "GET /api/samples/search": CorpusSearch;
   "GET /api/samples/{sample_id}": SampleText;
@@ -581,5 +733,13 @@ export interface GenerateEvents {
   start: GenerateStart;
   token: GenerateToken;
   done: GenerateDone;
+  error: StreamError;
+}
+
+/** POST /api/why/attribute's server-sent events: the data of each, by event name. */
+export interface WhyEvents {
+  estimate: WhyEstimate;
+  progress: WhyProgress;
+  result: WhyResult;
   error: StreamError;
 }

@@ -203,6 +203,18 @@ export class Api {
     await readSse(resp, onEvent);
   }
 
+  /** POST `body` to a route that answers server-sent events (the Why tab's attribution); resolves when
+   * the stream ends. Throws ApiError for a 4xx before streaming. */
+  async stream(path: string, body: unknown, onEvent: (ev: SseEvent) => void, signal?: AbortSignal): Promise<void> {
+    const resp = await this.request(path, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "text/event-stream" },
+      body: JSON.stringify(body),
+      signal,
+    });
+    await readSse(resp, onEvent);
+  }
+
   private traceGet<T>(id: string, what: string, params: Record<string, string | number | null | undefined>, signal?: AbortSignal): Promise<T> {
     return this.json(`/api/traces/${encodeURIComponent(id)}/${what}?${query(params)}`, { signal });
   }

@@ -209,6 +209,7 @@ export function recordedBody(hit: Recorded, data: Uint8Array): Uint8Array<ArrayB
 
 const GRID = /^\/api\/traces\/([^/]+)\/attention_grid$/;
 const QK = /^\/api\/traces\/([^/]+)\/qk$/;
+const FLOW = /^\/api\/traces\/([^/]+)\/flow$/;
 const FEATURE_LIST = /^\/api\/features\/([^/]+)\/list$/;
 const FEATURE_PAGE = /^\/api\/features\/([^/]+)\/(\d+)$/;
 const FEATURE_DOC = /^\/api\/features\/([^/]+)\/(\d+)\/document\/(\d+)$/;
@@ -225,6 +226,11 @@ function wanted(u: URL): { what: string; add?: string } | null {
   if (QK.test(u.pathname)) {
     const [l, h, q] = [p.get("layer"), p.get("head"), p.get("query")];
     return { what: `the q·k terms of layer ${l} head ${h} for query #${q}`, add: `--include qk=${l}:${h}:${q}` };
+  }
+  if (FLOW.test(u.pathname)) {
+    const [tok, thr, b] = [p.get("token"), p.get("threshold"), p.get("contrast")];
+    const what = `the information flow at #${tok}, threshold ${thr}${b ? `, contrast token ${b}` : ""} (an export holds thresholds 0.02, 0.04, 0.06, 0.1 without contrast)`;
+    return { what, add: `--include flow=${tok}` };
   }
   if (ATTENTION.test(u.pathname)) {
     const [l, h] = [p.get("layer"), p.get("head")];

@@ -39,7 +39,7 @@ export interface FeaturesState {
 }
 
 export interface ViewState {
-  view: "generate" | "explore" | "attention" | "features";
+  view: "generate" | "explore" | "attention" | "features" | "why";
   explore: Partial<ExploreState>;
   /** only when something of the Features tab is set */
   features?: Partial<FeaturesState>;
@@ -53,7 +53,7 @@ const NAME_KEYS = ["hook", "metric", "scale", "rope"] as const;
 const SOURCE = /^[^\p{Cc}\p{Cf}]{1,200}$/u;
 // the Features tab's keys, prefixed so they never meet Explore's
 const FEATURE_INTS = { feature: "f.feature", a: "f.a", b: "f.b" } as const;
-const VIEWS = ["generate", "explore", "attention", "features"] as const;
+const VIEWS = ["generate", "explore", "attention", "features", "why"] as const;
 
 /** "#view=explore&traces=a1b2…,c3d4…&tab=1&token=5&…" (without the leading "#"). */
 export function encodeViewState(s: ViewState): string {

@@ -1,0 +1,166 @@
+"""The Why tab's routes (issue 13): an attribution of your text, streamed as server-sent events.
+
+`POST /api/why/attribute` checks the request and finds the target (one job on the model's queue;
+bad input answers 4xx before any stream), then streams: `estimate` {forwards, seconds, cached},
+`progress` {done, total} while it runs, and `result` (Attribution.to_dict() with its faithfulness)
+or `error` {detail}; every stream ends with one of the two. The attribution is one generator job
+that runs in turns (Session.start_attribution, lmpeek.turns), so slices and summaries are answered
+between its batches; closing the connection cancels it. Results are cached by the Session: a repeat
+streams its estimate (cached) and result at once. `GET /api/why/methods` lists the methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from lmpeek.server import responses
+from lmpeek.server.finite import clean
+
+MAX_WHY_TEXT = 20_000  # characters; attributions cost forwards per segment, so keep texts modest
+
+
+class AttributeRequest(BaseModel):
+    text: str = Field(
+        min_length=1, max_length=MAX_WHY_TEXT, description="The text whose next token to explain."
+    )
+    target: str | Annotated[int, Field(ge=0, strict=True)] | None = Field(
+        None, description="The token to explain (its first token; an id): default the model's top prediction."
+    )
+    contrast: str | Annotated[int, Field(ge=0, strict=True)] | None = Field(
+        None, description="Explain log p(target) − log p(contrast) instead."
+    )
+    method: str = Field("integrated_gradients", max_length=64)
+    features: str = Field("tokens", max_length=32, description="tokens, words, sentences or lines.")
+    steps: int | None = Field(None, ge=1, le=4096, strict=True, description="IG steps (default: adaptive).")
+    faithfulness: bool = Field(
+        True, strict=True, description="Also compute deletion/insertion curves and AOPC."
+    )
+
+
+def faithfulness_json(f: Any) -> dict[str, Any]:
+    """Faithfulness (attribution.faithfulness) as WhyFaithfulness."""
+
+    def band(b: Any) -> dict[str, Any]:
+        return {"mean": b.mean.tolist(), "std": b.std.tolist()}
+
+    def scalar(b: Any) -> dict[str, Any]:
+        return {"mean": float(b.mean), "std": float(b.std)}
+
+    return {
+        "fractions": list(f.fractions),
+        "k": list(f.k),
+        "order": [int(i) for i in f.order],
+        "deletion": f.deletion.tolist(),
+        "insertion": f.insertion.tolist(),
+        "comprehensiveness": f.comprehensiveness.tolist(),
+        "sufficiency": f.sufficiency.tolist(),
+        "aopc_comprehensiveness": f.aopc_comprehensiveness,
+        "aopc_sufficiency": f.aopc_sufficiency,
+        "deletion_auc": f.deletion_auc,
+        "insertion_auc": f.insertion_auc,
+        "random_deletion": band(f.random_deletion),
+        "random_insertion": band(f.random_insertion),
+        "random_aopc_comprehensiveness": scalar(f.random_aopc_comprehensiveness),
+        "random_aopc_sufficiency": scalar(f.random_aopc_sufficiency),
+        "random_orders": len(f.random_orders),
+        "full": f.full,
+        "empty": f.empty,
+        "forwards": f.forwards,
+        "sequences": f.sequences,
+        "baseline": f.baseline,
+        "target": f.target,
+    }
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    """A Session WhyResult as the `result` event (strict JSON: non-finite numbers become null)."""
+    out = result.attribution.to_dict()
+    out["faithfulness"] = faithfulness_json(result.faithfulness) if result.faithfulness is not None else None
+    out["cached"] = bool(result.cached)
+    return clean(out)
+
+
+def methods_json() -> dict[str, Any]:
+    from lmpeek.attribution.methods import IG_FIRST_STEPS, METHODS, SHAPLEY_EXACT_MAX
+    from lmpeek.attribution.segments import KINDS
+
+    samples = {"shapley": 25, "kernel_shap": 200, "lime": 200}  # methods.py's defaults
+    return {
+        "methods": [
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "summary": m.summary,
+                "exact": m.name not in ("kernel_shap", "lime"),
+                "sampled": m.name in samples,
+                "default_steps": IG_FIRST_STEPS if m.name == "integrated_gradients" else None,
+                "default_samples": samples.get(m.name),
+            }
+            for m in METHODS.values()
+        ],
+        "features": list(KINDS),
+        "default": "integrated_gradients",
+        "exact_up_to": SHAPLEY_EXACT_MAX,
+    }
+
+
+def _sse(event: str, data: Any) -> str:
+    from lmpeek.server.app import _sse as sse
+
+    return sse(event, data)
+
+
+def add_why_routes(app: FastAPI, holder: Any) -> None:
+    """The routes; `holder` (server.app.ModelHolder) runs model jobs."""
+
+    @app.get("/api/why/methods", **responses.typed(responses.WhyMethods))
+    def why_methods() -> dict[str, Any]:
+        """The attribution methods (gradient or perturbation, exact or sampled, default steps and
+        samples), the feature kinds and the default method."""
+        return methods_json()
+
+    @app.post(
+        "/api/why/attribute",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def why_attribute(req: AttributeRequest, request: Request) -> StreamingResponse:
+        """Server-sent events: `estimate`, `progress` (while it runs), then `result` or `error`
+        (see the module docstring). Closing the connection cancels the attribution."""
+        from lmpeek.server.app import _error_text
+
+        session = holder.session()
+        args = req.model_dump()
+        # checks the input and finds the target on the model's thread: bad input is a 4xx, not a stream
+        run = await holder.run(lambda: session.start_attribution(**args), request, "attribute")
+
+        def steps() -> Iterator[str]:  # a generator job: the attribution in turns on the model's thread
+            for done, total in run:
+                yield _sse("progress", {"done": int(done), "total": int(total)})
+            return _sse("result", result_json(run.result))
+
+        job, sink = holder.worker.stream(steps, "attribute", follow_up=True)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                est = run.estimate
+                yield _sse(
+                    "estimate", {"forwards": est.forwards, "seconds": est.seconds, "cached": est.cached}
+                )
+                while True:
+                    kind, item = await sink.get()
+                    if kind == "error":
+                        yield _sse("error", {"detail": _error_text(item)})
+                        return
+                    yield item
+                    if kind == "end":
+                        return
+            finally:  # the client went away (Cancel, reload, closed tab) or the stream ended
+                job.cancel("the client closed the stream")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
