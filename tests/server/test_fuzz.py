@@ -45,8 +45,12 @@ def check_answer(r) -> None:
             assert isinstance(body, dict) and body.get("detail"), what
     elif media == "text/event-stream":
         events = _events(r.text)
-        assert events[0][0] == "start" and events[-1][0] in ("done", "error"), what
-        assert all(e == "token" for e, _ in events[1:-1]), what
+        if r.request.url.path.startswith("/api/why/"):  # an attribution: estimate, progress…, result or error
+            assert events[0][0] == "estimate" and events[-1][0] in ("result", "error"), what
+            assert all(e == "progress" for e, _ in events[1:-1]), what
+        else:  # a generation: start, token…, done or error
+            assert events[0][0] == "start" and events[-1][0] in ("done", "error"), what
+            assert all(e == "token" for e, _ in events[1:-1]), what
     elif media == "application/octet-stream":
         if "x-shape" in r.headers:
             shape = [int(n) for n in r.headers["x-shape"].split(",")]
