@@ -851,11 +851,18 @@ def _limited(seqs: Iterator[Sequence], tokens: int | None) -> Iterator[Sequence]
         yield seq
 
 
-def _save(conn: sqlite3.Connection, progress: dict[str, Any], states: list[SourceState]) -> None:
-    rows = [("progress", json.dumps(progress, sort_keys=True).encode())]
+def _state_rows(progress: dict[str, Any], states: list[SourceState]) -> Iterator[tuple[str, bytes]]:
+    """A checkpoint's rows, one array's .npy bytes at a time: a list of them all would be a second copy
+    of the whole state (the F × F sums included) at every checkpoint. The small progress row goes last:
+    the cached INSERT keeps its last row's values bound (SQLite's own copy) until it runs again."""
     for s, st in enumerate(states):
-        rows += [(f"{s}.{name}", dbf.npy(a)) for name, a in st.arrays().items()]
-    conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", rows)
+        for name, a in st.arrays().items():
+            yield f"{s}.{name}", dbf.npy(a)
+    yield "progress", json.dumps(progress, sort_keys=True).encode()
+
+
+def _save(conn: sqlite3.Connection, progress: dict[str, Any], states: list[SourceState]) -> None:
+    conn.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", _state_rows(progress, states))
     conn.commit()
 
 
