@@ -164,10 +164,13 @@ def _need(name: str, **given: Any) -> None:
 
 
 @dataclass(frozen=True)
-class WhyEstimate:
-    forwards: int  # sequences the attribution and its faithfulness will run (IG's first round of steps)
+class JobEstimate:
+    forwards: int  # sequences the job will run (an adaptive method's first round)
     seconds: float  # forwards × one measured forward of this text's length (× 3 with a backward)
     cached: bool  # the answer is already known: no forward will run
+
+
+WhyEstimate = JobEstimate  # the attribution's name for it
 
 
 @dataclass(frozen=True)
@@ -194,15 +197,18 @@ def attribution_forwards(kind: str, method: str, n: int, steps: int | None, fait
     return 1 + 2 + own + scored, own if kind == "gradient" else 0
 
 
-class AttributionRun:
-    """Session.start_attribution's answer: `estimate`, then iterate it (on the model's thread) for
-    (done, total) progress; `result` once it ends. Its computation runs in turns (lmpeek.turns), so
-    the worker's other jobs run between them; closing the iteration early cancels it."""
+class LongRun:
+    """A long job's answer (Session.start_job): `estimate`, then iterate it (on the model's thread)
+    for (done, total) progress; `result` once it ends. Its computation runs in turns (lmpeek.turns),
+    so the worker's other jobs (slices, summaries) run between them; closing the iteration early
+    cancels it. The result is kept in the Session's LRU by the job's key (`kept(result)` is what a
+    repeat gets back at once)."""
 
-    def __init__(self, session: Session, key: tuple, estimate: WhyEstimate, compute: Any, result: Any):
+    def __init__(self, session: Session, key: tuple, estimate: JobEstimate, compute: Any, result: Any,
+                 kept: Callable[[Any], Any] = lambda r: r, name: str = "lmpeek-job"):  # fmt: skip
         self.session, self.key, self.estimate = session, key, estimate
-        self._compute = compute
-        self.result: WhyResult | None = result
+        self._compute, self._kept, self._name = compute, kept, name
+        self.result: Any = result
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.result is not None:
@@ -210,7 +216,7 @@ class AttributionRun:
         from lmpeek.capture.hooks import model_lock
         from lmpeek.turns import Turns
 
-        turns = Turns(self._compute, model_lock(self.session.model.hf), "lmpeek-attribution")
+        turns = Turns(self._compute, model_lock(self.session.model.hf), self._name)
         try:
             while True:
                 kind, value = turns.step()
@@ -219,14 +225,32 @@ class AttributionRun:
                     continue
                 if kind == "error":
                     raise value
-                cache = self.session._why
-                cache[self.key] = WhyResult(value.attribution, value.faithfulness, True)
-                while len(cache) > self.session.WHY_KEPT:
+                cache = self.session._results
+                cache[self.key] = self._kept(value)
+                while len(cache) > self.session.RESULTS_KEPT:
                     cache.popitem(last=False)
                 self.result = value
                 return
         finally:
             turns.close()
+
+
+AttributionRun = LongRun  # an attribution's run (Session.start_attribution)
+
+
+def ticker(pause: Callable[[Any], None], every: float = 0.05) -> Callable[[int, int], None]:
+    """`tick(done, total)` for a long job's compute: pauses (the queue's other jobs run, progress
+    is sent) about every `every` seconds, however often it is called."""
+    import time
+
+    last = [time.monotonic()]
+
+    def tick(done: int, total: int) -> None:
+        if time.monotonic() - last[0] >= every:
+            pause((int(done), int(max(total, done))))
+            last[0] = time.monotonic()
+
+    return tick
 
 
 class Session:
@@ -247,7 +271,7 @@ class Session:
         self.store = store
         self.worker = worker if worker is not None else ModelWorker()
         self._own_worker = worker is None
-        self._why: OrderedDict[tuple, WhyResult] = OrderedDict()  # attribution results (start_attribution)
+        self._results: OrderedDict[tuple, Any] = OrderedDict()  # long jobs' results by key (start_job)
         self._forward_seconds: dict[int, float] = {}  # one forward's time per length bucket (estimates)
         # trace id -> (flow Decomposition, its shares memo, answers by (token, threshold, contrast))
         self._flows: OrderedDict[str, tuple[Any, dict[Any, Any], dict[Any, Any]]] = OrderedDict()
@@ -681,7 +705,60 @@ class Session:
 
     # --- attribution (the Why tab): a long job with an estimate, progress, cancel and a cache --------
 
-    WHY_KEPT = 32  # attribution results kept (LRU), keyed by model, text and every parameter
+    RESULTS_KEPT = 32  # long jobs' results kept (LRU), keyed by model, text and every parameter
+
+    def cached_run(self, key: tuple) -> LongRun | None:
+        """The finished run for `key` when its result is kept (moved to the LRU's end), else None."""
+        if key not in self._results:
+            return None
+        self._results.move_to_end(key)
+        return LongRun(self, key, JobEstimate(0, 0.0, True), None, self._results[key])
+
+    def start_job(self, key: tuple, forwards: int, seconds: float, compute: Callable[[Any], Any],
+                  kept: Callable[[Any], Any] = lambda r: r, name: str = "lmpeek-job") -> LongRun:  # fmt: skip
+        """A long job to stream (the server) or run (`run_job`): `compute(pause)` runs on the model's
+        thread in turns, calling `pause((done, total))` now and then (see `ticker`); its value is
+        the run's result, kept under `key` (put the model's fingerprint id and every parameter in
+        it). `forwards`/`seconds` are the estimate sent before it starts."""
+        hit = self.cached_run(key)
+        if hit is not None:
+            return hit
+        estimate = JobEstimate(int(forwards), float(seconds), False)
+        return LongRun(self, key, estimate, compute, None, kept, name)
+
+    def run_job(self, start: Callable[[], LongRun], kind: str = "job") -> Any:
+        """`start()` (a `start_*` method) then its run to the end, as jobs on the model's queue (other
+        jobs run between its turns); for the notebook, the library and tests. The server streams the
+        run's progress instead."""
+        run = self._on_model(start, kind)
+
+        def steps_() -> Iterator[Any]:
+            yield from run
+
+        out = self._on_model(steps_, kind)
+        if inspect.isgenerator(out):  # called on the model's thread itself: run the steps here
+            for _ in out:
+                pass
+        return run.result
+
+    def forward_seconds(self, ids: Any) -> float:
+        """One plain forward's seconds for a sequence as long as `ids` ([1, S] on the model's device),
+        measured once per length bucket (2^(b-1) < S <= 2^b) on a second forward (the first pays
+        warm-up): what long jobs' estimates are calibrated on. Call it on the model's thread."""
+        import time
+
+        import torch
+
+        from lmpeek.capture.hooks import model_lock
+
+        bucket = max(int(ids.shape[-1]) - 1, 1).bit_length()
+        if bucket not in self._forward_seconds:
+            with model_lock(self.model.hf), torch.no_grad():
+                self.model.hf(ids, use_cache=False, logits_to_keep=1)
+                start = time.perf_counter()
+                self.model.hf(ids, use_cache=False, logits_to_keep=1)
+                self._forward_seconds[bucket] = time.perf_counter() - start
+        return self._forward_seconds[bucket]
 
     def start_attribution(self, text: str, target: Any = None, method: str = "integrated_gradients",
                           features: Any = "tokens", contrast: Any = None, steps: int | None = None,
@@ -691,7 +768,6 @@ class Session:
         model's thread for (done, total) sequences, `.result` at the end (cached: a repeat is done at
         once). Bad input raises here. Runs one forward (finds the default target; timed once per length
         bucket), so call it on the model's thread too (the server runs it as a job; `attribute` does)."""
-        import time
 
         from lmpeek import validate
         from lmpeek.attribution import segments as seg
@@ -710,22 +786,17 @@ class Session:
         model, tok = self.model, self.model.tokenizer
         feats = features if isinstance(features, str) else tuple(tuple(s) for s in features)
         key = (model.fingerprint["id"], text, target, contrast, method, feats, steps, bool(faithfulness))
-        if key in self._why:
-            self._why.move_to_end(key)
-            return AttributionRun(self, key, WhyEstimate(0, 0.0, True), None, self._why[key])
+        hit = self.cached_run(key)
+        if hit is not None:
+            return hit
         tz = tokenize(tok, text, model.context_length)
         segments = seg.segment(tz.text, tz.offsets, tz.tokens, _template_mask(tok, tz.token_ids), features)
-        bucket = max(int(len(tz.token_ids)) - 1, 1).bit_length()  # 2^(b-1) < tokens <= 2^b
         import torch
 
+        ids = torch.as_tensor(tz.token_ids, device=model.device)[None]
         with model_lock(model.hf), torch.no_grad():
-            ids = torch.as_tensor(tz.token_ids, device=model.device)[None]
             logits = model.hf(ids, use_cache=False, logits_to_keep=1).logits
-            if bucket not in self._forward_seconds:  # timed on a second forward: the first pays warm-up
-                start = time.perf_counter()
-                model.hf(ids, use_cache=False, logits_to_keep=1)
-                self._forward_seconds[bucket] = time.perf_counter() - start
-        one = self._forward_seconds[bucket]
+        one = self.forward_seconds(ids)
         resolved = tgt.resolve(tok, tz.token_ids.tolist(), int(logits[0, -1].argmax()), target, contrast)
         baseline_id, baseline_text = _baseline_token(tok, None) if faithfulness else (None, "")
         kind = METHODS[method].kind
@@ -739,12 +810,10 @@ class Session:
             from lmpeek.attribution.attribute import attribute
             from lmpeek.attribution.faithfulness import faithfulness as faith
 
-            last = [time.monotonic()]
+            every = ticker(pause)
 
-            def tick(done: int) -> None:  # pause (the queue's other jobs run) about every 50 ms
-                if time.monotonic() - last[0] >= 0.05:
-                    pause((done, max(estimate, done)))
-                    last[0] = time.monotonic()
+            def tick(done: int) -> None:
+                every(done, estimate)
 
             a = attribute(model, text, target, method, features, steps, contrast=contrast, batch=batch,
                           progress=tick)  # fmt: skip
@@ -756,25 +825,16 @@ class Session:
                 f = replace(f, baseline=baseline_text)  # the token's name, not its id
             return WhyResult(a, f, False)
 
-        return AttributionRun(self, key, WhyEstimate(estimate, seconds, False), compute, None)
+        return self.start_job(key, estimate, seconds, compute, kept=lambda r: replace(r, cached=True),
+                              name="lmpeek-attribution")  # fmt: skip
 
     def attribute(self, text: str, target: Any = None, method: str = "integrated_gradients",
                   features: Any = "tokens", contrast: Any = None, steps: int | None = None,
                   faithfulness: bool = True) -> WhyResult:  # fmt: skip
         """`start_attribution` run to its end as jobs on the model's queue (other jobs run between its
         turns); for the notebook and tests. The server streams the run's progress instead."""
-        run = self._on_model(lambda: self.start_attribution(text, target, method, features, contrast, steps,
-                                                            faithfulness), "attribute")  # fmt: skip
-
-        def steps_() -> Iterator[Any]:
-            yield from run
-
-        out = self._on_model(steps_, "attribute")
-        if inspect.isgenerator(out):  # called on the model's thread itself: run the steps here
-            for _ in out:
-                pass
-        assert run.result is not None
-        return run.result
+        start = lambda: self.start_attribution(text, target, method, features, contrast, steps, faithfulness)  # noqa: E731
+        return self.run_job(start, "attribute")
 
     # --- the catalogue ------------------------------------------------------------------------------
 

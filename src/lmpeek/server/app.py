@@ -31,6 +31,8 @@ from lmpeek.errors import LmpeekError
 from lmpeek.schema import MEDIA_TYPE
 from lmpeek.server import guard, responses
 from lmpeek.server.guard import TraceId
+from lmpeek.server.sse import SSE_RESPONSES, job_stream
+from lmpeek.server.sse import sse as _sse
 from lmpeek.session import Session
 from lmpeek.store.traces import TraceStore
 from lmpeek.worker import ModelWorker
@@ -185,20 +187,6 @@ def _json_bytes(data: Any) -> bytes:
         from lmpeek.server.finite import clean
 
         return json.dumps(clean(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-
-
-def _error_text(err: BaseException) -> str:
-    """What a stream's `error` event says: the message of an error lmpeek raised on purpose, else
-    the exception's type and message (the traceback goes to the server log)."""
-    if isinstance(err, LmpeekError):
-        return str(err)
-    traceback.print_exception(err)
-    return f"internal error: {type(err).__name__}: {err}"
-
-
-def _sse(event: str, data: Any) -> str:
-    # one event per frame; json.dumps never emits raw newlines, so `data:` stays one line
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
 def _static_dir() -> Path | None:
@@ -396,7 +384,7 @@ def create_app(
     @app.post(
         "/api/generate",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses=SSE_RESPONSES,
     )
     async def generate_stream(req: GenerateRequest, request: Request) -> StreamingResponse:
         """Server-sent events: `start` (prompt tokens, the seed used), one `token` per new token, then
@@ -413,26 +401,10 @@ def create_app(
                 yield _sse("token", {**_step_json(step), "attn_entropy_scale": scale.to_json()})
             return _sse("done", {"trace_id": gen.store()})
 
-        job, sink = holder.worker.stream(run, "generate", follow_up=True)  # admitted already: no second wait
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                # the seed used (drawn when none was given): send it back to repeat the run
-                prompt_bytes = [b.hex() for b in prompt.token_bytes]  # the page merges byte pieces
-                start = {"prompt_tokens": prompt.tokens, "prompt_token_bytes": prompt_bytes}
-                yield _sse("start", {**start, "seed": gen.seed})
-                while True:
-                    kind, item = await sink.get()
-                    if kind == "error":
-                        yield _sse("error", {"detail": _error_text(item)})
-                        return
-                    yield item
-                    if kind == "end":
-                        return
-            finally:  # the client went away (Stop, reload, closed tab) or the stream ended
-                job.cancel("the client closed the stream")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        # the seed used (drawn when none was given): send it back to repeat the run
+        prompt_bytes = [b.hex() for b in prompt.token_bytes]  # the page merges byte pieces
+        start = {"prompt_tokens": prompt.tokens, "prompt_token_bytes": prompt_bytes}
+        return job_stream(holder, [_sse("start", {**start, "seed": gen.seed})], run, "generate")
 
     @app.get("/api/components", **responses.typed(list[responses.HookPoint]))
     def list_components() -> list[dict[str, Any]]:

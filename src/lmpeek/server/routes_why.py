@@ -11,7 +11,6 @@ streams its estimate (cached) and result at once. `GET /api/why/methods` lists t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from lmpeek.server import responses
 from lmpeek.server.finite import clean
+from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
 MAX_WHY_TEXT = 20_000  # characters; attributions cost forwards per segment, so keep texts modest
 
@@ -109,12 +109,6 @@ def methods_json() -> dict[str, Any]:
     }
 
 
-def _sse(event: str, data: Any) -> str:
-    from lmpeek.server.app import _sse as sse
-
-    return sse(event, data)
-
-
 def add_why_routes(app: FastAPI, holder: Any) -> None:
     """The routes; `holder` (server.app.ModelHolder) runs model jobs."""
 
@@ -127,40 +121,14 @@ def add_why_routes(app: FastAPI, holder: Any) -> None:
     @app.post(
         "/api/why/attribute",
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}}},
+        responses=SSE_RESPONSES,
     )
     async def why_attribute(req: AttributeRequest, request: Request) -> StreamingResponse:
         """Server-sent events: `estimate`, `progress` (while it runs), then `result` or `error`
         (see the module docstring). Closing the connection cancels the attribution."""
-        from lmpeek.server.app import _error_text
-
         session = holder.session()
         args = req.model_dump()
         # checks the input and finds the target on the model's thread: bad input is a 4xx, not a stream
         run = await holder.run(lambda: session.start_attribution(**args), request, "attribute")
 
-        def steps() -> Iterator[str]:  # a generator job: the attribution in turns on the model's thread
-            for done, total in run:
-                yield _sse("progress", {"done": int(done), "total": int(total)})
-            return _sse("result", result_json(run.result))
-
-        job, sink = holder.worker.stream(steps, "attribute", follow_up=True)
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                est = run.estimate
-                yield _sse(
-                    "estimate", {"forwards": est.forwards, "seconds": est.seconds, "cached": est.cached}
-                )
-                while True:
-                    kind, item = await sink.get()
-                    if kind == "error":
-                        yield _sse("error", {"detail": _error_text(item)})
-                        return
-                    yield item
-                    if kind == "end":
-                        return
-            finally:  # the client went away (Cancel, reload, closed tab) or the stream ended
-                job.cancel("the client closed the stream")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return long_run_stream(holder, run, "attribute", result_json)
