@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { interpolateRdBu } from "d3-scale-chromatic";
-import { bandPoints, curveLimits, curvePoints, displayScores, divergingColour, estimateText, fraction, parseWhyEvent, requestBody, scoreText, topChoices, totals } from "../src/lib/why";
+import { bandPoints, curveLimits, curvePoints, displayScores, divergingColour, estimateText, fraction, requestBody, scoreText, topChoices, totals } from "../src/lib/why";
 import type { WhyFaithfulness } from "../src/lib/why";
 
 describe("why helpers", () => {
@@ -29,11 +29,9 @@ describe("why helpers", () => {
     expect(scoreText(-2)).toBe("-2.000");
   });
 
-  it("builds the request without unset keys and parses events", () => {
+  it("builds the request without unset keys; progress as a fraction", () => {
     const p = { text: "hi", target: null, contrast: 7, method: "occlusion", features: "words", steps: null, faithfulness: true };
     expect(requestBody(p)).toEqual({ text: "hi", method: "occlusion", features: "words", faithfulness: true, contrast: 7 });
-    expect(parseWhyEvent({ event: "progress", data: '{"done":3,"total":9}' })).toEqual({ kind: "progress", data: { done: 3, total: 9 } });
-    expect(parseWhyEvent({ event: "other", data: "{}" })).toBeNull();
     expect(fraction({ done: 3, total: 12 })).toBe(0.25);
     expect(fraction({ done: 30, total: 12 })).toBe(1);
     expect(fraction(null)).toBe(0);

@@ -2,11 +2,11 @@
  * signed scores (|·| and normalisation are display options only: the server's scores are signed and
  * additive) and the faithfulness curves' geometry. The numbers themselves come from the server. */
 import { interpolateRdBu } from "d3-scale-chromatic";
-import type { WhyEstimate, WhyFaithfulness, WhyProgress, WhyResult } from "./api-types";
-import type { SseEvent } from "./sse";
+import type { WhyFaithfulness, WhyResult } from "./api-types";
 import type { Trace } from "./types";
 
-export type { WhyEstimate, WhyFaithfulness, WhyMethods, WhyProgress, WhyResult } from "./api-types";
+export type { WhyFaithfulness, WhyMethods, WhyResult } from "./api-types";
+export { estimateText, fraction } from "./job.svelte";
 
 /** POST /api/why/attribute's body. target / contrast: token ids (from the model's top-k), null = the
  * model's top prediction / no contrast. */
@@ -18,18 +18,6 @@ export interface WhyParams {
   features: string;
   steps: number | null;
   faithfulness: boolean;
-}
-
-export type WhyEvent =
-  | { kind: "estimate"; data: WhyEstimate }
-  | { kind: "progress"; data: WhyProgress }
-  | { kind: "result"; data: WhyResult }
-  | { kind: "error"; data: { detail: string } };
-
-/** One SSE event of the attribution stream, typed; null for an event this page does not know. */
-export function parseWhyEvent(ev: SseEvent): WhyEvent | null {
-  if (!["estimate", "progress", "result", "error"].includes(ev.event)) return null;
-  return { kind: ev.event, data: JSON.parse(ev.data) } as WhyEvent;
 }
 
 /** The request body: no target/contrast/steps keys when not chosen (the server's defaults). */
@@ -87,19 +75,6 @@ export function divergingColour(v: number, max: number): string {
 export function scoreText(v: number): string {
   const s = v.toFixed(3);
   return v >= 0 && !s.startsWith("-") ? `+${s}` : s === "-0.000" ? "+0.000" : s;
-}
-
-/** "~1,234 forwards · ~5.1 s", or what a cached answer says. */
-export function estimateText(e: WhyEstimate): string {
-  if (e.cached) return "cached: no forward to run";
-  const s = e.seconds ?? 0;
-  const time = s < 1 ? "< 1 s" : s < 90 ? `~${s.toFixed(1)} s` : `~${(s / 60).toFixed(1)} min`;
-  return `~${e.forwards.toLocaleString("en-US")} forwards · ${time}`;
-}
-
-/** Progress in [0, 1]. */
-export function fraction(p: WhyProgress | null): number {
-  return p && p.total > 0 ? Math.min(1, p.done / p.total) : 0;
 }
 
 export interface Limits {
