@@ -44,3 +44,16 @@ def interleaved(
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def sample_text(tokenizer, tokens: int) -> str:
+    """The first words of benchmarks/sample.txt that the tokenizer makes at most `tokens` tokens."""
+    import pathlib
+
+    words = pathlib.Path(__file__).with_name("sample.txt").read_text().split()
+    text = ""
+    for w in words:
+        if len(tokenizer.encode(text + " " + w)) > tokens:
+            break
+        text = (text + " " + w).strip()
+    return text

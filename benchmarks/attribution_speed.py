@@ -8,6 +8,13 @@ a time (set to lmpeek's batch here, so the comparison is not just batching). IG 
 
     .venv/bin/python benchmarks/attribution_speed.py --tokens 128
     .venv/bin/python benchmarks/attribution_speed.py --tokens 32 --model tiny:llama
+    .venv/bin/python benchmarks/attribution_speed.py --span 20 --tokens 60
+
+--span N: occlusion of every prompt token for each of N generated tokens (the token × input matrix of
+a greedy N-token answer to a --tokens-token prompt): lmpeek scores all N rows from one teacher-forced
+pass per perturbation, batched; it prints the forwards counted, against the N × (tokens + 1) a per-target
+occlusion would run, and the time against Captum's LLMAttribution(FeatureAblation) over the same
+continuation (one unbatched forward per perturbation, Captum's by-sequence mode).
 """
 
 from __future__ import annotations
@@ -30,10 +37,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
+    ap.add_argument("--span", type=int, default=0, help="occlusion of an N-token generated answer")
     args = ap.parse_args()
+    if args.span:
+        return span(args)
 
     import torch
-    from _batches import interleaved
+    from _batches import interleaved, sample_text
     from captum.attr import (
         FeatureAblation,
         InputXGradient,
@@ -49,12 +59,7 @@ def main() -> None:
 
     model = lmpeek.load(args.model, progress=False)
     hf, tok = model.hf, model.tokenizer
-    words = pathlib.Path(__file__).with_name("sample.txt").read_text().split()
-    text, n = "", 0
-    for w in words:  # the first words of the sample giving `--tokens` tokens
-        if len(tok.encode(text + " " + w)) > args.tokens:
-            break
-        text = (text + " " + w).strip()
+    text = sample_text(tok, args.tokens)
     ids = torch.tensor([tok.encode(text)])
     n = ids.shape[1]
     top = int(hf(ids).logits[0, -1].argmax())
@@ -121,6 +126,47 @@ def main() -> None:
         extra = f"  captum IG delta {captum[method]():+.4f}" if method == "integrated_gradients" else ""
         print(f"{method:<22}{t['lmpeek']:>10.3f}{t['captum']:>10.3f}{t['lmpeek'] / t['captum']:>8.2f}"
               f"{a.forwards:>10}  {a.delta[0]:+.4f} ({a.relative_delta[0]:.1%}){extra}")  # fmt: skip
+
+
+def span(args) -> None:
+    import torch
+    from _batches import interleaved, sample_text
+    from captum.attr import FeatureAblation, LLMAttribution, TextTokenInput
+
+    import lmpeek
+    from lmpeek.attribution.attribute import attribute
+
+    model = lmpeek.load(args.model, progress=False)
+    hf, tok = model.hf, model.tokenizer
+    text = sample_text(tok, args.tokens)
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        out = hf.generate(ids, max_new_tokens=args.span, do_sample=False, pad_token_id=tok.eos_token_id)
+    answer_ids = out[0, ids.shape[1] :].tolist()
+    answer = tok.decode(answer_ids)
+    n = ids.shape[1]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    box: dict = {}
+
+    def mine():
+        box["a"] = attribute(model, text, method="occlusion", span=answer_ids, baseline=pad, batch=args.batch)
+
+    llm = LLMAttribution(FeatureAblation(hf), tok)
+
+    def captum():
+        box["c"] = llm.attribute(TextTokenInput(text, tok, skip_tokens=[]), target=torch.tensor(answer_ids))
+
+    t = interleaved({"lmpeek": mine, "captum": captum}, repeat=args.repeat)
+    a = box["a"]
+    print(f"model {model.name}  prompt {n} tokens  answer {len(answer_ids)} tokens {answer!r}")
+    rows, cols = a.scores.shape
+    naive = len(answer_ids) * (n + 1)
+    print(f"lmpeek occlusion: {a.forwards} sequences forward for the {rows} x {cols} matrix "
+          f"(per-target occlusion: {naive:,}); {t['lmpeek']:.2f} s")  # fmt: skip
+    ratio = t["lmpeek"] / t["captum"]
+    print(f"captum LLMAttribution(FeatureAblation): {t['captum']:.2f} s  ratio {ratio:.2f}")
+    ref = box["c"].token_attr.detach().double().numpy()  # [answer, prompt]
+    print(f"max |lmpeek - captum| over the matrix: {abs(a.scores - ref).max():.2e}")
 
 
 if __name__ == "__main__":

@@ -95,16 +95,31 @@ def _fields(schema: dict[str, Any]) -> list[str]:
     return out
 
 
+def event_sets() -> dict[str, dict[str, Any]]:
+    """Every server-sent event stream's models, by the TypeScript interface that lists them: each
+    `X_EVENTS` dict of server.responses (STREAM_EVENTS is the generate stream's: GenerateEvents)."""
+    from lmpeek.server import responses
+
+    out = {}
+    for name, value in sorted(vars(responses).items()):
+        if name.endswith("_EVENTS") and isinstance(value, dict):
+            stem = "Generate" if name == "STREAM_EVENTS" else name[: -len("_EVENTS")].title().replace("_", "")
+            out[f"{stem}Events"] = value
+    return out
+
+
 def stream_schemas() -> dict[str, Any]:
-    """The generation stream's event models (server.responses.STREAM_EVENTS): SSE bodies are not
-    described by OpenAPI, so their schemas come straight from the models, as components."""
+    """The event streams' models (event_sets): SSE bodies are not described by OpenAPI, so their
+    schemas come straight from the models, as components."""
     from pydantic.json_schema import models_json_schema
 
-    from lmpeek.server.responses import STREAM_EVENTS, WHY_EVENTS
-
-    models = [(m, "serialization") for m in {**STREAM_EVENTS, **WHY_EVENTS}.values()]
+    models = [(m, "serialization") for events in event_sets().values() for m in events.values()]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return top.get("$defs", {})
+
+
+def events_doc(events: dict[str, Any]) -> str:
+    return "Server-sent events: the data of each, by event name (" + ", ".join(events) + ")."
 
 
 def render(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
@@ -130,18 +145,11 @@ def render(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
                 lines.append(f"  {json.dumps(f'{method.upper()} {path}')}: {ts_type(schema)};")
     lines.append("}\n")
     if extra:
-        from lmpeek.server.responses import STREAM_EVENTS
-
-        lines.append("/** POST /api/generate's server-sent events: the data of each, by event name. */")
-        lines.append("export interface GenerateEvents {")
-        lines += [f"  {event}: {model.__name__};" for event, model in STREAM_EVENTS.items()]
-        lines.append("}\n")
-        from lmpeek.server.responses import WHY_EVENTS
-
-        lines.append("/** POST /api/why/attribute's server-sent events: the data of each, by event name. */")
-        lines.append("export interface WhyEvents {")
-        lines += [f"  {event}: {model.__name__};" for event, model in WHY_EVENTS.items()]
-        lines.append("}")
+        for interface, events in event_sets().items():
+            lines.append(f"/** {events_doc(events)} */")
+            lines.append(f"export interface {interface} {{")
+            lines += [f"  {event}: {model.__name__};" for event, model in events.items()]
+            lines.append("}\n")
     return "\n".join(lines) + "\n"
 
 

@@ -550,6 +550,10 @@ def attribute_cmd(
     ] = "tokens",
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="Integrated-gradients steps.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the attribution as JSON.")] = False,
+    html: Annotated[
+        str | None,
+        typer.Option("--html", help="Also write the app's page open on the Why tab: one offline HTML file."),
+    ] = None,
     trust_remote_code: RemoteOpt = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -559,6 +563,18 @@ def attribute_cmd(
     from lmpeek.attribution.attribute import attribute_cli
 
     m = _load(model, trust_remote_code, _placement(dtype, device, None, None, False))
+    if html is not None:  # the page's own request, recorded (views/export.py attribution_html)
+        from pathlib import Path
+
+        from lmpeek.views.export import attribution_html
+
+        page = attribution_html(m, text, method, features=features, target=target, contrast=contrast,
+                                steps=steps)  # fmt: skip
+        try:
+            Path(html).write_text(page, encoding="utf-8")
+        except OSError as e:
+            _fail(f"cannot write {html}: {e.strerror or e}")
+        err.print(f"wrote {html} ({len(page.encode()) / 1e6:.2f} MB)")
     attribute_cli(m, text, target=target, method=method, features=features, as_json=as_json, steps=steps,
                   contrast=contrast)  # fmt: skip
 

@@ -180,10 +180,13 @@ class WhyResult:
     cached: bool
 
 
-def attribution_forwards(kind: str, method: str, n: int, steps: int | None, faith: bool) -> tuple[int, int]:
-    """Sequences a method runs on n segments (one target row), as methods.py counts them: the forward
-    that finds the target, then F(x) and F(x'), then the method's own; faithfulness scores at most
-    (1 + 8 random orders) × 2 curves × (n + 1) masks, of which the full and empty ones are shared.
+def attribution_forwards(kind: str, method: str, n: int, steps: int | None, faith: bool,
+                         rows: int = 1) -> tuple[int, int]:  # fmt: skip
+    """Sequences a method runs on n segments for `rows` target rows (a span's tokens), as methods.py
+    counts them: the forward that finds the target, then F(x) and F(x'), then the method's own;
+    faithfulness scores at most (1 + 8 random orders) × 2 curves × (n + 1) masks, of which the full
+    and empty ones are shared. A perturbation is one teacher-forced pass for every row (its rows are
+    memoised), so only a gradient method's own count grows with the rows (one backward each).
     Returns (sequences, of which also run backward: a gradient method's own)."""
     own = {
         "integrated_gradients": steps or 16,  # adaptive IG may double it (progress totals then grow)
@@ -193,8 +196,38 @@ def attribution_forwards(kind: str, method: str, n: int, steps: int | None, fait
         "kernel_shap": 200,
         "lime": 200,
     }.get(method, n)
+    if kind == "gradient":
+        own *= max(rows, 1)
     scored = 18 * max(n - 1, 0) + 2 if faith else 0
     return 1 + 2 + own + scored, own if kind == "gradient" else 0
+
+
+def greedy_continuation(
+    model: Any, ids: Any, n: int, tick: Callable[[int, int], None] | None = None
+) -> list[int]:
+    """The model's greedy continuation of `ids` ([1, S] on its device): up to `n` token ids, with the KV
+    cache (one forward of the prompt, then one of one token each), stopping after an end-of-sequence
+    token. The Why tab's "generate N tokens" target: the tokens `lmpeek.generate(temperature=0)` gives."""
+    import torch
+
+    from lmpeek.capture.generate import _eos_ids
+    from lmpeek.capture.hooks import model_lock
+    from lmpeek.models import hf_compat
+
+    eos = set(_eos_ids(model))
+    out: list[int] = []
+    with model_lock(model.hf), torch.no_grad():
+        with_cache = hf_compat.cache_kwargs(model.hf, hf_compat.new_kv_cache(model.hf.config))
+        logits = model.hf(input_ids=ids, **with_cache).logits
+        for i in range(n):
+            nxt = int(logits[0, -1].argmax())
+            out.append(nxt)
+            if tick is not None:
+                tick(i + 1, n)
+            if nxt in eos or i == n - 1:
+                break
+            logits = model.hf(input_ids=torch.tensor([[nxt]], device=ids.device), **with_cache).logits
+    return out
 
 
 class LongRun:
@@ -762,12 +795,18 @@ class Session:
 
     def start_attribution(self, text: str, target: Any = None, method: str = "integrated_gradients",
                           features: Any = "tokens", contrast: Any = None, steps: int | None = None,
-                          faithfulness: bool = True) -> AttributionRun:  # fmt: skip
+                          faithfulness: bool = True, *, span: Any = None, generate: int | None = None,
+                          score: str = "log_prob") -> AttributionRun:  # fmt: skip
         """An attribution (lmpeek.attribute) of `text`, with its faithfulness (curves, AOPC, random
         band) when asked, to run as a job: `.estimate` (forwards, seconds) first, then iterate it on the
         model's thread for (done, total) sequences, `.result` at the end (cached: a repeat is done at
         once). Bad input raises here. Runs one forward (finds the default target; timed once per length
-        bucket), so call it on the model's thread too (the server runs it as a job; `attribute` does)."""
+        bucket), so call it on the model's thread too (the server runs it as a job; `attribute` does).
+
+        The target is the next token (`target`, `contrast`), or a span of tokens after the text, each a
+        row (the token × input matrix): `span` (a continuation, teacher-forced) or `generate` (the
+        model's own greedy continuation of up to N <= 64 tokens, generated first as part of the job).
+        `score`: "log_prob" | "prob" | "logit". `features`: a kind, or (start_char, end_char) spans."""
 
         from lmpeek import validate
         from lmpeek.attribution import segments as seg
@@ -783,9 +822,19 @@ class Session:
             raise InvalidInput(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         if steps is not None:
             steps = validate.integer("steps", steps, 1, 4096)
+        if score not in tgt.SCORES:
+            raise InvalidInput(f"score must be one of {', '.join(tgt.SCORES)}, got {score!r}")
+        if generate is not None:
+            generate = validate.integer("generate", generate, 1, 64)
+            if span is not None:
+                raise InvalidInput("give either span (a continuation) or generate (N tokens), not both")
+        if (span is not None or generate is not None) and (target is not None or contrast is not None):
+            raise InvalidInput("a span target (span or generate) takes no target or contrast token")
         model, tok = self.model, self.model.tokenizer
         feats = features if isinstance(features, str) else tuple(tuple(s) for s in features)
-        key = (model.fingerprint["id"], text, target, contrast, method, feats, steps, bool(faithfulness))
+        span_key = span if isinstance(span, str) or span is None else tuple(int(i) for i in span)
+        key = (model.fingerprint["id"], text, target, contrast, method, feats, steps, bool(faithfulness),
+               span_key, generate, score)  # fmt: skip
         hit = self.cached_run(key)
         if hit is not None:
             return hit
@@ -797,11 +846,20 @@ class Session:
         with model_lock(model.hf), torch.no_grad():
             logits = model.hf(ids, use_cache=False, logits_to_keep=1).logits
         one = self.forward_seconds(ids)
-        resolved = tgt.resolve(tok, tz.token_ids.tolist(), int(logits[0, -1].argmax()), target, contrast)
+        next_id = int(logits[0, -1].argmax())
+        prompt = tz.token_ids.tolist()
+        # the target as far as it is known now (a generated span is known once the job generated it)
+        resolved = tgt.resolve(tok, prompt, next_id, target, contrast, score, span)
+        rows = generate if generate is not None else len(resolved.positions)
+        ctx = model.context_length
+        if ctx is not None and len(prompt) + rows > ctx:
+            raise InvalidInput(f"the text ({len(prompt)} tokens) + span ({rows}) exceed the context {ctx}")
         baseline_id, baseline_text = _baseline_token(tok, None) if faithfulness else (None, "")
         kind = METHODS[method].kind
-        estimate, backward = attribution_forwards(kind, method, len(segments), steps, faithfulness)
-        seconds = (estimate + 2 * backward) * one  # a backward costs about two forwards
+        estimate, backward = attribution_forwards(kind, method, len(segments), steps, faithfulness, rows)
+        generating = generate or 0  # one forward of one token each (the KV cache), after the first
+        seconds = (estimate + 2 * backward) * one + generating * one / max(len(prompt), 1)
+        estimate += generating
         # sequences per batched forward: about a quarter second each, so the queue's other jobs (run
         # between batches) never wait long; at most the library's defaults
         batch = max(1, min(16, int(0.25 / max(one, 1e-6))))
@@ -813,14 +871,18 @@ class Session:
             every = ticker(pause)
 
             def tick(done: int) -> None:
-                every(done, estimate)
+                every(generating + done, estimate)
 
+            target_, span_ = resolved, span
+            if generate is not None:
+                span_ = greedy_continuation(model, ids, generate, lambda d, _n: every(d, estimate))
+                target_ = tgt.resolve(tok, prompt, next_id, None, None, score, span_)
             a = attribute(model, text, target, method, features, steps, contrast=contrast, batch=batch,
-                          progress=tick)  # fmt: skip
+                          score=score, span=span_, progress=tick)  # fmt: skip
             f = None
             if faithfulness:
                 spans = [list(range(lo, hi)) for lo, hi in a.segments.ranges]
-                f = faith(model, text, a.scores, spans, target=resolved, baseline=baseline_id,
+                f = faith(model, text, a.scores, spans, target=target_, baseline=baseline_id,
                           batch_size=batch, progress=lambda d, _n: tick(a.forwards + d))  # fmt: skip
                 f = replace(f, baseline=baseline_text)  # the token's name, not its id
             return WhyResult(a, f, False)
@@ -830,10 +892,12 @@ class Session:
 
     def attribute(self, text: str, target: Any = None, method: str = "integrated_gradients",
                   features: Any = "tokens", contrast: Any = None, steps: int | None = None,
-                  faithfulness: bool = True) -> WhyResult:  # fmt: skip
+                  faithfulness: bool = True, **span: Any) -> WhyResult:  # fmt: skip
         """`start_attribution` run to its end as jobs on the model's queue (other jobs run between its
-        turns); for the notebook and tests. The server streams the run's progress instead."""
-        start = lambda: self.start_attribution(text, target, method, features, contrast, steps, faithfulness)  # noqa: E731
+        turns); for the notebook and tests. The server streams the run's progress instead. `span`:
+        start_attribution's span, generate and score."""
+        args = (text, target, method, features, contrast, steps, faithfulness)
+        start = lambda: self.start_attribution(*args, **span)  # noqa: E731
         return self.run_job(start, "attribute")
 
     # --- the catalogue ------------------------------------------------------------------------------

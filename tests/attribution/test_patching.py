@@ -68,7 +68,9 @@ def test_grid_ends_are_what_patching_must_give(model):
     a, b = _pair(model)
     grid = patch_grid(model, a, b)
     # layer 0's input at a position where A and B share the token (and everything before it) changes nothing
-    np.testing.assert_allclose(grid.values[0, [0, 1, 3, 5, 6, 7]], 0, atol=1e-6)
+    # (up to float32 noise: the grid's batched forwards block their matmuls unlike the single base forward;
+    # 1.4e-6 seen on gpt2 with one thread)
+    np.testing.assert_allclose(grid.values[0, [0, 1, 3, 5, 6, 7]], 0, atol=1e-5)
     # the whole of B's embedding stream patched in is B's run: its metric exactly
     whole = patch_one(model, a, b, "blocks.0.hook_resid_pre", list(range(a.size)))
     assert whole + grid.base == pytest.approx(grid.source, abs=1e-5)

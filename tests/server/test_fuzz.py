@@ -321,6 +321,8 @@ def _send(client, case, tids, hooks=()):
         n = case.body.get("max_new_tokens")
         if isinstance(n, int) and not isinstance(n, bool) and n > 8:
             case.body["max_new_tokens"] = 8  # bounded time; 1..2048 is checked by the table above
+    if hooks and case.operation.path.startswith("/api/why/") and isinstance(case.body, dict):
+        _reachable_why(case.body, len(repr(case.body)) % 2 == 0)
     kw = case.as_transport_kwargs(base_url="http://testserver")
     request = {"headers": kw.get("headers"), "params": kw.get("params")}
     if "json" in kw:
@@ -330,6 +332,33 @@ def _send(client, case, tids, hooks=()):
     elif kw.get("data") is not None:
         request["data"] = kw["data"]
     return client.request(kw["method"], kw["url"], **request)
+
+
+def _small(body: dict, name: str, most: int) -> None:
+    n = body.get(name)
+    if isinstance(n, int) and not isinstance(n, bool) and n > most:
+        body[name] = most
+
+
+def _reachable_why(body: dict, often: bool) -> None:
+    """A valid Why job in bounded time (random lengths, hooks and directions stop at the first check;
+    the routes' ranges are tested in their own files): few tokens to write, and for half the cases
+    an equal-length prompt B, a real writable hook, a neuron to steer along."""
+    for name, most in (("max_new_tokens", 3), ("generate", 2), ("verify", 3)):
+        _small(body, name, most)
+    if isinstance(body.get("variants"), list):
+        body["variants"] = body["variants"][:3]
+    if body.get("sweep") is True:
+        body["sweep"] = False
+    if not often:
+        return
+    if "source" in body and isinstance(body.get("text"), str):  # the patching grid: A and B alike
+        body["source"] = body["text"]
+    if isinstance(body.get("direction"), dict):
+        body["direction"] = {"kind": "neuron", "layer": 0, "index": 1}
+        body["layers"] = None
+    if isinstance(body.get("edits"), list):
+        body["edits"] = [{"action": "ablate", "hook": "blocks.0.hook_mlp_out", "mode": "zero"}]
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])

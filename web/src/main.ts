@@ -6,14 +6,14 @@
 import { mount, unmount } from "svelte";
 import App from "./App.svelte";
 import { Api } from "./lib/api";
-import { decodePack, hasFeatures, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
+import { decodePack, hasFeatures, hasWhy, staticFetcher, widgetFetcher, type WidgetModel } from "./lib/transport";
 
 export type Host = "app" | "widget" | "static";
-export type View = "generate" | "explore" | "attention" | "features";
+export type View = "generate" | "explore" | "attention" | "features" | "why";
 
 /** A view name from outside (a widget trait, an export's page): anything unknown is Explore. */
 export function viewOf(v: unknown): View {
-  return v === "generate" || v === "attention" || v === "features" ? v : "explore";
+  return v === "generate" || v === "attention" || v === "features" || v === "why" ? v : "explore";
 }
 
 /** A feature to open in the Features tab: its source's id and index. */
@@ -63,6 +63,8 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
   let feature = data.feature;
   // a file shows the Features tab only when the exporter recorded its answers (lmpeek/views/features_export.py)
   let featuresTab = true;
+  // …and its Why tab only when it recorded an attribution (--include why)
+  let whyTab = false;
   if (data.pack) {
     const pack = decodePack(data.pack);
     client = new Api("", staticFetcher(pack));
@@ -70,8 +72,9 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
     trace = pack.header.trace_id ?? undefined;
     feature ??= featureOf(pack.header.open?.source, pack.header.open?.feature);
     featuresTab = hasFeatures(pack);
+    whyTab = hasWhy(pack);
   }
-  const staticView = data.view === "attention" || (data.view === "features" && featuresTab) ? data.view : "explore";
+  const staticView = data.view === "attention" || (data.view === "features" && featuresTab) || (data.view === "why" && whyTab) ? data.view : "explore";
   const props = {
     api: data.api ?? "",
     client,
@@ -79,6 +82,7 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
     openTrace: trace,
     openFeature: feature,
     featuresTab,
+    whyTab,
     prompt: data.prompt,
     initialView: host === "static" ? staticView : (data.view ?? (trace ? "explore" : "generate")),
     urlState: data.urlState ?? false,

@@ -54,6 +54,12 @@ class Attribution:
     forwards: int  # sequences run forward (gradient methods: each also ran backward)
     seconds: float
 
+    def _repr_html_(self) -> str:
+        """A notebook's static view: a heat row of the text, the bars, a span's matrix (no script)."""
+        from lmpeek.views.attribution_html import table_html
+
+        return table_html(self)
+
     @property
     def total(self) -> np.ndarray:
         """[n_features] attribution of the whole span (rows' sum; log-probs add)."""

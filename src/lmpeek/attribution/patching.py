@@ -21,6 +21,10 @@ The gradient is taken with torch.autograd.grad on a zero offset added at each ho
 .grad is touched); checked against central finite differences in float64. Its top `verify` cells
 (by |estimate|) are then patched for real and the Spearman rank correlation of the two is returned
 (AtP is known to be poor for the embeddings, MLP0 and big residual moves).
+
+Both take `progress(done, total)`, called between forwards (never inside one, nor while hooks are
+attached) with the sequences run so far: a long job's ticker pauses there, and a cancel raised there
+leaves the model clean. The values do not depend on it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ HOOKS = {
 }
 
 Metric = Callable[[torch.Tensor], torch.Tensor]  # last-position logits [n, V] -> [n]
+Progress = Callable[[int, int], None] | None  # (sequences run, of total)
+
+
+def _report(progress: Progress, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
 
 
 def spearman(a: Any, b: Any) -> float:
@@ -153,6 +163,7 @@ class AttributionPatching:
     verified: list[tuple[int, int]]  # the cells patched for real (top |estimate| first)
     patched: np.ndarray  # their real values, M(patched) - M(A)
     spearman: float  # rank correlation of values[verified] and patched
+    forwards: int = 0  # batched forwards of the real patching (as PatchGrid.forwards)
 
 
 def _cells(model: Any, by: str, T: int) -> list[tuple[int, int]]:
@@ -179,9 +190,11 @@ def _grid_edit(rows: list[int], cols: list[int], src: torch.Tensor, by: str) -> 
 
 def _patched(
     model: Any, a: np.ndarray, src: dict[str, torch.Tensor], hooks: list[str], by: str,
-    cells: Sequence[tuple[int, int]], metric: Metric, batch_size: int,
+    cells: Sequence[tuple[int, int]], metric: Metric, batch_size: int, progress: Progress = None,
+    before: int = 0, total: int = 0,
 ) -> tuple[np.ndarray, int]:  # fmt: skip
-    """M of A patched at each cell, `batch_size` cells a forward; (values, forwards run)."""
+    """M of A patched at each cell, `batch_size` cells a forward; (values, forwards run). Reports
+    progress `before` + cells done of `total` after each forward, once its hooks are gone."""
     values = np.empty(len(cells), np.float64)
     forwards = 0
     for start in range(0, len(cells), batch_size):
@@ -195,14 +208,16 @@ def _patched(
         with torch.no_grad(), edited(model, edits):
             values[start : start + len(chunk)] = metric(_last_logits(model, ids)).double().cpu().numpy()
         forwards += 1
+        _report(progress, before + start + len(chunk), total)
     return values, forwards
 
 
 def patch_grid(
     model: Any, text: Any, source: Any, hook: str = "resid_pre", by: str = "position", target: Any = None,
-    batch_size: int = 32,
+    batch_size: int = 32, progress: Progress = None,
 ) -> PatchGrid:  # fmt: skip
-    """The layer × position (or layer × head) patching grid of B into A, as batched forwards."""
+    """The layer × position (or layer × head) patching grid of B into A, as batched forwards;
+    `progress(done, total)` counts sequences: A's and B's own runs, B's capture, then each cell."""
     from lmpeek.capture.trace import require_model
 
     require_model(model)
@@ -210,12 +225,15 @@ def patch_grid(
     hooks = _hooks(model, hook, by)
     a, b = _pair(model, text, source, by)
     metric, label = metric_for(model, target, b)
+    cells = _cells(model, by, a.size)
+    total = 3 + len(cells)
     with torch.no_grad():
         base = float(metric(_last_logits(model, torch.as_tensor(a, device=model.device)[None]))[0])
         full = float(metric(_last_logits(model, torch.as_tensor(b, device=model.device)[None]))[0])
+    _report(progress, 2, total)
     src = capture_points(model, b, hooks)
-    cells = _cells(model, by, a.size)
-    values, forwards = _patched(model, a, src, hooks, by, cells, metric, batch_size)
+    _report(progress, 3, total)
+    values, forwards = _patched(model, a, src, hooks, by, cells, metric, batch_size, progress, 3, total)
     grid = (values - base).reshape(model.n_layers, -1)
     return PatchGrid(grid, hooks, by, base, full, label, forwards)
 
@@ -236,10 +254,12 @@ def patch_one(model: Any, text: Any, source: Any, hook: str, positions: Any = No
 
 def attribution_patching(
     model: Any, text: Any, source: Any, hook: str = "resid_pre", by: str = "position", target: Any = None,
-    verify: int = 10, batch_size: int = 32,
+    verify: int = 10, batch_size: int = 32, progress: Progress = None,
 ) -> AttributionPatching:  # fmt: skip
     """The attribution-patching estimate of the grid (one forward + backward of A, one forward of B),
-    with its `verify` largest cells patched for real and the Spearman correlation of the two."""
+    with its `verify` largest cells patched for real and the Spearman correlation of the two.
+    `progress(done, total)` counts sequences: B's capture, A's gradient run, A's and B's own runs,
+    then each verified cell."""
     from lmpeek.capture.trace import require_model
 
     require_model(model)
@@ -247,7 +267,10 @@ def attribution_patching(
     hooks = _hooks(model, hook, by)
     a, b = _pair(model, text, source, by)
     metric, label = metric_for(model, target, b)
+    n_cells = model.n_layers * (a.size if by == "position" else model.n_heads)
+    total = 4 + min(verify, n_cells)
     src = capture_points(model, b, hooks)
+    _report(progress, 1, total)
     held: dict[str, torch.Tensor] = {}
     offsets: dict[str, torch.Tensor] = {}
 
@@ -263,6 +286,7 @@ def attribution_patching(
     with torch.enable_grad(), edited(model, [(h, offset_edit(h)) for h in hooks]):
         m = metric(_last_logits(model, ids))[0]
         grads = torch.autograd.grad(m, [offsets[h] for h in hooks], allow_unused=True)
+    _report(progress, 2, total)
     with torch.no_grad():  # the unedited forward, as patch_grid's base
         base = float(metric(_last_logits(model, ids))[0])
     rows = []
@@ -274,10 +298,15 @@ def attribution_patching(
     values = torch.stack(rows).cpu().numpy()
     with torch.no_grad():
         full = float(metric(_last_logits(model, torch.as_tensor(b, device=model.device)[None]))[0])
+    _report(progress, 4, total)
     order = np.argsort(-np.abs(values).ravel(), kind="stable")[: min(verify, values.size)]
     width = values.shape[1]
     cells = [(int(i // width), int(i % width)) for i in order]
-    real, _ = _patched(model, a, src, hooks, by, cells, metric, batch_size) if cells else (np.zeros(0), 0)
+    real, forwards = (
+        _patched(model, a, src, hooks, by, cells, metric, batch_size, progress, 4, total)
+        if cells
+        else (np.zeros(0), 0)
+    )
     real = real - base
     rho = spearman(values.ravel()[order], real) if len(cells) >= 2 else float("nan")
-    return AttributionPatching(values, hooks, by, base, full, label, cells, real, rho)
+    return AttributionPatching(values, hooks, by, base, full, label, cells, real, rho, forwards)

@@ -16,6 +16,11 @@ which stays closer to the text's distribution). The original and every variant r
 - per layer, at the last position, the residual stream's norm (`blocks.{l}.hook_resid_pre`, then the last
   `hook_resid_post`), its difference from the original's, and the norm of the difference of the vectors.
 
+`progress(done, total)` (optional) is called between the batched forwards and at each step of the
+batched generation, in sequence units (`plan_ablation` counts them before anything runs: the app's
+job estimate and progress bar); an exception it raises (a cancel) unwinds cleanly, no hook left on
+the model. `variants` may also be (label, text) pairs, so that labels need not be unique.
+
 Checked (tests/attribution/test_prompt_ablation.py) against plain transformers forwards and generate
 calls one variant at a time, lmpeek.capture.activations one text at a time, the KL against a numpy
 formula, and the diff against difflib.ndiff.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import difflib
 import json as _json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,9 +228,10 @@ def _left_pad(seqs: Sequence[np.ndarray], pad: int):
     return ids, mask
 
 
-def _forward_last(model, seqs, hooks, batch_size):
+def _forward_last(model, seqs, hooks, batch_size, on_batch=None):
     """Next-token log-probs [B, V] float64 and residual vectors [B, L+1, D] at each sequence's last
-    position, `batch_size` sequences per forward; (… , forwards)."""
+    position, `batch_size` sequences per forward; (… , forwards). `on_batch(b)` after each forward
+    (of b sequences), once its hooks are gone."""
     import inspect
 
     import torch
@@ -257,11 +263,15 @@ def _forward_last(model, seqs, hooks, batch_size):
         forwards += 1
         logps.append(torch.log_softmax(logits.double(), -1).cpu().numpy())
         resids.append(np.stack([held[h] for h in hooks], axis=1))
+        if on_batch is not None:
+            on_batch(ids.shape[0])
     return np.concatenate(logps), np.concatenate(resids), forwards
 
 
-def _generate(model, seqs, max_new_tokens, batch_size):
-    """Greedy continuations (eos and what follows dropped), batched with left padding."""
+def _generate(model, seqs, max_new_tokens, batch_size, on_step=None, on_batch=None):
+    """Greedy continuations (eos and what follows dropped), batched with left padding. `on_step(b, n)`
+    after each of a batch's decoding steps (b sequences, n steps so far); `on_batch(b · max_new_tokens)`
+    when the batch is over (its steps all counted, even where every sequence stopped early)."""
     import torch
 
     pad = _pad_id(model.tokenizer)
@@ -273,6 +283,8 @@ def _generate(model, seqs, max_new_tokens, batch_size):
     for a in range(0, len(seqs), batch_size):
         ids, mask = _left_pad(seqs[a : a + batch_size], pad)
         dev = model.device
+        b = ids.shape[0]
+        kw = {} if on_step is None else {"stopping_criteria": _steps(lambda n, b=b: on_step(b, n))}
         with torch.inference_mode():
             gen = model.hf.generate(
                 input_ids=ids.to(dev),
@@ -284,12 +296,32 @@ def _generate(model, seqs, max_new_tokens, batch_size):
                 top_p=None,
                 top_k=None,
                 pad_token_id=pad,
+                **kw,
             )
         calls += 1
+        if on_batch is not None:
+            on_batch(b * max_new_tokens)
         for row in gen[:, ids.shape[1] :].cpu().numpy():
             cut = next((i for i, t in enumerate(row.tolist()) if t in eos_ids), len(row))
             out.append(row[:cut].astype(np.int64))
     return out, calls
+
+
+def _steps(call):
+    """A stopping criterion that never stops: it calls `call(steps so far)` at each decoding step (the
+    generation's progress, and where a cancel can interrupt it)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Steps(StoppingCriteria):
+        n = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.n += 1
+            call(self.n)
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Steps()])
 
 
 def _resolve_target(model, target, logp0: np.ndarray) -> int:
@@ -303,10 +335,67 @@ def _resolve_target(model, target, logp0: np.ndarray) -> int:
     return validate.integer("target", target, 0, logp0.shape[0] - 1)
 
 
-def ablate_prompt(
+def _checked(model, prompt, variants, auto, top_k, max_new_tokens, seed, replace_with, batch_size):
+    """The arguments checked (InvalidInput says what is wrong): (top_k, max_new_tokens, batch_size)."""
+    from lmpeek.capture.trace import require_model
+
+    require_model(model)
+    validate.text(prompt, "prompt")
+    top_k = validate.integer("top_k", top_k, 1, 1000)
+    max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 0, 4096)
+    batch_size = validate.integer("batch_size", batch_size, 1, 4096)
+    if validate.seed(seed) is not None and seed < 0:
+        raise InvalidInput(f"seed must be an integer >= 0, got {seed}")  # numpy's default_rng
+    if auto is not None and auto not in AUTO:
+        raise InvalidInput(f"auto must be one of {', '.join(AUTO)} or None, got {auto!r}")
+    if replace_with not in REPLACE_WITH:
+        raise InvalidInput(f"replace_with must be 'pad' or 'plausible', got {replace_with!r}")
+    if variants is None and auto is None:
+        raise InvalidInput("give variants (texts) or auto='sentences' | 'words' | 'replace'")
+    return top_k, max_new_tokens, batch_size
+
+
+def _user_variants(model, variants) -> list[_Variant]:
+    """The user's variants: texts, a {label: text} mapping or (label, text) pairs (label None or
+    empty: the text's repr)."""
+    from lmpeek.capture.tokens import tokenize
+
+    if variants is None:
+        return []
+    if isinstance(variants, str):
+        raise InvalidInput("variants must be a list of texts (or a {label: text} mapping), not one str")
+    items = variants.items() if isinstance(variants, Mapping) else variants
+    out = []
+    for item in items:
+        label, text = item if isinstance(item, tuple | list) and len(item) == 2 else (None, item)
+        validate.text(text, "variant")
+        if label is not None and not isinstance(label, str):
+            raise InvalidInput(f"a variant's label must be a str, got {type(label).__name__}")
+        ids = tokenize(model.tokenizer, text, model.context_length).token_ids
+        out.append(_Variant(label or repr(text), text, ids))
+    return out
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """What `ablate_prompt` will run, counted before it runs (no forward): the app's job estimate."""
+
+    sequences: int  # the original and every variant
+    lengths: list[int]  # tokens in each sequence (a token-space replacement keeps the prompt's length)
+    prompt_forward: bool  # replace_with="plausible" runs the prompt once first
+    max_new_tokens: int
+
+    @property
+    def units(self) -> int:
+        """`progress`'s total: the prompt's extra forward, each sequence's scoring forward, and each
+        sequence's generation steps."""
+        return int(self.prompt_forward) + self.sequences * (1 + self.max_new_tokens)
+
+
+def plan_ablation(
     model: Any,
     prompt: str,
-    variants: Sequence[str] | Mapping[str, str] | None = None,
+    variants: Sequence[Any] | Mapping[str, str] | None = None,
     target: str | int | None = None,
     auto: str | None = None,
     top_k: int = 10,
@@ -314,35 +403,58 @@ def ablate_prompt(
     seed: int = 0,
     replace_with: str = "pad",
     batch_size: int = 16,
-) -> PromptAblation:
-    """Run `prompt` and its variants (the user's texts, a {label: text} mapping, and/or automatic ones,
-    see the module docstring) batched, and report per variant the target's probability, the top-k,
-    the KL from the original's next-token distribution, the greedy regeneration with a word diff, and
-    the per-layer residual norm change at the last position."""
-    from lmpeek.capture.tokens import token_labels_fn, tokenize
-    from lmpeek.capture.trace import require_model, resid_names
+) -> AblationPlan:
+    """Check `ablate_prompt`'s arguments as it does (InvalidInput) and count what it will run, without
+    a forward (a plausible replacement is counted as a pad one: one variant per word either way). A
+    token-id target is checked against the model's vocabulary."""
+    from lmpeek.capture.tokens import tokenize
+    from lmpeek.capture.trace import vocab_size
 
-    require_model(model)
-    validate.text(prompt, "prompt")
-    top_k = validate.integer("top_k", top_k, 1, 1000)
-    max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 0, 4096)
-    batch_size = validate.integer("batch_size", batch_size, 1, 4096)
-    validate.seed(seed)
-    if auto is not None and auto not in AUTO:
-        raise InvalidInput(f"auto must be one of {', '.join(AUTO)} or None, got {auto!r}")
-    if replace_with not in REPLACE_WITH:
-        raise InvalidInput(f"replace_with must be 'pad' or 'plausible', got {replace_with!r}")
-    if variants is None and auto is None:
-        raise InvalidInput("give variants (texts) or auto='sentences' | 'words' | 'replace'")
-    ctx = model.context_length
+    top_k, max_new_tokens, _ = _checked(
+        model, prompt, variants, auto, top_k, max_new_tokens, seed, replace_with, batch_size
+    )
+    todo = _user_variants(model, variants)
+    tok = tokenize(model.tokenizer, prompt, model.context_length)
+    if auto is not None:
+        todo += _auto_variants(model, prompt, tok, auto, "pad", top_k, seed, str)[0]
+    if not todo:
+        raise InvalidInput("no variants to run (the prompt has nothing to drop or replace)")
+    if isinstance(target, str) and not model.tokenizer(target, add_special_tokens=False)["input_ids"]:
+        raise InvalidInput(f"target {target!r} has no tokens")
+    if target is not None and not isinstance(target, str):
+        validate.integer("target", target, 0, vocab_size(model) - 1)
+    lengths = [len(tok.token_ids), *(len(v.ids) for v in todo)]
+    return AblationPlan(len(lengths), lengths, auto == "replace" and replace_with == "plausible",
+                        max_new_tokens)  # fmt: skip
+
+
+def ablate_prompt(
+    model: Any,
+    prompt: str,
+    variants: Sequence[Any] | Mapping[str, str] | None = None,
+    target: str | int | None = None,
+    auto: str | None = None,
+    top_k: int = 10,
+    max_new_tokens: int = 20,
+    seed: int = 0,
+    replace_with: str = "pad",
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> PromptAblation:
+    """Run `prompt` and its variants (the user's texts, a {label: text} mapping or (label, text) pairs,
+    and/or automatic ones, see the module docstring) batched, and report per variant the target's
+    probability, the top-k, the KL from the original's next-token distribution, the greedy regeneration
+    with a word diff, and the per-layer residual norm change at the last position. `progress(done,
+    total)`: see the module docstring."""
+    from lmpeek.capture.tokens import token_labels_fn, tokenize
+    from lmpeek.capture.trace import resid_names
+
+    top_k, max_new_tokens, batch_size = _checked(
+        model, prompt, variants, auto, top_k, max_new_tokens, seed, replace_with, batch_size
+    )
     labels = token_labels_fn(model.tokenizer)
-    tok = tokenize(model.tokenizer, prompt, ctx)
-    todo: list[_Variant] = []
-    if variants is not None:
-        items = variants.items() if isinstance(variants, Mapping) else ((None, v) for v in variants)
-        for label, text in items:
-            validate.text(text, "variant")
-            todo.append(_Variant(label or repr(text), text, tokenize(model.tokenizer, text, ctx).token_ids))
+    tok = tokenize(model.tokenizer, prompt, model.context_length)
+    todo = _user_variants(model, variants)
     forwards = 0
     if auto is not None:
         extra, forwards = _auto_variants(model, prompt, tok, auto, replace_with, top_k, seed, labels)
@@ -351,12 +463,25 @@ def ablate_prompt(
         raise InvalidInput("no variants to run (the prompt has nothing to drop or replace)")
 
     seqs = [tok.token_ids, *(v.ids for v in todo)]
+    total = forwards + len(seqs) * (1 + max_new_tokens)  # = plan_ablation(...).units
+    done = [forwards]
+    on_batch = on_step = None
+    if progress is not None:
+        progress(done[0], total)
+
+        def on_batch(b: int) -> None:
+            done[0] += b
+            progress(done[0], total)
+
+        def on_step(b: int, n: int) -> None:
+            progress(min(done[0] + b * n, total), total)
+
     hooks = resid_names(model)
-    logp, resid, n_fwd = _forward_last(model, seqs, hooks, batch_size)
+    logp, resid, n_fwd = _forward_last(model, seqs, hooks, batch_size, on_batch)
     forwards += n_fwd
     gens, calls = [np.zeros(0, np.int64)] * len(seqs), 0
     if max_new_tokens:
-        gens, calls = _generate(model, seqs, max_new_tokens, batch_size)
+        gens, calls = _generate(model, seqs, max_new_tokens, batch_size, on_step, on_batch)
     tid = _resolve_target(model, target, logp[0])
     texts = [model.tokenizer.decode(g.tolist()) for g in gens]
     norms = np.linalg.norm(resid.astype(np.float64), axis=-1)  # [B, L+1]

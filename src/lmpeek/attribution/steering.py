@@ -23,7 +23,7 @@ Directions (unit length is taken by the edit, so any scale works):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -101,10 +101,26 @@ class SteerResult:
     norms: list[float]  # each steer's norm (the scale its strength multiplies)
 
 
-def _generate(model: Any, prompt: Any, max_new_tokens: int, temperature: float, seed: int) -> list[int]:
+def _generate(model: Any, prompt: Any, max_new_tokens: int, temperature: float, seed: int,
+              steers: Sequence[Steer] = (), step: Callable[[], None] = lambda: None,
+              ) -> list[int]:  # fmt: skip
+    """lmpeek's sampler, one token at a time; with `steers`, each step runs inside intervene.
+    The hooks are on only while a step computes, and `step()` (progress) runs outside them: a long
+    job pauses there, and the model's other jobs, run in that pause, must see the plain model."""
     from lmpeek.capture.generate import generate
 
-    return [s.token_id for s in generate(model, prompt, max_new_tokens, temperature=temperature, seed=seed)]
+    steps = iter(generate(model, prompt, max_new_tokens, temperature=temperature, seed=seed))
+    out = []
+    while True:
+        if steers:  # positions are absolute (read from the KV cache), so re-entering is exact
+            with intervene(model, steer=steers):
+                s = next(steps, None)
+        else:
+            s = next(steps, None)
+        if s is None:
+            return out
+        out.append(s.token_id)
+        step()
 
 
 def _logprobs(model: Any, ids: np.ndarray) -> torch.Tensor:
@@ -115,11 +131,14 @@ def _logprobs(model: Any, ids: np.ndarray) -> torch.Tensor:
 
 def steer_generate(
     model: Any, prompt: Any, steer: Any, seed: int = 0, max_new_tokens: int = 20, temperature: float = 1.0,
-    strengths: Any = None,
+    strengths: Any = None, progress: Callable[[int, int], None] | None = None,
 ) -> SteerResult | list[SteerResult]:  # fmt: skip
     """Steered and plain generations with the same seed, per-token Δ log-p and KL (module docstring).
     `steer`: a Steer or a list of them; `strengths`: None (each steer's own), a list, or "sweep"
-    (SWEEP) for one SteerResult per strength, each steer's strength set to it."""
+    (SWEEP) for one SteerResult per strength, each steer's strength set to it. `progress(done, total)`
+    is called after each generated token and each teacher-forced forward (total: max_new_tokens per
+    generation plus 2 forwards per strength; an early end of text skips ahead), never while the
+    steering hooks are on."""
     from lmpeek.capture.tokens import token_labels_fn
     from lmpeek.capture.trace import require_model
 
@@ -130,20 +149,32 @@ def steer_generate(
         raise InvalidInput("steer takes a Steer (or a list of them)")
     prompt_ids = token_ids(model, prompt)
     steers = [resolve_steer(model, s, prompt_ids) for s in steers]  # norms measured once, on the prompt
-    plain = _generate(model, prompt, max_new_tokens, temperature, seed)
-    label = token_labels_fn(model.tokenizer)
     sweep = None
     if strengths is not None:
         sweep = list(SWEEP) if isinstance(strengths, str) and strengths == "sweep" else list(strengths)
+    n_runs = len(sweep) if sweep is not None else 1
+    total = max_new_tokens * (1 + n_runs) + 2 * n_runs
+    done = [0]
+
+    def tick(to: int | None = None) -> None:
+        done[0] = done[0] + 1 if to is None else to
+        if progress is not None:
+            progress(done[0], total)
+
+    plain = _generate(model, prompt, max_new_tokens, temperature, seed, step=tick)
+    tick(max_new_tokens)  # the plain text may have ended early (end of text)
+    label = token_labels_fn(model.tokenizer)
     results = []
-    for strength in sweep if sweep is not None else [None]:
+    for k, strength in enumerate(sweep if sweep is not None else [None]):
         these = steers if strength is None else [replace(s, strength=float(strength)) for s in steers]
-        with intervene(model, steer=these):
-            steered = _generate(model, prompt, max_new_tokens, temperature, seed)
+        steered = _generate(model, prompt, max_new_tokens, temperature, seed, these, tick)
+        tick((k + 1) * (max_new_tokens + 2) + max_new_tokens - 2)
         ids = np.concatenate([prompt_ids, np.asarray(steered, np.int64)])
         lp_plain = _logprobs(model, ids)
+        tick()
         with intervene(model, steer=these):
             lp_steer = _logprobs(model, ids)
+        tick()
         n0 = prompt_ids.size
         rows = torch.arange(n0 - 1, ids.size - 1)
         chosen = torch.as_tensor(ids[n0:])

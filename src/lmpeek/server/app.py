@@ -462,9 +462,16 @@ def create_app(
 
     add_flow_routes(app)
     add_feature_routes(app, holder, service)  # the Features tab: databases, search, labels, your text
-    from lmpeek.server.routes_why import add_why_routes  # the Why tab: attributions as jobs (issue 13)
+    # the Why tab (issue 13): attributions, prompt ablation, steering, interventions, patching grids, as jobs
+    from lmpeek.server.routes_ablation import add_ablation_routes
+    from lmpeek.server.routes_intervene import add_intervene_routes
+    from lmpeek.server.routes_patching import add_patching_routes
+    from lmpeek.server.routes_steering import add_steering_routes
+    from lmpeek.server.routes_why import add_why_routes
 
-    add_why_routes(app, holder)
+    for add in (add_why_routes, add_ablation_routes, add_steering_routes, add_intervene_routes,
+                add_patching_routes):  # fmt: skip
+        add(app, holder)
 
     @app.get("/api/samples", **responses.typed(list[responses.Sample]))
     def samples() -> list[dict[str, Any]]:

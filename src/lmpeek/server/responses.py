@@ -564,6 +564,9 @@ class WhyMethods(BaseModel):
     features: list[str]
     default: str
     exact_up_to: int  # shapley is exact (all subsets) up to this many segments
+    max_generate: int  # the most tokens a "generate N" target may have
+    # an exported page: the POST /api/why/attribute bodies it recorded the answers of (the app: none)
+    recorded: list[dict[str, Any]]
 
 
 class WhyEstimate(BaseModel):
@@ -649,4 +652,184 @@ class WhyResult(BaseModel):
 
 WHY_EVENTS: dict[str, type[BaseModel]] = {
     "estimate": WhyEstimate, "progress": WhyProgress, "result": WhyResult, "error": StreamError,
+}  # fmt: skip
+
+
+# --- the Why tab's patching grid (server/routes_patching.py): POST /api/why/patch's events ---
+
+
+class WhyPatchCell(BaseModel):
+    """A cell of an attribution-patching grid checked by real patching."""
+
+    layer: int
+    column: int  # a position of A, or a head
+    estimate: float  # the attribution-patching estimate of the change
+    real: float  # the change real patching gives
+
+
+class WhyPatchResult(BaseModel):
+    """Event `result` of POST /api/why/patch: grid[layer][column] = M(A with that cell from B) − M(A)
+    (method "patch"), or its attribution-patching estimate (method "attribution", with the `verified`
+    cells patched for real and the Spearman ρ of the two)."""
+
+    method: Literal["patch", "attribution"]
+    by: Literal["position", "head"]
+    hook: str  # the short hook name ("z" for heads)
+    grid: list[Floats]  # [layers, columns], signed
+    rows: list[str]  # the hook patched per layer
+    columns: list[str]  # A's tokens (by position) or "H0", "H1", … (by head)
+    tokens: list[str]  # A's tokens
+    source_tokens: list[str]  # B's tokens
+    base: Float  # M(A)
+    full: Float  # M(B): what patching everything from B gives
+    metric: str  # the metric's label, e.g. log p(" Paris")
+    target: int
+    target_token: str
+    contrast: int | None
+    contrast_token: str | None
+    forwards: int  # batched patching forwards run
+    verified: list[WhyPatchCell] | None
+    spearman: Float  # null for method "patch", or when ρ is undefined (fewer than 2 cells, a constant side)
+    cached: bool
+
+
+PATCH_EVENTS: dict[str, type[BaseModel]] = {
+    "estimate": WhyEstimate, "progress": WhyProgress, "result": WhyPatchResult, "error": StreamError,
+}  # fmt: skip
+
+
+# --- the Why tab's "Ablate / patch" (server/routes_intervene.py): POST /api/why/intervene's result ---
+
+
+class InterveneTop(BaseModel):
+    id: int
+    token: str
+    prob: Float
+    other: Float  # the same token's probability in the other run (plain <-> edited)
+
+
+class InterveneTop1(BaseModel):
+    id: int
+    token: str
+    plain_logp: Float
+    edited_logp: Float
+    delta: Float  # edited - plain
+
+
+class InterveneDiff(BaseModel):
+    op: Literal["=", "-", "+"]  # in both / only plain / only edited
+    text: str
+
+
+class InterveneResult(BaseModel):
+    """Event `result` of POST /api/why/intervene: the text plain vs edited (attribution.intervene_job)."""
+
+    tokens: list[str]
+    labels: list[str]  # the edits applied, in words
+    plain_top: list[InterveneTop]  # the last position's top-k
+    edited_top: list[InterveneTop]
+    top1: InterveneTop1
+    delta_logp: Floats  # [T] log p_edited(x_i | x_<i) - log p_plain(...); null at 0
+    kl: Floats  # [T] KL(plain || edited) of the next-token distribution after token i
+    plain_text: str  # greedy regenerations
+    edited_text: str
+    diff: list[InterveneDiff]
+    forwards: int
+    cached: bool
+
+
+INTERVENE_EVENTS: dict[str, type[BaseModel]] = {
+    "estimate": WhyEstimate, "progress": WhyProgress, "result": InterveneResult, "error": StreamError,
+}  # fmt: skip
+
+
+# --- the Why tab's Steering (server/routes_steering.py): POST /api/why/steer's events ---
+
+
+class WhySteerPlain(BaseModel):
+    ids: list[int]  # generated tokens only
+    tokens: list[str]
+    text: str
+
+
+class WhySteerRun(BaseModel):
+    """One steered generation (one strength) beside the plain one, same seed and sampler."""
+
+    strength: float  # a fraction of each hook's mean norm over the prompt
+    c: list[float]  # strength × norm, per hook: the length of what is added (add) / the target (project, cap)
+    ids: list[int]
+    tokens: list[str]
+    text: str
+    delta_logp: Floats  # per steered token: log p_steered(t) − log p_plain(t), both teacher-forced
+    kl: Floats  # per steered token: KL(p_steered ‖ p_plain) of the distributions that chose it
+    mean_kl: Float
+    fluency: Float  # perplexity of the steered tokens under the plain model
+    same: bool  # the steered tokens equal the plain ones
+
+
+class WhySteerResult(BaseModel):
+    """Event `result` of POST /api/why/steer: the plain generation and one steered run per strength."""
+
+    prompt_tokens: list[str]
+    hooks: list[str]
+    norms: list[float]  # each hook's mean norm over the prompt (what strength multiplies)
+    positions: list[int] | None  # absolute positions steered; null: all, generated ones too
+    mode: Literal["add", "project", "cap"]
+    direction: dict[str, Any]  # the request's direction (no vector values) with `label`, `vector_norms`
+    seed: int
+    sweep: bool
+    plain: WhySteerPlain
+    runs: list[WhySteerRun]
+    cached: bool
+
+
+STEER_EVENTS: dict[str, type[BaseModel]] = {
+    "estimate": WhyEstimate, "progress": WhyProgress, "result": WhySteerResult, "error": StreamError,
+}  # fmt: skip
+
+
+# --- the Why tab's prompt ablation (server/routes_ablation.py): POST /api/why/ablate's events ---
+
+
+class WhyAblationVariant(BaseModel):
+    """One row of a prompt-ablation study (the original, or a variant of it)."""
+
+    label: str
+    text: str  # the variant as text (a token-space replacement: its ids decoded)
+    token_ids: list[int]
+    target_logprob: Float  # log p(target) at the last position
+    target_prob: Float
+    delta_logprob: Float  # target_logprob − the original's
+    topk_ids: list[int]
+    topk_probs: Floats
+    topk_tokens: list[str]
+    kl: Float  # KL(original ‖ this) of the next-token distributions, nats
+    generated_ids: list[int]  # the greedy continuation, eos excluded
+    generation: str
+    diff: list[Annotated[list[str], Field(min_length=2, max_length=2)]]  # [op "=" | "-" | "+", words]
+    resid_norms: Floats  # [layers + 1] ‖h‖ at the last position
+    resid_norm_diff: Floats  # [layers + 1] ‖h‖ − ‖h_original‖
+    resid_delta_norm: Floats  # [layers + 1] ‖h − h_original‖
+
+
+class WhyAblationResult(BaseModel):
+    """Event `result` of POST /api/why/ablate: lmpeek.ablate_prompt's answer (PromptAblation.to_dict)."""
+
+    prompt: str
+    target_id: int
+    target_token: str
+    original: WhyAblationVariant
+    variants: list[WhyAblationVariant]
+    auto: Literal["sentences", "words", "replace"] | None
+    replace_with: Literal["pad", "plausible"] | None
+    resid_hooks: list[str]  # the hook of each resid_* entry
+    forwards: int  # batched model forwards (generation's own steps not counted)
+    generate_calls: int
+    batch_size: int
+    seconds: float  # what the study took
+    cached: bool
+
+
+ABLATION_EVENTS: dict[str, type[BaseModel]] = {
+    "estimate": WhyEstimate, "progress": WhyProgress, "result": WhyAblationResult, "error": StreamError,
 }  # fmt: skip

@@ -26,7 +26,11 @@ and the Attention tab's head view), lens (the logit lens of every token), grid (
 model view of the window it opens on), grid=START:END (the model view of that window: what the tab
 asks while it shows tokens START..END-1), qk=L:H:Q (the neuron view of query Q against every key),
 flow=TOKEN (the information-flow graph of the prediction at TOKEN at the slider stops FLOW_THRESHOLDS,
-no contrast; `flow` alone: the last token).
+no contrast; `flow` alone: the last token), why or why=METHOD (the Why tab's attribution of the next
+token, by METHOD, default integrated_gradients, over words, with its faithfulness: the answer of the
+POST /api/why/attribute the page makes, recorded under its body as the features export records its
+POSTs, and GET /api/why/methods listing that body as `recorded`, so the page shows it at once;
+anything else in the Why tab is "not in this export").
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ class Include:
     windows: list[tuple[int, int]] = field(default_factory=list)  # more model-view windows (start, end)
     qk: list[tuple[int, int, int]] = field(default_factory=list)  # (layer, head, query): every key <= query
     flow: list[int] = field(default_factory=list)  # tokens whose information flow is recorded (-1: the last)
+    why: str | None = None  # the method of the recorded attribution (the Why tab), None: none
+    why_options: dict[str, Any] = field(default_factory=dict)  # its other request fields (target, …)
+    # an attribution already computed (lmpeek.show(attribution)): (request body, result event), recorded
+    # as the answer instead of running one
+    why_answer: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     @classmethod
     def parse(cls, spec: str | Sequence[str] | None) -> Include:
@@ -101,10 +110,14 @@ class Include:
                 inc.flow.append(-1)
             elif m := re.fullmatch(r"flow=(\d+)", item):
                 inc.flow.append(int(m.group(1)))
+            elif item == "why":
+                inc.why = WHY_METHOD
+            elif m := re.fullmatch(r"why=(\w+)", item):
+                inc.why = m.group(1)  # checked by the route when recorded (the methods need torch)
             else:
                 raise InvalidInput(
                     f"unknown --include item '{item}': use attention=LAYER:HEAD, lens, grid, grid=START:END, "
-                    "qk=LAYER:HEAD:QUERY, flow or flow=TOKEN"
+                    "qk=LAYER:HEAD:QUERY, flow, flow=TOKEN, why or why=METHOD"
                 )
         return inc
 
@@ -116,6 +129,10 @@ THUMB_CELLS = 64
 # the information-flow slider stops an export records (web/src/lib/flow.ts THRESHOLDS; 0.04 the default),
 # written as the page's query writes them (String(0.1) == "0.1" == str(0.1))
 FLOW_THRESHOLDS = (0.02, 0.04, 0.06, 0.1)
+# the Why tab's recorded attribution: the app's default method, over words (WhyAttribution.svelte's
+# default features), with its faithfulness
+WHY_METHOD = "integrated_gradients"
+WHY_FEATURES = "words"
 
 
 def window_around(T: int, token: int, width: int) -> tuple[int, int]:
@@ -281,7 +298,66 @@ def record_pack(session: Any, trace_id: str, include: Include | None = None, app
         status = rec.record(path, params, accept=params.pop("__accept__", None))
         if status != 200:  # a head or token out of range: say so now, not in the page
             raise InvalidInput(f"--include: {path.rsplit('/', 1)[1]} {params}: {rec.detail(path, params)}")
+    if include.why_answer is not None:
+        put_why(rec, *include.why_answer)
+    elif include.why is not None:
+        record_why(rec, {**why_request(trace.text, include.why), **include.why_options})
     return rec.pack(trace_id=trace_id, hint=HINT, attention=attention)
+
+
+def why_request(text: str, method: str = WHY_METHOD) -> dict[str, Any]:
+    """The body of the POST /api/why/attribute an export records (the page posts it back as is)."""
+    return {"text": text, "method": method, "features": WHY_FEATURES, "faithfulness": True}
+
+
+def record_why(rec: _Recorder, body: dict[str, Any]) -> dict[str, Any]:
+    """Record the Why tab's attribution for `body`: the stream's `estimate` and `result` events (its
+    progress is of no use in a file) under the POST's key, and GET /api/why/methods naming `body` as
+    recorded. Returns the result event's JSON; a refused request or an `error` event raises here."""
+    from lmpeek.views.asgi import fetch_sync
+
+    path = "/api/why/attribute"
+    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    head, raw = fetch_sync(rec.app, "POST", path, headers, json.dumps(body).encode())
+    text = raw.decode("utf-8", "replace")
+    if head.status != 200:
+        try:
+            detail = json.loads(text).get("detail", text)
+        except (ValueError, AttributeError):
+            detail = text[:300]
+        raise InvalidInput(f"--include why={body['method']}: {detail}")
+    events = [(e, d) for e, d in _sse_events(text) if e in ("estimate", "result", "error")]
+    if not events or events[-1][0] != "result":
+        detail = events[-1][1] if events else text[:300]
+        raise InvalidInput(f"--include why={body['method']}: {detail}")
+    _put_why_events(rec, body, events)
+    return json.loads(events[-1][1])
+
+
+def put_why(rec: _Recorder, body: dict[str, Any], result: dict[str, Any]) -> None:
+    """Record `result` (a WhyResult's JSON) as the answer to the POST of `body`, no forward run."""
+    estimate = json.dumps({"forwards": 0, "seconds": 0.0, "cached": True})
+    _put_why_events(rec, body, [("estimate", estimate), ("result", json.dumps(result, allow_nan=False))])
+
+
+def _put_why_events(rec: _Recorder, body: dict[str, Any], events: list[tuple[str, str]]) -> None:
+    from lmpeek.views.features_export import post_key
+
+    stream = "".join(f"event: {e}\ndata: {d}\n\n" for e, d in events).encode()
+    rec.put(post_key("/api/why/attribute", body), 200, {"content-type": "text/event-stream"}, stream)
+    _, methods = rec.ask("/api/why/methods")
+    rec.put_json("/api/why/methods", {**json.loads(methods), "recorded": [body]})
+
+
+def _sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) of a server-sent-events body (one data line per event, as server/sse.py sends)."""
+    out, event = [], "message"
+    for line in text.splitlines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            out.append((event, line[6:]))
+    return out
 
 
 def put_envelope(rec: _Recorder, trace: Any, trace_id: str) -> None:
@@ -473,9 +549,21 @@ def trace_html(
     return export_html(session, session.trace(trace.token_ids).id, include, view=view)
 
 
+def attribution_html(model: Any, text: str, method: str = WHY_METHOD, **options: Any) -> str:
+    """`lmpeek attribute TEXT --html FILE`: the export of TEXT with its attribution recorded, opening
+    on the Why tab. `options`: more POST /api/why/attribute fields (features, target, contrast, steps;
+    None left out)."""
+    from lmpeek.views.widget import session_for
+
+    session = session_for(model)
+    inc = Include(why=method, why_options={k: v for k, v in options.items() if v is not None})
+    return export_html(session, session.trace(text).id, inc, view="why")
+
+
 # what an export can open on (no Generate: nothing runs in a file); "features": a features export
-# (views.features_export), whose pack holds the Features tab's answers
-VIEWS = ("explore", "attention", "features")
+# (views.features_export), whose pack holds the Features tab's answers; "why": an export with a
+# recorded attribution (--include why)
+VIEWS = ("explore", "attention", "features", "why")
 
 
 def page_html(pack: bytes, title: str, view: str = "explore") -> str:

@@ -147,6 +147,10 @@ def show(
     `source` a spec (e.g. "neurons:3", an SAE folder) and no database."""
     from lmpeek.capture.trace import Trace
 
+    if type(x).__module__ == "lmpeek.attribution.attribute":  # an Attribution, drawn as the app does
+        from lmpeek.views.attribution_html import show as show_attribution
+
+        return show_attribution(x, model)
     if feature is not None or view == "features" or _is_database(x):
         return _show_features(x, model, feature, source, height)
     if view not in VIEWS:

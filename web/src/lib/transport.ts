@@ -120,6 +120,11 @@ export function hasFeatures(pack: Pack): boolean {
   return Object.keys(pack.header.responses).some((k) => k.startsWith("GET /api/features"));
 }
 
+/** Whether an export holds a recorded attribution (`--include why`): its Why tab shows it. */
+export function hasWhy(pack: Pack): boolean {
+  return "GET /api/why/methods" in pack.header.responses;
+}
+
 /** Read an export's data block: "LMPX", uint32 little-endian header length, JSON header, data. */
 export function decodePack(bytes: Uint8Array): Pack {
   const magic = String.fromCharCode(...bytes.subarray(0, 4));
@@ -275,6 +280,11 @@ export function staticFetcher(pack: Pack): Fetcher {
     if (posted !== null && FEATURE_ACTS.test(new URL(url, "http://lmpeek.invalid").pathname)) {
       const need = wantedText(header.responses, posted);
       return missing(need.what, need.add);
+    }
+    // the Why tab: an export holds at most its recorded attribution (lmpeek/views/export.py --include why)
+    if (method === "POST" && new URL(url, "http://lmpeek.invalid").pathname.startsWith("/api/why/")) {
+      const attribution = url.includes("/api/why/attribute");
+      return missing(attribution ? "this attribution (the file holds the recorded one)" : "running this in the Why tab (nothing runs in a file)", attribution ? "--include why=METHOD" : undefined);
     }
     if (method !== "GET") {
       const detail = url.includes("/api/features/")
