@@ -7,7 +7,6 @@ model; SIGTERM did not stop `lmpeek serve`.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import uvicorn
+from sse_client import events as _events
 
 from lmpeek.server.app import create_app
 
@@ -64,16 +64,6 @@ def _health_ms(url: str) -> float:
     r = httpx.get(f"{url}/api/health", timeout=10)
     assert r.status_code == 200
     return (time.perf_counter() - t0) * 1000
-
-
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
 
 
 def test_generation_plus_40_traces_no_deadlock_health_stays_fast(server):

@@ -5,12 +5,9 @@ library's `progress` callback (counts, identical results, a raise in it unwinds 
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-
 import numpy as np
 import pytest
+from sse_client import SlowForwards, cancel_at_first_progress, light_request_while_running, post_events
 
 from lmpeek.attribution.prompt_ablation import ablate_prompt, plan_ablation
 from lmpeek.server.responses import WhyAblationResult
@@ -20,43 +17,14 @@ VARIANTS = [{"text": "The cat sat on the mat. The dog", "label": "no sleep"}, {"
 PAIRS = [("no sleep", VARIANTS[0]["text"]), (None, "A dog")]
 
 
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
-
-
 def _post(client, **body) -> list[tuple[str, dict]]:
     body = {"prompt": PROMPT, "variants": VARIANTS, **body}
-    with client.stream("POST", "/api/why/ablate", json=body) as r:
-        assert r.status_code == 200, r.read()
-        return _events(r)
-
-
-class _Slow:
-    """Forwards on the study's own thread take `delay` s (so it runs long enough to observe); counts
-    every forward of the model."""
-
-    def __init__(self, model, delay: float):
-        self.delay, self.calls = delay, 0
-        self.handle = model.hf.register_forward_pre_hook(self)
-
-    def __call__(self, *_):
-        self.calls += 1
-        if threading.current_thread().name == "lmpeek-ablation":
-            time.sleep(self.delay)
-
-    def remove(self):
-        self.handle.remove()
+    return post_events(client, "/api/why/ablate", body)
 
 
 @pytest.fixture()
 def slow(client):
-    hook = _Slow(client.app.state.holder.model, 0.03)
+    hook = SlowForwards(client.app.state.holder.model, 0.03, "lmpeek-ablation")
     yield hook
     hook.remove()
 
@@ -106,7 +74,7 @@ def test_result_equals_the_library_and_events_come_in_order(client, slow):
 
 def test_a_repeat_is_answered_from_the_cache_without_a_forward(client):
     first = _post(client, max_new_tokens=3, target=" mat")
-    hook = _Slow(client.app.state.holder.model, 0.0)
+    hook = SlowForwards(client.app.state.holder.model, 0.0, "lmpeek-ablation")
     try:
         again = _post(client, max_new_tokens=3, target=" mat")
     finally:
@@ -148,23 +116,9 @@ def test_bad_input_is_refused_before_streaming(client, body):
 
 
 def test_closing_the_stream_cancels_the_study(client, slow):
-    worker = client.app.state.holder.worker
     model = client.app.state.holder.model
-    before = worker.counts["cancelled"]
     body = {"prompt": PROMPT + " again", "auto": "words", "max_new_tokens": 30}
-    with client.stream("POST", "/api/why/ablate", json=body) as r:
-        lines = r.iter_lines()
-        while not next(lines).startswith("event: progress"):
-            pass
-    deadline = time.monotonic() + 10
-    # the count goes up as the job is cancelled, the queue empties when its worker turn ends: wait for both
-    while (worker.counts["cancelled"] == before or worker.pending()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert worker.counts["cancelled"] == before + 1 and worker.pending() == 0
-    calls = slow.calls
-    time.sleep(0.2)
-    assert slow.calls == calls  # the study's thread stopped: no forward after the cancel
-    assert not any(t.name == "lmpeek-ablation" for t in threading.enumerate())
+    cancel_at_first_progress(client, "/api/why/ablate", body, slow)
     # the server goes on serving, and the model is as it was (no hook left): the same study runs to
     # the library's answer
     assert client.post("/api/trace", json={"text": "next"}).status_code == 200
@@ -175,26 +129,8 @@ def test_closing_the_stream_cancels_the_study(client, slow):
 
 
 def test_a_light_request_is_answered_while_a_study_runs(client, slow):
-    order: list[str] = []
-    first_progress = threading.Event()
-
-    def stream():
-        body = {"prompt": PROMPT + " twice", "variants": VARIANTS, "max_new_tokens": 20}
-        with client.stream("POST", "/api/why/ablate", json=body) as r:
-            event = None
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                    first_progress.set() if event == "progress" else None
-                    if event == "result":
-                        order.append("result")
-
-    streamer = threading.Thread(target=stream)
-    streamer.start()
-    assert first_progress.wait(30)
-    assert client.post("/api/trace", json={"text": "a light request"}).status_code == 200
-    order.append("trace")
-    streamer.join(120)
+    body = {"prompt": PROMPT + " twice", "variants": VARIANTS, "max_new_tokens": 20}
+    _, order = light_request_while_running(client, "/api/why/ablate", body)
     assert order == ["trace", "result"]  # answered between the study's turns, not after it
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sse_client import post_events
 
 import lmpeek
 from lmpeek.attribution.intervene import Patch, feature, head, intervene, neuron, token_ids, writable
@@ -48,20 +49,8 @@ def client(tmp_path_factory, model, sae):
         c.__exit__(None, None, None)
 
 
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
-
-
 def _post(client, edits, **body) -> list[tuple[str, dict]]:
-    with client.stream("POST", "/api/why/intervene", json={"text": TEXT, "edits": edits, **body}) as r:
-        assert r.status_code == 200, r.read()
-        return _events(r)
+    return post_events(client, "/api/why/intervene", {"text": TEXT, "edits": edits, **body})
 
 
 def _result(client, edits, **body) -> dict:

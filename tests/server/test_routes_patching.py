@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
+from sse_client import SlowForwards, cancel_at_first_progress, light_request_while_running, post_events
 
 from lmpeek.attribution.patching import attribution_patching, patch_grid, patch_one, spearman
 from lmpeek.server.responses import WhyPatchResult
@@ -24,20 +23,8 @@ LONG_A = "When Mary and John went to the store, John gave a drink to"
 LONG_B = "When Mary and John went to the store, Mary gave a drink to"
 
 
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
-
-
 def _post(client, **body) -> list[tuple[str, dict]]:
-    with client.stream("POST", "/api/why/patch", json={"text": A, "source": B, **body}) as r:
-        assert r.status_code == 200, r.read()
-        return _events(r)
+    return post_events(client, "/api/why/patch", {"text": A, "source": B, **body})
 
 
 def _top(model, text: str) -> int:
@@ -45,22 +32,6 @@ def _top(model, text: str) -> int:
     ids = torch.as_tensor(model.tokenizer(text)["input_ids"])[None]
     with torch.no_grad():
         return int(model.hf(input_ids=ids).logits[0, -1].argmax())
-
-
-class _Slow:
-    """Forwards on the patching job's thread take `delay` s; counts every forward of the model."""
-
-    def __init__(self, model, delay: float):
-        self.delay, self.calls = delay, 0
-        self.handle = model.hf.register_forward_pre_hook(self)
-
-    def __call__(self, *_):
-        self.calls += 1
-        if threading.current_thread().name == "lmpeek-patching":
-            time.sleep(self.delay)
-
-    def remove(self):
-        self.handle.remove()
 
 
 @pytest.fixture()
@@ -127,7 +98,7 @@ def test_attribution_patching_is_verified_by_real_patching(client, model):
 
 def test_a_repeat_is_answered_from_the_cache_without_a_forward(client, model):
     first = _post(client, hook="attn_out")
-    hook = _Slow(model, 0.0)
+    hook = SlowForwards(model, 0.0, "lmpeek-patching")
     try:
         again = _post(client, hook="attn_out")
     finally:
@@ -139,33 +110,12 @@ def test_a_repeat_is_answered_from_the_cache_without_a_forward(client, model):
 
 
 def test_progress_is_monotone_and_a_light_request_runs_between_batches(client, model):
-    slow = _Slow(model, 0.05)
-    got: list[tuple[str, dict]] = []
-    seen_progress = threading.Event()
-
-    def read():
-        with client.stream("POST", "/api/why/patch", json={"text": LONG_A, "source": LONG_B}) as r:
-            event = None
-            for line in r.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    got.append((event, json.loads(line[6:])))
-                    if event == "progress":
-                        seen_progress.set()
-
-    reader = threading.Thread(target=read)
+    slow = SlowForwards(model, 0.05, "lmpeek-patching")
     try:
-        reader.start()
-        assert seen_progress.wait(30)
-        t0 = time.monotonic()
-        assert client.post("/api/trace", json={"text": "light"}).status_code == 200
-        light = time.monotonic() - t0
-        assert got[-1][0] != "result"  # answered while the grid was still running
-        reader.join(60)
+        got, order = light_request_while_running(client, "/api/why/patch", {"text": LONG_A, "source": LONG_B})
     finally:
         slow.remove()
-    assert light < 5
+    assert order == ["trace", "result"]  # answered while the grid was still running
     kinds = [k for k, _ in got]
     assert kinds[0] == "estimate" and kinds[-1] == "result" and kinds.count("progress") >= 2, kinds
     done = [d["done"] for k, d in got if k == "progress"]
@@ -174,23 +124,10 @@ def test_progress_is_monotone_and_a_light_request_runs_between_batches(client, m
 
 
 def test_closing_the_stream_cancels_the_grid(client, model):
-    worker = client.app.state.holder.worker
-    slow = _Slow(model, 0.2)
-    before = worker.counts["cancelled"]
+    slow = SlowForwards(model, 0.2, "lmpeek-patching")
     try:
         body = {"text": LONG_A, "source": LONG_B, "hook": "attn_out"}
-        with client.stream("POST", "/api/why/patch", json=body) as r:
-            lines = r.iter_lines()
-            while not next(lines).startswith("event: progress"):
-                pass
-        deadline = time.monotonic() + 10
-        while (worker.counts["cancelled"] == before or worker.pending()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert worker.counts["cancelled"] == before + 1 and worker.pending() == 0
-        calls = slow.calls
-        time.sleep(0.5)
-        assert slow.calls == calls  # no forward after the cancel
-        assert not any(t.name == "lmpeek-patching" for t in threading.enumerate())
+        cancel_at_first_progress(client, "/api/why/patch", body, slow)
     finally:
         slow.remove()
     # the model is clean: no patching hook left behind, a plain grid still equals the library's

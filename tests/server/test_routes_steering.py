@@ -7,15 +7,13 @@ run while the job pauses, never see the steering hooks."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sse_client import SlowForwards, cancel_at_first_progress, post_events
 
 import lmpeek
 from lmpeek.attribution.intervene import Steer, capture_points
@@ -54,20 +52,8 @@ def model(client):
     return client.app.state.holder.model
 
 
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
-
-
 def _steer(client, **body) -> list[tuple[str, dict]]:
-    with client.stream("POST", "/api/why/steer", json={"prompt": PROMPT, **body}) as r:
-        assert r.status_code == 200, r.read()
-        return _events(r)
+    return post_events(client, "/api/why/steer", {"prompt": PROMPT, **body})
 
 
 def _result(client, **body) -> dict:
@@ -201,32 +187,13 @@ def test_a_repeat_is_answered_from_the_cache_without_a_forward(client, model):
 
 
 def test_closing_the_stream_cancels_the_job(client, model):
-    worker = client.app.state.holder.worker
-    before = worker.counts["cancelled"]
-    calls = [0]
-
-    def slow(*_):
-        calls[0] += 1
-        if threading.current_thread().name == "lmpeek-steering":
-            time.sleep(0.03)
-
-    handle = model.hf.register_forward_pre_hook(slow)
+    slow = SlowForwards(model, 0.03, "lmpeek-steering")
     try:
         body = {"prompt": PROMPT + " and", "direction": {"kind": "neuron", "layer": 0, "index": 2},
                 "sweep": True, "max_new_tokens": 64}  # fmt: skip
-        with client.stream("POST", "/api/why/steer", json=body) as r:
-            lines = r.iter_lines()
-            while not next(lines).startswith("event: progress"):
-                pass
-        deadline = time.monotonic() + 10
-        while (worker.counts["cancelled"] == before or worker.pending()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert worker.counts["cancelled"] == before + 1 and worker.pending() == 0
-        n = calls[0]
-        time.sleep(0.2)
-        assert calls[0] == n and not any(t.name == "lmpeek-steering" for t in threading.enumerate())
+        cancel_at_first_progress(client, "/api/why/steer", body, slow)
     finally:
-        handle.remove()
+        slow.remove()
     # the hooks are gone: the model computes what it did before
     ids = torch.as_tensor(model.tokenizer(PROMPT)["input_ids"])[None]
     with torch.no_grad():

@@ -4,13 +4,10 @@ so long that a light request waits for the whole job."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-
 import numpy as np
 import pytest
 import torch
+from sse_client import SlowForwards, cancel_at_first_progress, light_request_while_running, post_events
 
 import lmpeek
 from lmpeek.attribution.faithfulness import faithfulness as lib_faithfulness
@@ -18,42 +15,13 @@ from lmpeek.attribution.faithfulness import faithfulness as lib_faithfulness
 TEXT = "The cat sat on the mat and then it slept"
 
 
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
-
-
 def _post(client, **body) -> list[tuple[str, dict]]:
-    with client.stream("POST", "/api/why/attribute", json={"text": TEXT, **body}) as r:
-        assert r.status_code == 200, r.read()
-        return _events(r)
-
-
-class _Slow:
-    """Forwards on the attribution's own thread take `delay` s (so it runs long enough to observe);
-    counts every forward of the model."""
-
-    def __init__(self, model, delay: float):
-        self.delay, self.calls = delay, 0
-        self.handle = model.hf.register_forward_pre_hook(self)
-
-    def __call__(self, *_):
-        self.calls += 1
-        if threading.current_thread().name == "lmpeek-attribution":
-            time.sleep(self.delay)
-
-    def remove(self):
-        self.handle.remove()
+    return post_events(client, "/api/why/attribute", {"text": TEXT, **body})
 
 
 @pytest.fixture()
 def slow(client):
-    hook = _Slow(client.app.state.holder.model, 0.03)
+    hook = SlowForwards(client.app.state.holder.model, 0.03, "lmpeek-attribution")
     yield hook
     hook.remove()
 
@@ -102,7 +70,7 @@ def test_result_equals_the_library_and_events_come_in_order(client, slow):
 
 def test_a_repeat_is_answered_from_the_cache_without_a_forward(client):
     first = _post(client, method="gradient_x_input", features="tokens")
-    hook = _Slow(client.app.state.holder.model, 0.0)
+    hook = SlowForwards(client.app.state.holder.model, 0.0, "lmpeek-attribution")
     try:
         again = _post(client, method="gradient_x_input", features="tokens")
     finally:
@@ -130,52 +98,12 @@ def test_bad_input_is_refused_before_streaming(client, body):
 
 
 def test_closing_the_stream_cancels_the_attribution(client, slow):
-    worker = client.app.state.holder.worker
-    before = worker.counts["cancelled"]
-    with client.stream("POST", "/api/why/attribute", json={"text": TEXT + " again", "method": "shapley",
-                                                          "features": "words"}) as r:  # fmt: skip
-        lines = r.iter_lines()
-        while not next(lines).startswith("event: progress"):
-            pass
-    deadline = time.monotonic() + 10
-    # the count goes up as the job is cancelled, the queue empties when its worker turn ends: wait for both
-    while (worker.counts["cancelled"] == before or worker.pending()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert worker.counts["cancelled"] == before + 1 and worker.pending() == 0
-    calls = slow.calls
-    time.sleep(0.2)
-    assert slow.calls == calls  # the attribution's thread stopped: no forward after the cancel
-    assert not any(t.name == "lmpeek-attribution" for t in threading.enumerate())
+    body = {"text": TEXT + " again", "method": "shapley", "features": "words"}
+    cancel_at_first_progress(client, "/api/why/attribute", body, slow)
     assert client.post("/api/trace", json={"text": "next"}).status_code == 200
 
 
 def test_a_light_request_is_answered_while_an_attribution_runs(client, slow):
-    order: list[str] = []
-    first_progress = threading.Event()
-
-    def stream():
-        with client.stream("POST", "/api/why/attribute", json={"text": TEXT + " twice", "method": "shapley",
-                                                              "features": "words"}) as r:  # fmt: skip
-            for kind, _ in _events_live(r, first_progress):
-                if kind == "result":
-                    order.append("result")
-
-    streamer = threading.Thread(target=stream)
-    streamer.start()
-    assert first_progress.wait(30)
-    r = client.post("/api/trace", json={"text": "a light request"})
-    assert r.status_code == 200
-    order.append("trace")
-    streamer.join(120)
+    body = {"text": TEXT + " twice", "method": "shapley", "features": "words"}
+    _, order = light_request_while_running(client, "/api/why/attribute", body)
     assert order == ["trace", "result"]  # answered between the attribution's turns, not after it
-
-
-def _events_live(response, first_progress: threading.Event):
-    event = None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-            if event == "progress":
-                first_progress.set()
-        elif line.startswith("data: "):
-            yield event, json.loads(line[6:])

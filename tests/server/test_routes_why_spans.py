@@ -6,27 +6,16 @@ any stream."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from sse_client import events as _events
 
 import lmpeek
 from lmpeek.capture.generate import generate as lib_generate
 
 TEXT = "The cat sat on the mat and then it slept"
 SPAN = " on the rug by the door"
-
-
-def _events(response) -> list[tuple[str, dict]]:
-    out, event = [], None
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            out.append((event, json.loads(line[6:])))
-    return out
 
 
 def _result(client, **body) -> tuple[dict, dict]:
