@@ -14,7 +14,8 @@ a time (set to lmpeek's batch here, so the comparison is not just batching). IG 
 a greedy N-token answer to a --tokens-token prompt): lmpeek scores all N rows from one teacher-forced
 pass per perturbation, batched; it prints the forwards counted, against the N × (tokens + 1) a per-target
 occlusion would run, and the time against Captum's LLMAttribution(FeatureAblation) over the same
-continuation (one unbatched forward per perturbation, Captum's by-sequence mode).
+continuation with its defaults (forward_in_tokens: per perturbation, one KV-cached forward per answer
+token, unbatched).
 """
 
 from __future__ import annotations

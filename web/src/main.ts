@@ -63,8 +63,8 @@ function mountApp(el: HTMLElement, data: RenderData): () => void {
   let feature = data.feature;
   // a file shows the Features tab only when the exporter recorded its answers (lmpeek/views/features_export.py)
   let featuresTab = true;
-  // …and its Why tab only when it recorded an attribution (--include why)
-  let whyTab = false;
+  // …and its Why tab only when it recorded an attribution (--include why); a live widget runs it
+  let whyTab = host === "widget";
   if (data.pack) {
     const pack = decodePack(data.pack);
     client = new Api("", staticFetcher(pack));

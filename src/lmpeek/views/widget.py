@@ -120,7 +120,7 @@ class Widget(anywidget.AnyWidget):
             self.send({"kind": "end", "id": rid})
 
 
-VIEWS = ("explore", "attention", "generate", "features")
+VIEWS = ("explore", "attention", "generate", "features", "why")
 
 
 def show(
@@ -138,7 +138,9 @@ def show(
     can be recomputed; without, the widget shows what the Trace holds), or a trace id of `model`'s
     Session. `model`: a LoadedModel, a Session, or a source for `lmpeek.load`. `view`: the tab shown
     first: "explore", "attention" (the trace's attention overview: model, head and neuron views) or
-    "generate" (`x` is the prompt, streamed from the model).
+    "generate" (`x` is the prompt, streamed from the model) or "why" (attribution, prompt ablation,
+    interventions, patching grids and steering on the text, run by the model as the app does).
+    An Attribution (lmpeek.attribute) is drawn as the app's Why tab draws it.
 
     Feature pages: `x` a feature database (its path or a FeatureDB) with `feature=` (the page to open)
     and/or view="features": its Features tab, browsing the database (no model); `source`: the source's id
@@ -162,8 +164,8 @@ def show(
             )
         from lmpeek.views.export import static_pack
 
-        if view == "generate":
-            raise ValueError("view='generate' needs model=… (a Trace alone cannot generate)")
+        if view in ("generate", "why"):
+            raise ValueError(f"view={view!r} needs model=… (a Trace alone cannot run the model)")
         return Widget(None, view=view, pack=static_pack(x), height=height)
     session = session_for(model)
     if view == "generate":
