@@ -119,7 +119,9 @@ def _check(p: Parity, arch: str) -> None:
     bad = {n: r for n, r in p.rel.items() if not r <= RTOL}
     assert not bad, bad
     assert p.topk_equal
-    assert p.topk_prob_dev < 1e-5
+    # probabilities after 30 float32 layers: 1.7e-5 apart on an AVX2-only CPU (OpenBLAS/MKL kernels round
+    # differently from AVX-512's), under 1e-5 on AVX-512; every hook's relative gap is still <= RTOL
+    assert p.topk_prob_dev < 5e-5
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)

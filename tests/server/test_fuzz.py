@@ -29,7 +29,8 @@ def _strict(text: str):
 def _events(text: str) -> list[tuple[str, object]]:
     out = []
     for frame in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.splitlines())
+        # SSE ends lines at CR or LF only: str.splitlines would also cut at U+2028 inside JSON strings
+        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
         out.append((lines["event"], _strict(lines["data"])))
     return out
 

@@ -75,7 +75,7 @@ _U53 = 2.0**-53
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 LOGIT_BINS = 50  # SAEDashboard's logits histogram
 LOGIT_CHUNK_BYTES = 1 << 25  # 32 MiB of [features, V] float32 logits at a time (see logit_chunk)
-_MIN_MATMUL_ROWS = 64  # logits are multiplied at least this many rows at a time (see logit_effects)
+_MATMUL_ROWS = 8  # logits are multiplied exactly this many rows at a time (see logit_effects)
 _CORR_ROWS = 512  # correlation rows finished per chunk (the F × F float64 matrices are not copied)
 _EMPTY_DOC = -1
 PAIR = ("base", "chat")  # a crosscoder build's two models, in the order `model=(base, chat)` gives them
@@ -620,12 +620,28 @@ def logit_effects(model: Any, dirs: np.ndarray, chunk: int | None = None) -> Ite
         if centre:
             d = d - d.mean(-1, keepdims=True)
         x = d * gain
-        if len(x) < _MIN_MATMUL_ROWS:  # few rows take other BLAS paths (gemv, small-matrix kernels) that
-            x = np.pad(x, ((0, _MIN_MATMUL_ROWS - len(x)), (0, 0)))  # round differently: chunks agree
-        logits = (x @ W_U.T)[: len(d)]
+        logits = _fixed_rows_matmul(x, W_U.T)
         logits -= logits.mean(-1, keepdims=True)
         yield a, logits
         del logits  # the next chunk is made without this one alive
+
+
+def _fixed_rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w, _MATMUL_ROWS rows of x per BLAS call (the last zero-padded): a row's result then does not
+    depend on how many rows came with it. BLAS picks kernels and blockings by the row count (gemv for
+    one row; on AVX2 OpenBLAS with one thread, blocks of 16 rows already round row by row differently
+    from blocks of 8), so a chunk of 3 and one of 170 would give other float32 bits; with every call
+    the same small shape, any chunking (and the one-at-a-time reference of the tests) gives the same
+    bits. ~4x the time of one big call (each call streams w again): ~5 s for 2,048 features of the
+    default model, a fixed cost of the build."""
+    out = np.empty((len(x), w.shape[1]), np.float32)
+    for a in range(0, len(x), _MATMUL_ROWS):
+        block = x[a : a + _MATMUL_ROWS]
+        n = len(block)
+        if n < _MATMUL_ROWS:
+            block = np.pad(block, ((0, _MATMUL_ROWS - n), (0, 0)))
+        out[a : a + n] = (block @ w)[:n]
+    return out
 
 
 def _extremes(row: np.ndarray, kth: float, n: int, top: bool) -> np.ndarray:
