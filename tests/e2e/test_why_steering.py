@@ -1,12 +1,13 @@
 """The Why tab's Steering section in Chromium against a real server (tiny model): a neuron steered at
 strength 0 shows the plain text twice; a sweep shows the route's texts, per-token Δ log-p and KL (to
 the shown digits) and one table row per strength with the route's mean KL; a mean difference runs; a
-repeat is answered from the cache. Screenshot: test-artifacts/why-steering.png (1280×800). Waits are
-on conditions, never on time."""
+repeat is answered from the cache; "steer…" on a flow-graph node fills the form with its direction.
+Screenshots: test-artifacts/why-steering.png, why-steering-node.png (1280×800). Waits are on
+conditions, never on time."""
 
 from __future__ import annotations
 
-from .conftest import ARTIFACTS, parse_sse
+from .conftest import ARTIFACTS, parse_sse, run_explore
 
 PROMPT = "The cat sat on the"
 
@@ -112,3 +113,43 @@ def test_mean_difference(page):
     page.get_by_test_id("steer-negative").fill("\n")
     assert page.get_by_test_id("steer-run").is_disabled()
     assert "each side" in page.get_by_test_id("steer-problem").inner_text()
+
+
+def test_steer_from_a_flow_node_lands_in_the_steering_section_with_the_node_direction(page):
+    """ "steer…" on a flow graph's MLP node fills the Steering form with that node's direction (the
+    trace's text, blocks.L.hook_mlp_out, its token) without running; Run steers at that hook with the
+    route's numbers shown."""
+    text = "The capital of France is Paris"
+    page.set_viewport_size({"width": 1280, "height": 800})
+    run_explore(page, text)
+    page.get_by_test_id("tab-attention").click()
+    page.get_by_test_id("flow-svg").wait_for(timeout=60_000)
+    node = page.locator("[data-testid=flow-node][data-id^='M']").first
+    node_id = node.get_attribute("data-id")  # M{layer}_{token}
+    layer, token = (int(x) for x in node_id[1:].split("_"))
+    node.dispatch_event("click")
+    page.get_by_test_id("flow-picked").screenshot(path=str(ARTIFACTS / "flow-steer-action.png"))
+    page.get_by_test_id("flow-steer").click()
+
+    page.get_by_test_id("why-view").wait_for()
+    assert "active" in (page.get_by_test_id("why-tab-steering").get_attribute("class") or "")
+    page.get_by_test_id("steer-form").wait_for()
+    assert page.get_by_test_id("steer-prompt").input_value() == text
+    assert page.get_by_test_id("steer-kind").input_value() == "node"
+    assert page.get_by_test_id("steer-node-point").input_value() == "hook_mlp_out"
+    assert page.get_by_test_id("steer-node-layer").input_value() == str(layer)
+    assert page.get_by_test_id("steer-node-position").input_value() == str(token)
+    chosen = page.locator("[data-testid=steer-node-token].on")
+    chosen.wait_for(timeout=30_000)  # the token picker shows the text's tokens, the node's one picked
+    assert chosen.get_attribute("data-index") == str(token)
+    assert page.get_by_test_id("steer-result").count() == 0  # not run by itself
+
+    page.get_by_test_id("steer-tokens").fill("8")
+    page.get_by_test_id("steer-tokens").dispatch_event("change")
+    res = _run(page)
+    hook = f"blocks.{layer}.hook_mlp_out"
+    assert res["direction"]["kind"] == "node" and res["direction"]["hook"] == hook
+    assert res["direction"]["position"] == token and res["hooks"] == [hook]
+    assert f"node {hook} @ #{token}" in page.get_by_test_id("steer-meta").inner_text()
+    _same_as_route(page, res["runs"][0])
+    page.screenshot(path=str(ARTIFACTS / "why-steering-node.png"), full_page=True)

@@ -175,6 +175,56 @@ def test_feature_ablation_equals_intervene(client, model, sae):
     _check(res, model, plain, edited, 10)
 
 
+def test_direction_ablations_equal_intervene_with_direction(client, model, sae):
+    """A residual direction: a neuron's output vector (from the weights), a text's activation at a
+    node (lmpeek.trace) and a feature's decoder row (the SAE file), zero / mean / resample."""
+    from lmpeek import features
+    from lmpeek.attribution.intervene import direction
+
+    w_down = model.hf.model.layers[0].mlp.down_proj.weight.detach().double().numpy()
+    node_hook = "blocks.1.hook_mlp_out"
+    node = lmpeek.trace(model, OTHER, keep=[node_hook]).tensors[node_hook].astype(np.float64)[-2]
+    here = lmpeek.trace(model, TEXT, keep=["blocks.0.hook_attn_out"]).tensors["blocks.0.hook_attn_out"][3]
+    sid = next(s["id"] for s in client.get("/api/features").json()["sources"] if s["kind"] != "neurons")
+    src = features.load(str(sae), model, check=False)
+    row = src.w["W_dec"][4].detach().double().numpy()
+    cases = [
+        (
+            {"action": "ablate", "hook": "blocks.0.hook_resid_post",
+             "direction": {"kind": "neuron", "layer": 0, "index": 5}},
+            direction("blocks.0.hook_resid_post", w_down[:, 5]),
+            "zero-ablate blocks.0.hook_resid_post along neuron 0.5",
+        ),
+        (
+            {"action": "ablate", "hook": "blocks.1.hook_resid_pre", "mode": "mean", "positions": [2, 3, 4],
+             "direction": {"kind": "node", "text": OTHER, "hook": node_hook, "position": -2}},
+            direction("blocks.1.hook_resid_pre", node, "mean", [2, 3, 4]),
+            "mean-ablate blocks.1.hook_resid_pre along node blocks.1.hook_mlp_out @ #-2 of another text"
+            " @ 2,3,4",
+        ),
+        (  # the text's own activation (no text given): its component at every position zeroed
+            {"action": "ablate", "hook": "blocks.0.hook_attn_out",
+             "direction": {"kind": "node", "hook": "blocks.0.hook_attn_out", "position": 3}},
+            direction("blocks.0.hook_attn_out", here.astype(np.float64)),
+            "zero-ablate blocks.0.hook_attn_out along node blocks.0.hook_attn_out @ #3",
+        ),
+        (
+            {"action": "ablate", "hook": "blocks.1.hook_resid_post", "mode": "resample", "source": OTHER,
+             "direction": {"kind": "feature", "source_name": sid, "index": 4}},
+            direction("blocks.1.hook_resid_post", row, "resample", range(token_ids(model, TEXT).size), OTHER),
+            f"resample-ablate blocks.1.hook_resid_post along feature {sid}#4",
+        ),
+    ]  # fmt: skip
+    plain = _logits(model)
+    for edit, spec, label in cases:
+        res = _result(client, [edit], max_new_tokens=4, top_k=5)
+        with intervene(model, ablate=[spec], text=TEXT):
+            edited = _logits(model)
+            gen = _greedy(model, 4)
+        _check(res, model, plain, edited, 5)
+        assert res["labels"] == [label] and res["edited_text"] == model.tokenizer.decode(gen)
+
+
 def test_a_repeat_is_cached(client):
     edits = [{"action": "ablate", "hook": "blocks.0.attn.hook_z", "index": 0}]
     first = _result(client, edits, max_new_tokens=3)
@@ -205,6 +255,75 @@ def test_a_repeat_is_cached(client):
         ({"action": "ablate_feature", "source_name": "sae", "index": 10**6}, 400, "out of range"),
         ({"action": "ablate", "hook": "blocks.0.attn.hook_z", "index": -1}, 422, "index"),
         ({"action": "explode", "hook": "blocks.0.attn.hook_z"}, 422, "action"),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.attn.hook_z",
+                "direction": {"kind": "neuron", "layer": 0, "index": 1},
+            },
+            400,
+            "residual-sized",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "index": 2,
+                "direction": {"kind": "neuron", "layer": 0, "index": 1},
+            },
+            400,
+            "residual-sized",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "direction": {"kind": "neuron", "layer": 9, "index": 1},
+            },
+            400,
+            "out of range",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "direction": {"kind": "feature", "source_name": "nope", "index": 1},
+            },
+            404,
+            "no feature source",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "direction": {"kind": "feature", "source_name": "sae", "index": 999},
+            },
+            400,
+            "out of range",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "direction": {"kind": "node", "hook": "blocks.0.hook_mlp_out", "position": 99},
+            },
+            400,
+            "position",
+        ),
+        (
+            {
+                "action": "ablate",
+                "hook": "blocks.0.hook_resid_pre",
+                "direction": {"kind": "node", "hook": "blocks.0.mlp.hook_post", "position": 0},
+            },
+            422,
+            "hook",
+        ),
+        (
+            {"action": "ablate", "hook": "blocks.0.hook_resid_pre", "direction": {"kind": "vector"}},
+            422,
+            "kind",
+        ),
     ],
 )
 def test_bad_edits_answer_4xx_before_streaming(client, edit, status, words):

@@ -167,6 +167,39 @@ def test_mean_difference_and_vector_directions(client, model):
     assert res["hooks"] == [s.hook for s in steers] and len(res["runs"][0]["c"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("hook", "position"),
+    [("blocks.1.hook_mlp_out", 2), ("blocks.0.hook_attn_out", -1), ("blocks.1.hook_resid_post", 0)],
+)
+def test_node_direction_is_the_traced_activation_and_steers_as_steer_generate(client, model, hook, position):
+    """A flow node's direction: lmpeek.trace's activation at (hook, position), steered at that hook."""
+    other = "Paris is a city in"
+    res = _result(client, direction={"kind": "node", "text": other, "hook": hook, "position": position},
+                  strength=3.0, seed=5, max_new_tokens=6)  # fmt: skip
+    kept = lmpeek.trace(model, other, keep=[hook]).tensors[hook].astype(np.float64)
+    v = kept[position]
+    at = position % kept.shape[0]
+    assert res["hooks"] == [hook] and res["direction"]["label"] == f"node {hook} @ #{at}"
+    assert res["direction"]["vector_norms"][0] == pytest.approx(float(np.linalg.norm(v)), rel=1e-5)
+    direct = steer_generate(model, PROMPT, Steer(hook, v / np.linalg.norm(v), 3.0), seed=5, max_new_tokens=6)
+    _same(res["runs"][0], direct, 1e-5)  # v from the trace's float32 copy
+    # the unit direction the job used is the traced one (independent of scale)
+    from lmpeek.attribution.steering_job import node_vector
+
+    u, _ = node_vector(model, other, hook, position)
+    np.testing.assert_allclose(u / np.linalg.norm(u), v / np.linalg.norm(v), rtol=1e-5, atol=1e-6)
+
+
+def test_node_direction_defaults_to_the_prompt_and_other_layers(client, model):
+    hook = "blocks.0.hook_mlp_out"
+    res = _result(client, direction={"kind": "node", "hook": hook, "position": 1}, layers=[1],
+                  point="hook_resid_pre", strength=2.0, max_new_tokens=5)  # fmt: skip
+    v = lmpeek.trace(model, PROMPT, keep=[hook]).tensors[hook].astype(np.float64)[1]
+    direct = steer_generate(model, PROMPT, Steer("blocks.1.hook_resid_pre", v, 2.0), seed=0, max_new_tokens=5)
+    assert res["hooks"] == ["blocks.1.hook_resid_pre"]
+    _same(res["runs"][0], direct, 1e-5)
+
+
 def test_a_repeat_is_answered_from_the_cache_without_a_forward(client, model):
     body = {"direction": {"kind": "neuron", "layer": 1, "index": 1}, "strength": 3.0, "max_new_tokens": 5}
     first = _result(client, **body)
@@ -237,6 +270,13 @@ def test_other_jobs_between_the_turns_see_the_plain_model(model):
         ({"direction": {"kind": "neuron", "layer": 0, "index": 0}, "mode": "multiply"}, 422),
         ({"direction": {"kind": "neuron", "layer": 0, "index": 0}, "max_new_tokens": 129}, 422),
         ({"direction": {"kind": "bogus"}}, 422),
+        ({"direction": {"kind": "node", "hook": "blocks.9.hook_mlp_out", "position": 0}}, 400),
+        ({"direction": {"kind": "node", "hook": "blocks.0.mlp.hook_post", "position": 0}}, 422),
+        ({"direction": {"kind": "node", "hook": "hook_embed", "position": 0}}, 422),
+        ({"direction": {"kind": "node", "hook": "blocks.0.hook_mlp_out", "position": 99}}, 400),
+        ({"direction": {"kind": "node", "hook": "blocks.0.hook_mlp_out", "position": -99}}, 400),
+        ({"direction": {"kind": "node", "text": "", "hook": "blocks.0.hook_mlp_out", "position": 0}}, 422),
+        ({"direction": {"kind": "node", "hook": "blocks.0.hook_mlp_out"}}, 422),
     ],
 )
 def test_bad_input_is_refused_before_streaming(client, body, status):

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { pendingSerial, take } from "../src/lib/actions.svelte";
-import { ablateEdit, act, deltaColour, deltaInk, deltaMax, editLabel, parsePositions, patchEdit, requestBody, targetLabel } from "../src/lib/intervene";
+import { ablateEdit, act, directionEdit, directionLabel, deltaColour, deltaInk, deltaMax, editLabel, parsePositions, patchEdit, requestBody, targetLabel } from "../src/lib/intervene";
 
 describe("the edits an action builds", () => {
   it("ablates a head, a neuron, a feature and a hook point as POST /api/why/intervene takes them", () => {
@@ -23,6 +23,20 @@ describe("the edits an action builds", () => {
     expect(editLabel(ablateEdit({ kind: "head", layer: 0, head: 1 }))).toBe("head 0.1: zero-ablate blocks.0.attn.hook_z [1]");
     expect(editLabel({ action: "patch", hook: "blocks.1.hook_resid_pre", positions: [1, 2, 3, 4, 5, 6, 7] })).toBe("patch blocks.1.hook_resid_pre from B @ 1,2,3,4,5,6…");
     expect(editLabel({ action: "ablate_feature", source_name: "s", index: 2 })).toBe("ablate feature s#2");
+  });
+
+  it("ablates a residual direction, labelled as the server labels it", () => {
+    const node = directionEdit(1, "hook_resid_pre", { kind: "node", text: " ", hook: "blocks.0.hook_mlp_out", position: -2 }, "mean", [2, 3], null);
+    expect(node).toEqual({ action: "ablate", hook: "blocks.1.hook_resid_pre", mode: "mean", direction: { kind: "node", hook: "blocks.0.hook_mlp_out", position: -2 }, positions: [2, 3], source: null });
+    expect(editLabel(node)).toBe("mean-ablate blocks.1.hook_resid_pre along node blocks.0.hook_mlp_out @ #-2 @ 2,3");
+    const other = directionEdit(0, "hook_attn_out", { kind: "node", text: "Paris", hook: "blocks.0.hook_attn_out", position: 1 }, "zero", null, null);
+    expect(other.direction).toEqual({ kind: "node", text: "Paris", hook: "blocks.0.hook_attn_out", position: 1 });
+    expect(directionLabel(other.direction!)).toBe("node blocks.0.hook_attn_out @ #1 of another text");
+    expect(editLabel(directionEdit(0, "hook_resid_post", { kind: "neuron", layer: 0, index: 5 }, "zero", null, null))).toBe("zero-ablate blocks.0.hook_resid_post along neuron 0.5");
+    expect(directionLabel({ kind: "feature", source_name: "sae", index: 4 })).toBe("feature sae#4");
+    expect(requestBody("t", [directionEdit(0, "hook_mlp_out", { kind: "neuron", layer: 1, index: 2 }, "zero", null, null)], 0, 1).edits).toEqual([
+      { action: "ablate", hook: "blocks.0.hook_mlp_out", mode: "zero", direction: { kind: "neuron", layer: 1, index: 2 } },
+    ]);
   });
 
   it("drops empty keys from the body", () => {

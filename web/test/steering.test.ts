@@ -6,8 +6,10 @@ import {
   deltaText,
   divergence,
   formHook,
+  flowNodeHook,
   formProblem,
   hookLabel,
+  nodeFields,
   klFraction,
   maxAbs,
   promptLines,
@@ -16,6 +18,7 @@ import {
   sweepStrengths,
   type SteerForm,
 } from "../src/lib/steering";
+import { lastAction, requestSteering, steeringSerial, takeSteering } from "../src/lib/actions.svelte";
 
 const FORM: SteerForm = {
   prompt: "I think",
@@ -26,6 +29,10 @@ const FORM: SteerForm = {
   featureIndex: 5,
   positive: " good \n\nnice\n",
   negative: "bad",
+  nodeText: "",
+  nodeLayer: 2,
+  nodePoint: "hook_mlp_out",
+  nodePosition: -1,
   layer: null,
   point: null,
   mode: "add",
@@ -66,6 +73,34 @@ describe("steerBody", () => {
   it("sends a mean difference's prompts one per non-blank line, trimmed", () => {
     expect(steerBody({ ...FORM, kind: "mean_difference" }).direction).toEqual({ kind: "mean_difference", positive: ["good", "nice"], negative: ["bad"] });
     expect(promptLines(" \n \n")).toEqual([]);
+  });
+});
+
+describe("a graph node direction", () => {
+  it("sends the hook and token, and the text only when it is not the prompt", () => {
+    expect(steerBody({ ...FORM, kind: "node" }).direction).toEqual({ kind: "node", hook: "blocks.2.hook_mlp_out", position: -1 });
+    expect(steerBody({ ...FORM, kind: "node", nodeText: "Paris", nodePosition: 0 }).direction).toEqual({ kind: "node", text: "Paris", hook: "blocks.2.hook_mlp_out", position: 0 });
+  });
+
+  it("steers by default where the node writes", () => {
+    expect(formHook({ ...FORM, kind: "node" }, 4, null)).toBe("blocks.2.hook_mlp_out");
+    expect(formHook({ ...FORM, kind: "node", layer: 0, point: "hook_resid_pre" }, 4, null)).toBe("blocks.0.hook_resid_pre");
+  });
+
+  it("maps flow-graph nodes to the hook they write, and back into the form", () => {
+    expect([flowNodeHook("mlp", 3), flowNodeHook("attn", 0), flowNodeHook("resid", 1), flowNodeHook("embed", -1)]).toEqual(["blocks.3.hook_mlp_out", "blocks.0.hook_attn_out", "blocks.1.hook_resid_post", null]);
+    expect(nodeFields({ kind: "node", hook: "blocks.3.hook_attn_out", position: 4 })).toEqual({ nodeText: "", nodeLayer: 3, nodePoint: "hook_attn_out", nodePosition: 4 });
+    expect(nodeFields({ kind: "node", hook: "blocks.3.mlp.hook_post", position: 4 })).toBeNull();
+    expect(nodeFields({ kind: "neuron", layer: 1, index: 2 })).toBeNull();
+  });
+
+  it("passes a steering request from a view to the Steering section once", () => {
+    const before = steeringSerial();
+    requestSteering({ text: "The cat", direction: { kind: "node", hook: "blocks.1.hook_mlp_out", position: 1 } });
+    expect(steeringSerial()).toBe(before + 1);
+    expect(lastAction()).toBe("steering");
+    expect(takeSteering()).toEqual({ text: "The cat", direction: { kind: "node", hook: "blocks.1.hook_mlp_out", position: 1 } });
+    expect(takeSteering()).toBeNull();
   });
 });
 

@@ -3,7 +3,12 @@
 `start_intervention(session, text, edits, ...)` takes the app's edits (dicts, as POST
 /api/why/intervene and web/src/lib/actions.svelte.ts write them):
 
-    ablate          {hook, mode: zero|mean|resample, index?, positions?, source?}
+    ablate          {hook, mode: zero|mean|resample, index?, positions?, source?, direction?}
+                    direction (a residual-sized hook: hook_resid_pre / _post, hook_attn_out,
+                    hook_mlp_out, hook_embed): only the component along it is ablated
+                    (intervene.direction): {kind: neuron, layer, index} a neuron's output vector,
+                    {kind: feature, source_name, index} a features source's decoder row,
+                    {kind: node, text?, hook, position} the text's (default: this text's) activation
     patch           {hook, source, positions?, head?}
     ablate_feature  {source_name, index, positions?}   (a features source the app serves)
 
@@ -71,14 +76,74 @@ def label_of(edit: dict[str, Any]) -> str:
         what = f"patch {hook}{part} from B"
     else:
         part = f" [{edit['index']}]" if edit.get("index") is not None else ""
+        d = edit.get("direction")
+        if isinstance(d, dict):
+            part += f" along {_direction_label(d)}"
         what = f"{edit.get('mode') or 'zero'}-ablate {hook}{part}"
     own = edit.get("label")
     return f"{own}: {what}{where}" if own else f"{what}{where}"
 
 
+def _direction_label(d: dict[str, Any]) -> str:
+    kind = d.get("kind")
+    if kind == "neuron":
+        return f"neuron {d.get('layer')}.{d.get('index')}"
+    if kind == "feature":
+        return f"feature {d.get('source_name')}#{d.get('index')}"
+    return f"node {d.get('hook')} @ #{d.get('position')}" + (" of another text" if d.get("text") else "")
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable copy (for the cache key): dicts as sorted item tuples, lists as tuples."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+# the points a direction ablation can edit: [T, d_model] vectors
+RESIDUAL_SIZED = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+
+
+def direction_vector(model: Any, d: Any, text_ids: np.ndarray,
+                     feature_source: Callable[[str], Any] | None) -> np.ndarray:  # fmt: skip
+    """A direction edit's vector (see the module docstring), checked."""
+    from lmpeek import validate
+    from lmpeek.attribution.steering_job import direction_vectors, node_vector
+
+    if not isinstance(d, dict):
+        raise InvalidInput("direction must be {kind: neuron | feature | node, ...}")
+    kind = d.get("kind")
+    if kind == "node":
+        text = d.get("text")
+        if text is not None:
+            validate.text(text, "a node's text")
+        v, _ = node_vector(
+            model, text if text is not None else text_ids, str(d.get("hook", "")), d.get("position")
+        )
+        return v
+    if kind == "neuron":
+        v, _, _ = direction_vectors(
+            model, {"kind": "neuron", "layer": d.get("layer"), "index": d.get("index")}, None
+        )
+        return v
+    if kind == "feature":
+        if feature_source is None:
+            raise InvalidInput("no features sources are served")
+        name = d.get("source_name")
+        if not name:
+            raise InvalidInput("a feature direction needs source_name (a features source)")
+        feature = {"kind": "feature", "source": str(name), "index": d.get("index")}
+        v, _, _ = direction_vectors(model, feature, feature_source)
+        return v
+    raise InvalidInput(f"direction kind must be neuron, feature or node, got {kind!r}")
+
+
 def _norm_edit(edit: dict[str, Any]) -> dict[str, Any]:
     """The edit's fields that change the answer (for the cache key and the labels)."""
-    keys = ("action", "hook", "mode", "index", "head", "positions", "source", "source_name", "label")
+    keys = ("action", "hook", "mode", "index", "head", "positions", "source", "source_name", "label",
+            "direction")  # fmt: skip
     out = {k: edit.get(k) for k in keys if edit.get(k) is not None}
     if out.get("positions") is not None:
         out["positions"] = tuple(int(p) for p in out["positions"])
@@ -94,7 +159,10 @@ def specs(model: Any, text_ids: np.ndarray, edits: Sequence[dict[str, Any]],
         Ablation,
         FeatureAblation,
         Patch,
+        _split,
+        direction,
         token_ids,
+        unit,
         writable,
     )
 
@@ -167,6 +235,19 @@ def specs(model: Any, text_ids: np.ndarray, edits: Sequence[dict[str, Any]],
             positions = positions or tuple(range(T))  # the text's own positions, never generated ones
         if action == "patch":
             patch.append(Patch(str(hook), str(source), positions, None if index is None else int(index)))
+        elif e.get("direction") is not None:
+            residual = hook == "hook_embed" or _split(str(hook))[1] in RESIDUAL_SIZED
+            if index is not None or not residual:
+                raise InvalidInput(
+                    f"{what}: a direction is ablated at a residual-sized point (blocks.L.hook_resid_pre, "
+                    f"hook_resid_post, hook_attn_out, hook_mlp_out or hook_embed) with no index"
+                )
+            try:
+                v = direction_vector(model, e["direction"], text_ids, feature_source)
+                unit(v, model.d_model)
+            except InvalidInput as err:
+                raise InvalidInput(f"{what}: {err}") from None
+            ablate.append(direction(str(hook), v, mode, positions, source))
         else:
             ablate.append(Ablation(str(hook), mode, None if index is None else int(index), positions, source))
     return ablate, patch
@@ -226,8 +307,7 @@ def start_intervention(session: Any, text: str, edits: Sequence[dict[str, Any]],
         raise InvalidInput(f"give 1 to {MAX_EDITS} edits, got {len(edits)}")
     model = session.model
     norm = [_norm_edit(e) for e in edits]
-    key = ("intervene", model.fingerprint["id"], text, tuple(tuple(sorted(e.items())) for e in norm),
-           max_new_tokens, top_k)  # fmt: skip
+    key = ("intervene", model.fingerprint["id"], text, _frozen(norm), max_new_tokens, top_k)
     hit = session.cached_run(key)
     if hit is not None:
         return hit

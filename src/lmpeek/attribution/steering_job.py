@@ -16,6 +16,11 @@ results are cached by every parameter. Directions (`direction["kind"]`):
     mean_difference  {positive, negative}: mean(h over positive prompts) − mean(h over negative), h at
                      each prompt's last token, at each steered hook (so each layer gets its own)
     vector           {values}: d_model numbers
+    node             {text?, hook, position}: the activation vector of `text` (default: the prompt) at
+                     `hook` (blocks.{l}.hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out)
+                     and token `position` (negative: from the end): what a flow-graph node at (l, token)
+                     writes (MLP node: hook_mlp_out, attention node: hook_attn_out, residual node:
+                     hook_resid_post); its default hook is that hook itself
 
 Hooks: `blocks.{L}.{point}` for each L in `layers` (default: the direction's own layer, else the middle
 layer); point: hook_resid_pre / hook_resid_post / hook_attn_out / hook_mlp_out (default: the
@@ -63,11 +68,41 @@ def _split(hook: str) -> tuple[int | None, str]:
     return split(hook)
 
 
-def _direction_vectors(model: Any, direction: dict[str, Any], sources: Callable[[str], Any] | None):
-    """(vector or None (computed per hook in the job), its own hook or None, a label), checked."""
+def node_vector(model: Any, text: Any, hook: str, position: Any) -> tuple[np.ndarray, int]:
+    """(the activation of `text` at `hook` and token `position` (negative: from the end), the
+    position made absolute), checked: a residual-sized point of this model, a token of the text."""
+    from lmpeek.attribution.intervene import capture_points, token_ids, writable
+
+    layer, point = _split(str(hook))
+    if layer is None or point not in POINTS:
+        raise InvalidInput(f"a node's hook must be blocks.L.{{{', '.join(POINTS)}}}, got {hook!r}")
+    writable(model.bound, str(hook))  # the layer exists (and the point can be read through its hook)
+    ids = token_ids(model, text)
+    T = int(ids.size)
+    try:
+        at = validate.integer("position", position, -T, T - 1) % T
+    except InvalidInput as err:
+        raise InvalidInput(f"{err} (the text has {T} tokens; negative counts from the end)") from None
+    x = capture_points(model, ids, [str(hook)])[str(hook)]
+    return x[at].double().cpu().numpy(), at
+
+
+def direction_vectors(model: Any, direction: dict[str, Any], sources: Callable[[str], Any] | None,
+                       prompt: Any = None):  # fmt: skip
+    """(vector or None (computed per hook in the job), its own hook or None, a label), checked.
+    `prompt`: a node direction's text when it names none."""
     from lmpeek.attribution.steering import feature_direction, neuron_direction
 
     kind = direction.get("kind")
+    if kind == "node":
+        text = direction.get("text") or prompt
+        if text is None:
+            raise InvalidInput("a node direction needs a text")
+        if isinstance(text, str):
+            validate.text(text, "a node's text")
+        hook = str(direction.get("hook", ""))
+        v, at = node_vector(model, text, hook, direction.get("position"))
+        return v, hook, f"node {hook} @ #{at}"
     if kind == "feature":
         if sources is None:
             raise InvalidInput("no feature sources here: steer with a neuron, a vector or a mean difference")
@@ -104,7 +139,9 @@ def _direction_vectors(model: Any, direction: dict[str, Any], sources: Callable[
         if not isinstance(values, (list, tuple)):
             raise InvalidInput("a vector direction takes `values`: a list of numbers")
         return np.asarray(values, np.float64), None, f"vector ({len(values)} numbers)"
-    raise InvalidInput(f"direction kind must be feature, neuron, mean_difference or vector, got {kind!r}")
+    raise InvalidInput(
+        f"direction kind must be feature, neuron, mean_difference, vector or node, got {kind!r}"
+    )
 
 
 def _hooks(model: Any, own: str | None, layers: Any, point: str | None) -> list[str]:
@@ -153,7 +190,7 @@ def start_steering(
     max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
     temperature = validate.number("temperature", temperature, 0.0, 100.0)
     seed = validate.integer("seed", seed, 0, 2**31 - 1)
-    vector, own, label = _direction_vectors(model, dict(direction), sources)
+    vector, own, label = direction_vectors(model, dict(direction), sources, prompt)
     hooks = _hooks(model, own, layers, point)
     if vector is not None:
         unit(vector, model.d_model)  # a wrong size or a zero vector: refused before the stream

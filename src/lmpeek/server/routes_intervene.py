@@ -1,7 +1,8 @@
 """The Why tab's "Ablate / patch" route (issue 13): a text run plain and with edits, compared.
 
 `POST /api/why/intervene` {text, edits, max_new_tokens, top_k}: every edit is checked (hook, head or
-neuron index, prompt B present and as long as needed, feature source known) and the reference
+neuron index, prompt B present and as long as needed, feature source known, a direction's vector
+resolved) and the reference
 forwards run as one job on the model's queue, so bad input answers 4xx before any stream; then
 `estimate`, `progress`…, `result` (attribution.intervene_job: top-k plain vs edited, Δ log p and KL
 at every position, the two greedy regenerations and their diff) or `error`. Results are cached; a
@@ -20,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from lmpeek.attribution.intervene_job import MAX_EDITS, MAX_NEW_TOKENS
 from lmpeek.server.finite import clean
+from lmpeek.server.routes_steering import NodeHook
 from lmpeek.server.routes_why import MAX_WHY_TEXT
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
@@ -46,6 +48,28 @@ Hook = Annotated[
 ]
 
 
+class DirectionNeuron(BaseModel):
+    kind: Literal["neuron"]
+    layer: Index
+    index: Index
+
+
+class DirectionFeature(BaseModel):
+    kind: Literal["feature"]
+    source_name: str = Field(min_length=1, max_length=200, description="A features source (its decoder row).")
+    index: Index
+
+
+class DirectionNode(BaseModel):
+    kind: Literal["node"]
+    text: str | None = Field(None, min_length=1, max_length=MAX_WHY_TEXT, description="Default: the text.")
+    hook: NodeHook
+    position: int = Field(ge=-1_000_000, le=1_000_000, strict=True, description="Negative: from the end.")
+
+
+AblateDirection = Annotated[DirectionNeuron | DirectionFeature | DirectionNode, Field(discriminator="kind")]
+
+
 class InterventionEdit(BaseModel):
     action: Literal["ablate", "ablate_feature", "patch"]
     hook: Hook | None = Field(None, description="lmpeek's hook name (a writable point).")
@@ -56,6 +80,11 @@ class InterventionEdit(BaseModel):
     source: str | None = Field(None, max_length=MAX_WHY_TEXT, description="prompt B (resample, patch).")
     source_name: str | None = Field(None, max_length=200, description="ablate_feature: a features source.")
     label: str | None = Field(None, max_length=200, description="what the action was taken on.")
+    direction: AblateDirection | None = Field(
+        None,
+        description="ablate: only the component along this direction (a residual-sized hook): a neuron's "
+        "output vector, a feature's decoder row, or a text's activation at a node.",
+    )
 
 
 class InterveneRequest(BaseModel):

@@ -2,9 +2,10 @@
 
 `POST /api/why/steer` checks the request and resolves the direction on the model's thread (bad input
 answers 4xx before any stream: an unknown features source is 404, an index out of range, a vector of
-the wrong size or an empty prompt list 400 or 422), then streams `estimate`, `progress` and `result`
-or `error`, as every long Why job (server/sse.py). The job is attribution.steering_job.start_steering;
-a repeat comes from the Session's cache, closing the connection cancels it.
+the wrong size or an empty prompt list 400 or 422; a node's layer or position out of range 400),
+then streams `estimate`, `progress` and `result` or `error`, as every long Why job (server/sse.py).
+The job is attribution.steering_job.start_steering; a repeat comes from the Session's cache, closing
+the connection cancels it.
 
 The result: the plain generation once, and per strength (one, or five with `sweep`) the steered
 generation with, at each steered token t, delta_logp[t] = log p_steered(t) − log p_plain(t) (both
@@ -14,11 +15,12 @@ p_plain) of the next-token distributions that chose t; `c` is strength × each h
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from lmpeek.server.finite import clean
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
@@ -51,8 +53,43 @@ class SteerVector(BaseModel):
     values: list[float] = Field(max_length=65_536, description="d_model numbers.")
 
 
+# a flow-graph node's point: residual-sized, written by a layer (whether the layer exists: checked later)
+NODE_HOOK = r"^blocks\.[0-9]{1,4}\.(hook_resid_pre|hook_resid_post|hook_attn_out|hook_mlp_out)$"
+
+
+def _node_hook(value: str) -> str:
+    # the pattern is in the schema (clients and the fuzzer see it); this says which names are meant
+    if not re.fullmatch(NODE_HOOK, value):
+        raise ValueError(
+            "must be blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out or "
+            "blocks.L.hook_mlp_out"
+        )
+    return value
+
+
+NodeHook = Annotated[
+    str, Field(max_length=200, json_schema_extra={"pattern": NODE_HOOK}), AfterValidator(_node_hook)
+]
+
+
+class SteerNode(BaseModel):
+    kind: Literal["node"]
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT,
+        description="The text whose activation to take (default: the prompt).",
+    )
+    hook: NodeHook = Field(
+        description="A flow node's MLP: hook_mlp_out, attention: hook_attn_out, residual: hook_resid_post."
+    )
+    position: int = Field(
+        ge=-1_000_000, le=1_000_000, strict=True, description="The token (negative: from the end)."
+    )
+
+
 Direction = Annotated[
-    SteerFeature | SteerNeuron | SteerMeanDifference | SteerVector,
+    SteerFeature | SteerNeuron | SteerMeanDifference | SteerVector | SteerNode,
     Field(discriminator="kind"),
 ]
 

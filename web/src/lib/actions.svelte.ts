@@ -11,7 +11,17 @@
  *           vectors; positions = the tokens of an attribution bar), source = the second prompt (resample)
  *   feature {action: "ablate_feature", source_name, index, positions?}  (a features source of the app)
  *   patch   {action: "patch", hook, source, positions?, head?}  (source = prompt B's text)
+ *   a direction: {action: "ablate", hook (residual-sized), mode, direction, positions?, source?}: only the
+ *           component along a neuron's output vector, a feature's decoder row or a text's activation at a
+ *           node (AblateDirection)
+ *
+ * "steer…" actions (a flow-graph node) land in the Steering section the same way: `requestSteering`,
+ * `steeringSerial`, `takeSteering` (WhySteering takes it, fills its form; the user presses Run).
  */
+import type { DirectionFeature, DirectionNeuron, DirectionNode, SteerRequest } from "./api-types";
+
+/** What a direction ablation removes the component along (server: routes_intervene.AblateDirection). */
+export type AblateDirection = DirectionNeuron | DirectionFeature | DirectionNode;
 export interface Edit {
   action: "ablate" | "ablate_feature" | "patch";
   hook?: string;
@@ -25,6 +35,8 @@ export interface Edit {
   source_name?: string;
   /** what the action was taken on, for the list ("head 3.1", "bar ' Paris'") */
   label?: string;
+  /** ablate: only the component along this direction (hook: a residual-sized point) */
+  direction?: AblateDirection;
 }
 
 export interface InterventionRequest {
@@ -35,12 +47,18 @@ export interface InterventionRequest {
   run: boolean;
 }
 
-const box = $state<{ request: InterventionRequest | null; serial: number }>({ request: null, serial: 0 });
+const box = $state<{ request: InterventionRequest | null; serial: number; last: "intervene" | "steering" | null }>({ request: null, serial: 0, last: null });
 
 /** Ask the Why tab to run (or prepare) an intervention. */
 export function requestIntervention(request: InterventionRequest): void {
   box.request = request;
   box.serial += 1;
+  box.last = "intervene";
+}
+
+/** Which Why section the latest action asked for (null: none yet); WhyView opens it. */
+export function lastAction(): "intervene" | "steering" | null {
+  return box.last;
 }
 
 /** The pending request's serial number (0: none yet): App and WhyView react to its change. */
@@ -57,3 +75,32 @@ export function take(): InterventionRequest | null {
 
 export const headHook = (layer: number) => `blocks.${layer}.attn.hook_z`;
 export const neuronHook = (layer: number) => `blocks.${layer}.mlp.hook_post`;
+
+// ---- steering ("steer…" on a flow-graph node)
+
+export interface SteeringRequest {
+  /** the prompt to continue (a node direction without its own text is taken from it) */
+  text: string;
+  direction: SteerRequest["direction"];
+}
+
+const steer = $state<{ request: SteeringRequest | null; serial: number }>({ request: null, serial: 0 });
+
+/** Ask the Why tab's Steering section to prepare a steering run (it does not run by itself). */
+export function requestSteering(request: SteeringRequest): void {
+  steer.request = request;
+  steer.serial += 1;
+  box.last = "steering";
+}
+
+/** The pending steering request's serial (0: none yet): App and WhyView react to its change. */
+export function steeringSerial(): number {
+  return steer.serial;
+}
+
+/** The pending steering request, once (WhySteering takes it). */
+export function takeSteering(): SteeringRequest | null {
+  const r = steer.request;
+  steer.request = null;
+  return r;
+}

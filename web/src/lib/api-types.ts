@@ -108,6 +108,25 @@ export interface CrosscoderSummary {
   online: boolean;
 }
 
+export interface DirectionFeature {
+  kind: "feature";
+  source_name: string;
+  index: number;
+}
+
+export interface DirectionNeuron {
+  kind: "neuron";
+  layer: number;
+  index: number;
+}
+
+export interface DirectionNode {
+  kind: "node";
+  text?: string | null;
+  hook: string;
+  position: number;
+}
+
 /** POST /api/features/{source}/activations: per requested feature its values over the tokens (and their corpus quantiles), each token's top features, the text's top features. */
 export interface FeatureActivations {
   tokens: FeatureToken[];
@@ -425,6 +444,7 @@ export interface InterventionEdit {
   source?: string | null;
   source_name?: string | null;
   label?: string | null;
+  direction?: DirectionNeuron | DirectionFeature | DirectionNode | null;
 }
 
 export interface LabelRequest {
@@ -634,9 +654,16 @@ export interface SteerNeuron {
   index: number;
 }
 
+export interface SteerNode {
+  kind: "node";
+  text?: string | null;
+  hook: string;
+  position: number;
+}
+
 export interface SteerRequest {
   prompt: string;
-  direction: SteerFeature | SteerNeuron | SteerMeanDifference | SteerVector;
+  direction: SteerFeature | SteerNeuron | SteerMeanDifference | SteerVector | SteerNode;
   layers?: number[] | null;
   point?: "hook_resid_pre" | "hook_resid_post" | "hook_attn_out" | "hook_mlp_out" | null;
   positions?: "all" | "prompt" | "from";

@@ -7,7 +7,7 @@
 import { getContext, setContext } from "svelte";
 import { interpolateRdBu } from "d3-scale-chromatic";
 import type { Api } from "./api";
-import { headHook, neuronHook, requestIntervention, type Edit } from "./actions.svelte";
+import { headHook, neuronHook, requestIntervention, type AblateDirection, type Edit } from "./actions.svelte";
 
 export type { InterveneTop, InterveneResult } from "./api-types";
 
@@ -67,8 +67,25 @@ export function editLabel(e: Edit): string {
   let what: string;
   if (e.action === "ablate_feature") what = `ablate feature ${e.source_name}#${e.index}`;
   else if (e.action === "patch") what = `patch ${e.hook}${e.head != null ? ` head ${e.head}` : ""} from B`;
-  else what = `${e.mode ?? "zero"}-ablate ${e.hook}${e.index != null ? ` [${e.index}]` : ""}`;
+  else what = `${e.mode ?? "zero"}-ablate ${e.hook}${e.index != null ? ` [${e.index}]` : ""}${e.direction ? ` along ${directionLabel(e.direction)}` : ""}`;
   return e.label ? `${e.label}: ${what}${pos}` : `${what}${pos}`;
+}
+
+/** A direction in words (intervene_job._direction_label says the same). */
+export function directionLabel(d: AblateDirection): string {
+  if (d.kind === "neuron") return `neuron ${d.layer}.${d.index}`;
+  if (d.kind === "feature") return `feature ${d.source_name}#${d.index}`;
+  return `node ${d.hook} @ #${d.position}${d.text ? " of another text" : ""}`;
+}
+
+/** The points a direction can be ablated at (residual-sized: [T, d_model]). */
+export const DIRECTION_POINTS = ["hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out"] as const;
+
+/** "ablate a direction": the component of blocks.{layer}.{point} along `d` set to 0 / its mean over
+ * the text / prompt B's (mode), at `positions` (null: all). */
+export function directionEdit(layer: number, point: (typeof DIRECTION_POINTS)[number], d: AblateDirection, mode: "zero" | "mean" | "resample", positions: number[] | null, source: string | null): Edit {
+  const direction = d.kind === "node" && !d.text?.trim() ? { kind: d.kind, hook: d.hook, position: d.position } : d;
+  return { action: "ablate", hook: `blocks.${layer}.${point}`, mode, direction, positions, source };
 }
 
 /** The request body (no null / empty keys: the server's defaults). */

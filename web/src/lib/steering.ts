@@ -2,7 +2,7 @@
  * (POST /api/why/steer, server/routes_steering.py). The numbers come from the server: Δ log-p[t] =
  * log p_steered(t) − log p_plain(t) of each steered token (both teacher-forced on the steered text),
  * KL[t] = KL(p_steered ‖ p_plain) of the distributions that chose it; this module only shapes them. */
-import type { SteerRequest, WhySteerPlain, WhySteerResult, WhySteerRun } from "./api-types";
+import type { SteerNode, SteerRequest, WhySteerPlain, WhySteerResult, WhySteerRun } from "./api-types";
 import { divergingColour } from "./why";
 
 export type { SteerRequest } from "./api-types";
@@ -12,7 +12,7 @@ export type SteerPlain = WhySteerPlain;
 export type SteerRun = WhySteerRun;
 export type SteerResult = WhySteerResult;
 
-export type DirectionKind = "neuron" | "feature" | "mean_difference";
+export type DirectionKind = "neuron" | "feature" | "mean_difference" | "node";
 export type PositionsKind = "all" | "prompt" | "from";
 export const POINTS = ["hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out"] as const;
 export type Point = (typeof POINTS)[number];
@@ -23,8 +23,10 @@ export const MODES = [
   { value: "cap", label: "cap", help: "x ← x − max(0, x·u − c)·u: the component along u at most c" },
 ] as const;
 
-/** What the form holds. layer null: the direction's own layer (a neuron's or a feature source's), or
- * the middle layer for a mean difference; point null: the direction's own point. */
+/** What the form holds. layer null: the direction's own layer (a neuron's, a feature source's, a
+ * node's), or the middle layer for a mean difference; point null: the direction's own point. A node
+ * direction: the activation of `nodeText` ("": the prompt) at blocks.{nodeLayer}.{nodePoint}, token
+ * `nodePosition` (negative: from the end). */
 export interface SteerForm {
   prompt: string;
   kind: DirectionKind;
@@ -34,6 +36,10 @@ export interface SteerForm {
   featureIndex: number;
   positive: string;
   negative: string;
+  nodeText: string;
+  nodeLayer: number;
+  nodePoint: Point;
+  nodePosition: number;
   layer: number | null;
   point: Point | null;
   mode: "add" | "project" | "cap";
@@ -61,7 +67,9 @@ export function steerBody(f: SteerForm): SteerRequest {
       ? { kind: "neuron" as const, layer: f.neuronLayer, index: f.neuronIndex }
       : f.kind === "feature"
         ? { kind: "feature" as const, source: f.source, index: f.featureIndex }
-        : { kind: "mean_difference" as const, positive: promptLines(f.positive), negative: promptLines(f.negative) };
+        : f.kind === "node"
+          ? nodeDirection(f)
+          : { kind: "mean_difference" as const, positive: promptLines(f.positive), negative: promptLines(f.negative) };
   const body: SteerRequest = {
     prompt: f.prompt,
     direction,
@@ -79,12 +87,35 @@ export function steerBody(f: SteerForm): SteerRequest {
   return body;
 }
 
+/** A node direction as the server takes it (no `text`: the prompt's own activation). */
+export function nodeDirection(f: Pick<SteerForm, "nodeText" | "nodeLayer" | "nodePoint" | "nodePosition">): SteerNode {
+  const d: SteerNode = { kind: "node", hook: `blocks.${f.nodeLayer}.${f.nodePoint}`, position: f.nodePosition };
+  if (f.nodeText.trim()) d.text = f.nodeText;
+  return d;
+}
+
+/** The form's node fields from a node direction (a "steer…" request), or null for another kind. */
+export function nodeFields(d: SteerRequest["direction"]): Pick<SteerForm, "nodeText" | "nodeLayer" | "nodePoint" | "nodePosition"> | null {
+  if (d.kind !== "node") return null;
+  const m = /^blocks\.(\d+)\.(hook_.+)$/.exec(d.hook);
+  if (!m || !(POINTS as readonly string[]).includes(m[2])) return null;
+  return { nodeText: d.text ?? "", nodeLayer: Number(m[1]), nodePoint: m[2] as Point, nodePosition: d.position };
+}
+
+/** The hook a flow-graph node writes (the direction "steer…" on it takes): MLP → hook_mlp_out,
+ * attention → hook_attn_out, residual → hook_resid_post; the embedding has none to steer along. */
+export function flowNodeHook(kind: string, layer: number): string | null {
+  const point = kind === "mlp" ? "hook_mlp_out" : kind === "attn" ? "hook_attn_out" : kind === "resid" ? "hook_resid_post" : null;
+  return point && layer >= 0 ? `blocks.${layer}.${point}` : null;
+}
+
 /** Why the form cannot run yet ("" when it can). */
 export function formProblem(f: SteerForm): string {
   if (!f.prompt.trim()) return "write a prompt";
   if (f.kind === "feature" && !f.source) return "no feature source is served: pick a neuron or a mean difference";
   if (f.kind === "mean_difference" && (!promptLines(f.positive).length || !promptLines(f.negative).length))
     return "a mean difference needs at least one prompt on each side (one per line)";
+  if (f.kind === "node" && !Number.isInteger(f.nodePosition)) return "pick the node's token";
   return "";
 }
 
@@ -171,6 +202,7 @@ export function sweepRows(r: Pick<SteerResult, "plain" | "runs">): SweepRow[] {
 export function formHook(f: SteerForm, nLayers: number, sourceHook: string | null): string | null {
   let own: [number, string] | null = null;
   if (f.kind === "neuron") own = [f.neuronLayer, "hook_resid_post"];
+  else if (f.kind === "node") own = [f.nodeLayer, f.nodePoint];
   else if (f.kind === "mean_difference") own = [Math.floor(nLayers / 2), "hook_resid_pre"];
   else {
     const m = sourceHook ? /^blocks\.(\d+)\.(hook_.+)$/.exec(sourceHook) : null;
