@@ -317,7 +317,7 @@ def start_intervention(session: Any, text: str, edits: Sequence[dict[str, Any]],
     def feature_source(name: str) -> Any:
         if features is None:
             raise InvalidInput(f"no features sources are served (asked for {name!r})")
-        return features._loaded(features._entry(name))
+        return features.source(name)
 
     ablate, patch = specs(model, ids, norm, feature_source)
     labels = [label_of(e) for e in norm]

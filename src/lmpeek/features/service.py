@@ -364,6 +364,12 @@ class FeatureService:
                 return f"{e.name} was read from {e.spec}, which is not there any more"
         return None
 
+    def source(self, source: str) -> Any:
+        """The loaded FeatureSource named `source` (a listed id or neurons:L), for computing with it: an
+        intervention's feature ablation, a steering direction's decoder row. Loads it with the model once,
+        so call it on the model's thread. UnknownSource / NoModel as the routes answer them."""
+        return self._loaded(self._entry(source))
+
     def _loaded(self, e: Entry) -> Any:
         """The FeatureSource for `e`, loaded with the model once (on the model's thread)."""
         why = self._why_offline(e)

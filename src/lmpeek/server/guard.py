@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
@@ -63,6 +64,23 @@ TraceId = Annotated[str, Depends(_trace_id)]
 # hook names are dotted ASCII (blocks.3.attn.hook_q); checked here so that a newline or a 10,000-digit
 # layer number never reaches a parser, a file name or a header
 HOOK_PATTERN = r"^[A-Za-z0-9_.]{1,200}$"
+
+# a JSON body's index (layer, head, neuron, feature, token): an integer, not 1.0 or "1"
+Index = Annotated[int, Field(ge=0, strict=True)]
+
+
+def hook_name(pattern: str, meaning: str) -> Any:
+    """A body field holding one of the hook names `pattern` matches: the pattern goes into the schema
+    (clients and the fuzzer see it) and a name outside it is answered with "must be " + `meaning`, which
+    says which names are meant (a regular expression does not)."""
+
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"must be {meaning}")
+        return value
+
+    schema = Field(max_length=200, json_schema_extra={"pattern": pattern})
+    return Annotated[str, schema, AfterValidator(check)]
 
 
 def is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from lmpeek.server.finite import clean
+from lmpeek.server.guard import Index
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
 MAX_PROMPT = 20_000  # characters (the attribution's limit)
@@ -53,7 +54,7 @@ class AblateRequest(BaseModel):
     replace_with: Literal["pad", "plausible"] = Field(
         "pad", description="auto='replace': the pad token, or a token from the model's own top-k."
     )
-    target: str | Annotated[int, Field(ge=0, strict=True)] | None = Field(
+    target: str | Index | None = Field(
         None, description="The token to follow (its first token; an id): default the model's top prediction."
     )
     top_k: int = Field(10, ge=1, le=100, strict=True)

@@ -12,40 +12,29 @@ repeat streams at once. The edits are those of web/src/lib/actions.svelte.ts (ev
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from lmpeek.attribution.intervene_job import MAX_EDITS, MAX_NEW_TOKENS
 from lmpeek.server.finite import clean
+from lmpeek.server.guard import Index, hook_name
 from lmpeek.server.routes_steering import NodeHook
 from lmpeek.server.routes_why import MAX_WHY_TEXT
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
-Index = Annotated[int, Field(ge=0, strict=True)]
 # the writable points (attribution.intervene.writable); whether this model has them is checked later
 HOOK = (
     r"^(hook_embed|hook_pos_embed|blocks\.[0-9]{1,4}\.(hook_resid_pre|hook_resid_post|hook_attn_out|"
     r"hook_mlp_out|mlp\.hook_post|mlp\.hook_pre|attn\.hook_z))$"
 )
-
-
-def _writable_name(value: str) -> str:
-    # the pattern is in the schema (clients and the fuzzer see it); this says which names are meant
-    if not re.fullmatch(HOOK, value):
-        raise ValueError(
-            "must be a writable hook point: hook_embed, blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
-            "blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.mlp.hook_post, blocks.L.attn.hook_z"
-        )
-    return value
-
-
-Hook = Annotated[
-    str, Field(max_length=200, json_schema_extra={"pattern": HOOK}), AfterValidator(_writable_name)
-]
+Hook = hook_name(
+    HOOK,
+    "a writable hook point: hook_embed, blocks.L.hook_resid_pre, blocks.L.hook_resid_post, "
+    "blocks.L.hook_attn_out, blocks.L.hook_mlp_out, blocks.L.mlp.hook_post, blocks.L.attn.hook_z",
+)
 
 
 class DirectionNeuron(BaseModel):

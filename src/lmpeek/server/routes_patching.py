@@ -11,7 +11,7 @@ JSON) or `error` {detail}. Closing the connection cancels the job; a repeat come
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -19,11 +19,12 @@ from pydantic import BaseModel, Field
 
 from lmpeek.attribution.patching_job import MAX_VERIFY
 from lmpeek.server.finite import clean
+from lmpeek.server.guard import Index
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
 MAX_PATCH_TEXT = 20_000  # characters per prompt; the token limit (patching_job.MAX_TOKENS) binds first
 
-Token = str | Annotated[int, Field(ge=0, strict=True)] | None
+Token = str | Index | None
 
 
 class PatchRequest(BaseModel):

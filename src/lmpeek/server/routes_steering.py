@@ -15,19 +15,18 @@ p_plain) of the next-token distributions that chose t; `c` is strength × each h
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from lmpeek.server.finite import clean
+from lmpeek.server.guard import Index, hook_name
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
 MAX_PROMPT = 20_000  # characters
 MAX_SET_TEXT = 2_000  # characters per prompt of a mean difference
-Index = Annotated[int, Field(ge=0, strict=True)]
 
 
 class SteerFeature(BaseModel):
@@ -57,19 +56,10 @@ class SteerVector(BaseModel):
 NODE_HOOK = r"^blocks\.[0-9]{1,4}\.(hook_resid_pre|hook_resid_post|hook_attn_out|hook_mlp_out)$"
 
 
-def _node_hook(value: str) -> str:
-    # the pattern is in the schema (clients and the fuzzer see it); this says which names are meant
-    if not re.fullmatch(NODE_HOOK, value):
-        raise ValueError(
-            "must be blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out or "
-            "blocks.L.hook_mlp_out"
-        )
-    return value
-
-
-NodeHook = Annotated[
-    str, Field(max_length=200, json_schema_extra={"pattern": NODE_HOOK}), AfterValidator(_node_hook)
-]
+NodeHook = hook_name(
+    NODE_HOOK,
+    "blocks.L.hook_resid_pre, blocks.L.hook_resid_post, blocks.L.hook_attn_out or blocks.L.hook_mlp_out",
+)
 
 
 class SteerNode(BaseModel):
@@ -163,7 +153,7 @@ def add_steering_routes(app: FastAPI, holder: Any) -> None:
 
     def source(name: str) -> Any:  # on the model's thread: loads the source with the model once
         service = app.state.features
-        return service._loaded(service._entry(name))
+        return service.source(name)
 
     @app.post("/api/why/steer", response_class=StreamingResponse, responses=SSE_RESPONSES)
     async def why_steer(req: SteerRequest, request: Request) -> StreamingResponse:

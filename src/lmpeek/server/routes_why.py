@@ -16,7 +16,7 @@ once. `GET /api/why/methods` lists the methods.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from lmpeek.server import responses
 from lmpeek.server.finite import clean
+from lmpeek.server.guard import Index
 from lmpeek.server.sse import SSE_RESPONSES, long_run_stream
 
 MAX_WHY_TEXT = 20_000  # characters; attributions cost forwards per segment, so keep texts modest
@@ -36,19 +37,15 @@ class AttributeRequest(BaseModel):
     text: str = Field(
         min_length=1, max_length=MAX_WHY_TEXT, description="The text whose next token to explain."
     )
-    target: str | Annotated[int, Field(ge=0, strict=True)] | None = Field(
+    target: str | Index | None = Field(
         None, description="The token to explain (its first token; an id): default the model's top prediction."
     )
-    contrast: str | Annotated[int, Field(ge=0, strict=True)] | None = Field(
-        None, description="Explain log p(target) − log p(contrast) instead."
-    )
+    contrast: str | Index | None = Field(None, description="Explain log p(target) − log p(contrast) instead.")
     method: str = Field("integrated_gradients", max_length=64)
     features: str = Field(
         "tokens", max_length=32, description="tokens, words, sentences, lines, or spans (give `spans`)."
     )
-    spans: (
-        list[tuple[Annotated[int, Field(ge=0, strict=True)], Annotated[int, Field(ge=0, strict=True)]]] | None
-    ) = Field(
+    spans: list[tuple[Index, Index]] | None = Field(
         None,
         max_length=MAX_SPANS,
         description="features=spans: [start_char, end_char) ranges of the text, each one feature; "
