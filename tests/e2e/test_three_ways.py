@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import queue
 import subprocess
@@ -88,6 +89,28 @@ class Kernel:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+@contextlib.contextmanager
+def widget_page(browser, folder, widget, name: str = "widget"):
+    """A Chromium page showing `widget` as JupyterLab would (the bundle's anywidget entry over HARNESS),
+    its messages answered by the kernel's half (Kernel); yields the page. Errors the page raised fail
+    the test after the block."""
+    kernel = Kernel(widget)
+    context, page, errors, _ = _new_page(browser, name)
+    try:
+        page.expose_function("kernelSend", kernel.receive)
+        page.expose_function("kernelPoll", kernel.poll)
+        host = folder / "widget.html"
+        host.write_text("<!doctype html><meta charset=utf-8><body><div id=root></div></body>")
+        page.goto(host.as_uri())
+        traits = {k: getattr(widget, k) for k in ("view", "trace_id", "live", "prompt", "height")}
+        page.evaluate(HARNESS, {"code": bundle_js(), "traits": traits})
+        yield page
+    finally:
+        context.close()
+        kernel.close()
+    assert not errors, errors
 
 
 @pytest.fixture(scope="module")
@@ -174,22 +197,9 @@ def test_app_widget_and_export_show_the_same_numbers(browser, stored):
 
     # 2. lmpeek.show(trace id, model=session): the widget asking the kernel's Session
     widget = show(trace_id, model=session)
-    kernel = Kernel(widget)
-    context, page, errs, _ = _new_page(browser, "widget")
-    try:
-        page.expose_function("kernelSend", kernel.receive)
-        page.expose_function("kernelPoll", kernel.poll)
-        host = folder / "widget.html"
-        host.write_text("<!doctype html><meta charset=utf-8><body><div id=root></div></body>")
-        page.goto(host.as_uri())
-        traits = {k: getattr(widget, k) for k in ("view", "trace_id", "live", "prompt", "height")}
-        page.evaluate(HARNESS, {"code": bundle_js(), "traits": traits})
+    with widget_page(browser, folder, widget) as page:
         seen["widget"] = _displayed(page, ids)
         page.screenshot(path=str(ARTIFACTS / "three-ways-widget.png"))
-    finally:
-        context.close()
-        kernel.close()
-    errors += errs
 
     # 3. the export, from disk, with every network request refused and counted
     path = folder / "report.html"

@@ -12,10 +12,9 @@ import pytest
 import lmpeek
 from lmpeek.session import Session
 from lmpeek.session_attention import attention_grid, qk
-from lmpeek.views.bundle import bundle_js
 from lmpeek.views.widget import show
 from tests.e2e.test_export_attention import _check_grid
-from tests.e2e.test_three_ways import HARNESS, Kernel
+from tests.e2e.test_three_ways import widget_page
 
 TEXT = "The capital of France is Paris, and the capital of Italy is Rome."
 
@@ -25,31 +24,17 @@ def test_show_opens_the_attention_tab(browser, tmp_path):
         warnings.simplefilter("ignore", UserWarning)
         session = Session(lmpeek.load("tiny:llama"))
     widget = show(TEXT, model=session, view="attention")
-    kernel = Kernel(widget)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.expose_function("kernelSend", kernel.receive)
-        page.expose_function("kernelPoll", kernel.poll)
-        host = tmp_path / "widget.html"
-        host.write_text("<!doctype html><meta charset=utf-8><body><div id=root></div></body>")
-        page.goto(host.as_uri())
-        traits = {k: getattr(widget, k) for k in ("view", "trace_id", "live", "prompt", "height")}
-        page.evaluate(HARNESS, {"code": bundle_js(), "traits": traits})
-        page.get_by_test_id("attention-grid").wait_for()
-        assert "active" in (page.get_by_test_id("tab-attention").get_attribute("class") or "")
-        T = len(session.get(widget.trace_id))
-        _check_grid(page, attention_grid(session, widget.trace_id, 0, T, 64))
-        # the neuron view starts on layer 0 head 0, query 0 against key 0
-        neuron = page.get_by_test_id("attention-neuron-view")
-        neuron.get_by_test_id("qk-dot").first.wait_for()
-        want = qk(session, widget.trace_id, 0, 0, 0, 0)
-        shown = float(neuron.get_by_test_id("qk-dot").first.get_attribute("data-value"))
-        assert shown == pytest.approx(float(want.parts[0].terms.dot), rel=1e-12)
+        with widget_page(browser, tmp_path, widget) as page:
+            page.get_by_test_id("attention-grid").wait_for()
+            assert "active" in (page.get_by_test_id("tab-attention").get_attribute("class") or "")
+            T = len(session.get(widget.trace_id))
+            _check_grid(page, attention_grid(session, widget.trace_id, 0, T, 64))
+            # the neuron view starts on layer 0 head 0, query 0 against key 0
+            neuron = page.get_by_test_id("attention-neuron-view")
+            neuron.get_by_test_id("qk-dot").first.wait_for()
+            want = qk(session, widget.trace_id, 0, 0, 0, 0)
+            shown = float(neuron.get_by_test_id("qk-dot").first.get_attribute("data-value"))
+            assert shown == pytest.approx(float(want.parts[0].terms.dot), rel=1e-12)
     finally:
-        context.close()
-        kernel.close()
         session.close()
-    assert not errors, errors

@@ -10,10 +10,9 @@ import pytest
 
 import lmpeek
 from lmpeek.session import Session
-from lmpeek.views.bundle import bundle_js
 from lmpeek.views.widget import show
 from tests.e2e.test_flow_view import _drawn, _key, _wait_edges
-from tests.e2e.test_three_ways import HARNESS, Kernel
+from tests.e2e.test_three_ways import widget_page
 
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin"
 
@@ -23,35 +22,21 @@ def test_the_widget_draws_the_sessions_flow_graph(browser, tmp_path):
         warnings.simplefilter("ignore", UserWarning)
         session = Session(lmpeek.load("tiny:llama"))
     widget = show(TEXT, model=session, view="attention")
-    kernel = Kernel(widget)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.expose_function("kernelSend", kernel.receive)
-        page.expose_function("kernelPoll", kernel.poll)
-        host = tmp_path / "widget.html"
-        host.write_text("<!doctype html><meta charset=utf-8><body><div id=root></div></body>")
-        page.goto(host.as_uri())
-        traits = {k: getattr(widget, k) for k in ("view", "trace_id", "live", "prompt", "height")}
-        page.evaluate(HARNESS, {"code": bundle_js(), "traits": traits})
-        page.get_by_test_id("flow-view").wait_for()
-        T = len(session.get(widget.trace_id))
-        token = T - 2
-        page.get_by_test_id("flow-token").select_option(str(token))
-        want = session.flow(widget.trace_id, token, 0.04, None).to_json()
-        assert want["edges"], "a graph with no edge tests nothing"
-        _wait_edges(page, len(want["edges"]))
-        drawn = _drawn(page)
-        assert sorted(_key(e) for e in drawn) == sorted(_key(e) for e in want["edges"])
-        flows = {_key(e): e["flow"] for e in want["edges"]}
-        assert all(d["flow"] == pytest.approx(flows[_key(d)], rel=1e-12) for d in drawn)
+        with widget_page(browser, tmp_path, widget) as page:
+            page.get_by_test_id("flow-view").wait_for()
+            T = len(session.get(widget.trace_id))
+            token = T - 2
+            page.get_by_test_id("flow-token").select_option(str(token))
+            want = session.flow(widget.trace_id, token, 0.04, None).to_json()
+            assert want["edges"], "a graph with no edge tests nothing"
+            _wait_edges(page, len(want["edges"]))
+            drawn = _drawn(page)
+            assert sorted(_key(e) for e in drawn) == sorted(_key(e) for e in want["edges"])
+            flows = {_key(e): e["flow"] for e in want["edges"]}
+            assert all(d["flow"] == pytest.approx(flows[_key(d)], rel=1e-12) for d in drawn)
     finally:
-        context.close()
-        kernel.close()
         session.close()
-    assert not errors, errors
 
 
 def test_the_widgets_why_tab_runs_an_attribution(browser, tmp_path):
@@ -62,31 +47,17 @@ def test_the_widgets_why_tab_runs_an_attribution(browser, tmp_path):
         session = Session(lmpeek.load("tiny:llama"))
     text = "The quick brown fox jumps over the lazy dog and then"
     widget = show(text, model=session, view="why")
-    kernel = Kernel(widget)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.expose_function("kernelSend", kernel.receive)
-        page.expose_function("kernelPoll", kernel.poll)
-        host = tmp_path / "widget.html"
-        host.write_text("<!doctype html><meta charset=utf-8><body><div id=root></div></body>")
-        page.goto(host.as_uri())
-        traits = {k: getattr(widget, k) for k in ("view", "trace_id", "live", "prompt", "height")}
-        page.evaluate(HARNESS, {"code": bundle_js(), "traits": traits})
-        page.get_by_test_id("why-view").wait_for()
-        page.get_by_test_id("why-text").fill(text)
-        page.get_by_test_id("why-method").select_option("occlusion")
-        page.get_by_test_id("why-features").select_option("words")
-        page.get_by_test_id("why-run").click()
-        page.get_by_test_id("why-result").wait_for(timeout=60_000)
-        direct = lmpeek.attribute(session.model, text, method="occlusion", features="words")
-        shown = page.get_by_test_id("why-segment").evaluate_all("els => els.map(e => +e.dataset.score)")
-        assert len(shown) == len(direct.segments) > 3
-        assert all(abs(s - w) <= 0.0005 + 1e-9 for s, w in zip(shown, direct.total, strict=True))
+        with widget_page(browser, tmp_path, widget) as page:
+            page.get_by_test_id("why-view").wait_for()
+            page.get_by_test_id("why-text").fill(text)
+            page.get_by_test_id("why-method").select_option("occlusion")
+            page.get_by_test_id("why-features").select_option("words")
+            page.get_by_test_id("why-run").click()
+            page.get_by_test_id("why-result").wait_for(timeout=60_000)
+            direct = lmpeek.attribute(session.model, text, method="occlusion", features="words")
+            shown = page.get_by_test_id("why-segment").evaluate_all("els => els.map(e => +e.dataset.score)")
+            assert len(shown) == len(direct.segments) > 3
+            assert all(abs(s - w) <= 0.0005 + 1e-9 for s, w in zip(shown, direct.total, strict=True))
     finally:
-        context.close()
-        kernel.close()
         session.close()
-    assert not errors, errors
