@@ -16,6 +16,7 @@ from lmpeek.attribution.attribute import attribute, attribute_cli
 from lmpeek.attribution.methods import METHODS, Problem, exact_shapley, surrogate, weighted_least_squares
 from lmpeek.attribution.targets import Target
 from lmpeek.errors import InvalidInput
+from lmpeek.models import hf_compat
 from lmpeek.models.tiny import TINY_ARCHITECTURES, tiny_hf_model
 
 TEXT = "The capital of France is"
@@ -166,6 +167,31 @@ def test_occlusion_equals_captum(models):
     firsts = [a for a, _ in got.segments.ranges]
     _close(got.scores[0], want[0, firsts].numpy())
     assert got.forwards == 1 + 2 + len(got.segments)  # top token, F(x) and F(x'), one per segment
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_perturbations_start_from_the_text_prefix(arch):
+    """Perturbed rows run `batch` at a time from the text's KV cache up to their first change (latest
+    changes first): each row's F equals its own full forward, in the caller's row order, and fewer tokens
+    run than rows x length wherever the cache reproduces the full forward (not past gemma3's window)."""
+    hf, tok = tiny_hf_model(arch)
+    ids = torch.tensor([tok.encode(TEXT + " a city known for its food, its art and its long history")])
+    S = ids.shape[1]
+    top = int(hf(ids).logits[0, -1].argmax())
+    rows = ids.repeat(S, 1)
+    rows[torch.arange(S), torch.arange(S).flip(0)] = tok.eos_token_id  # row i: token S-1-i replaced
+    rows = rows[torch.randperm(S, generator=torch.Generator().manual_seed(0))]
+    problem = Problem(
+        hf, ids, Target("log_prob", (S - 1,), (top,), None, ("x",), ""), np.arange(S), S, batch=4
+    )
+    got = problem.f_ids(rows)[:, 0]
+    want = torch.stack([torch.log_softmax(hf(r[None]).logits[0, -1], -1)[top] for r in rows])
+    _close(got.numpy(), want.detach().numpy())
+    assert problem.forwards == S
+    if hf_compat.prefix_cache_exact(hf.config, S):
+        assert problem.tokens < 0.7 * S * S, (problem.tokens, S)
+    else:
+        assert problem.tokens == S * S
 
 
 def test_shapley_exact_and_sampled_equal_captum(models):

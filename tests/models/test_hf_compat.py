@@ -48,6 +48,35 @@ def test_kv_cache_steps_equal_a_full_forward_without_warnings(arch, caplog):
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "phi3", "gpt_neox"])
+def test_batch_continues_from_a_repeated_prefix_cache(arch):
+    """What attribution's perturbation batches do (methods.Problem.f_ids): the text's first p tokens into a
+    cache, repeated over the batch, then each row's own rest: equal to each row's full forward."""
+    model, _ = tiny_hf_model(arch)
+    assert hf_compat.prefix_cache_exact(model.config, 6)
+    ids = torch.tensor([[3, 17, 9, 30, 5, 12], [3, 17, 9, 1, 5, 12], [3, 17, 9, 30, 1, 1]])
+    full = model(input_ids=ids, use_cache=False).logits[:, 3:]
+    cache = hf_compat.new_kv_cache(model.config)
+    model(input_ids=ids[:1, :3], **hf_compat.cache_kwargs(model, cache))
+    cache.batch_repeat_interleave(3)
+    rest = model(input_ids=ids[:, 3:], **hf_compat.cache_kwargs(model, cache)).logits
+    torch.testing.assert_close(rest, full, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_cache_exact_only_where_the_forward_does_not_depend_on_its_length():
+    llama, _ = tiny_hf_model("llama")
+    gemma, _ = tiny_hf_model("gemma3")  # sliding window of 8 on its local layers
+    assert hf_compat.prefix_cache_exact(llama.config, 10_000)
+    assert hf_compat.prefix_cache_exact(gemma.config, 8) and not hf_compat.prefix_cache_exact(gemma.config, 9)
+    cfg = llama.config.__class__(**llama.config.to_dict())
+    cfg.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert not hf_compat.prefix_cache_exact(cfg, 10)
+    cfg.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert hf_compat.prefix_cache_exact(cfg, 10)
+    cfg.layer_types = ["full_attention", "linear_attention"]
+    assert not hf_compat.prefix_cache_exact(cfg, 10)
+
+
 def test_cache_keyword_is_the_forward_parameter():
     model, _ = tiny_hf_model("llama")
     kw = hf_compat.cache_kwargs(model, None)

@@ -27,17 +27,28 @@ def _result(client, **body) -> tuple[dict, dict]:
 
 
 class _Sequences:
-    """Counts the sequences the model runs (a batched forward of B rows counts B)."""
+    """Counts the sequences the model runs (a batched forward of B rows counts B) and where each call's
+    rows end (a cached prefix's length + its own tokens)."""
 
     def __init__(self, model):
-        self.n = 0
+        self.calls: list[tuple[int, int]] = []  # (rows, end)
         self.handle = model.hf.register_forward_pre_hook(self, with_kwargs=True)
 
     def __call__(self, _module, args, kwargs):
         x = kwargs.get("input_ids", kwargs.get("inputs_embeds"))
         if x is None and args:
             x = args[0]
-        self.n += int(x.shape[0])
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        past = cache.get_seq_length() if cache is not None else 0
+        self.calls.append((int(x.shape[0]), past + int(x.shape[1])))
+
+    @property
+    def n(self) -> int:
+        return sum(rows for rows, _ in self.calls)
+
+    def reaching(self, end: int) -> int:
+        """Rows that ran up to `end` (not a shared prefix run on its own)."""
+        return sum(rows for rows, e in self.calls if e == end)
 
     def remove(self):
         self.handle.remove()
@@ -116,8 +127,12 @@ def test_a_long_span_costs_one_pass_per_perturbation(client):
     n = len(res["segments"])
     assert n == len(prompt_ids)  # ~60 forwards for the whole 20 x 60 matrix
     assert res["forwards"] == n + 3 and est["forwards"] == n + 3
-    # what really ran: + start_attribution's target forward and the timing of this length (2)
-    assert count.n <= n + 3 + 3
+    # what really ran up to the span's end: the n + 3 counted forwards but the target-finding one ...
+    assert count.reaching(len(prompt_ids) + 20) == n + 2
+    # ... and the rest, shorter: 4 forwards of the prompt alone (finding the target, in the route and in
+    # attribute; timing this length) and, for each later batch of 16 perturbations (Captum's
+    # perturbations_per_eval), the text's prefix up to the batch's first change, which its rows continue
+    assert count.n - count.reaching(len(prompt_ids) + 20) <= 4 + -(-n // 16) - 1
     assert count.n < 2 * n  # nowhere near 20 passes per segment
 
 

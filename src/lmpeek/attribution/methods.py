@@ -17,8 +17,10 @@ Every method returns signed, additive scores [R, n_features] for the target rows
 Perturbation methods see each segment as present (1) or replaced by the baseline token (0): Captum gets
 the presence vector (as Captum's own LLMAttribution does), and `Problem.f_presence` builds the token
 ids. Its results are memoised per presence pattern, so asking for R target rows costs one teacher-forced
-forward per distinct perturbation (all rows come from that pass), not R. Gradient methods need one
-backward per row. Tokens in no segment (outside user spans, the teacher-forced span) are never changed.
+forward per distinct perturbation (all rows come from that pass), not R. Those forwards run `batch` at a
+time in order of their first changed token (latest first), each batch continuing from the text's own KV
+cache up to that token (`f_ids`; where `hf_compat.prefix_cache_exact` says the cache reproduces a full
+forward): occlusion runs about half the tokens. Gradient methods need one backward per row. Tokens in no segment (outside user spans, the teacher-forced span) are never changed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from lmpeek.attribution.targets import Target, scores
+from lmpeek.models import hf_compat
 
 SHAPLEY_EXACT_MAX = 10  # 2^10 = 1,024 forwards at most
 RELATIVE_DELTA = 0.05  # IG raises its steps until |delta| / |F(x) - F(x')| is below this
@@ -55,18 +58,23 @@ class Problem:
     seed: int = 0
     batch: int = 16
     time_budget: float = 60.0
-    forwards: int = 0
+    forwards: int = 0  # sequences scored
+    tokens: int = 0  # tokens those forwards ran (fewer than forwards x S where a cached prefix was reused)
     # called with `forwards` before each forward (progress; it may raise to cancel between batches)
     progress: Callable[[int], None] | None = None
+    reuse_prefix: bool = True  # perturbation batches start from the text's KV cache up to their first change
     _cache: dict[bytes, torch.Tensor] = field(default_factory=dict)
 
-    def _logits(self, **inputs) -> torch.Tensor:
+    def _logits(self, cache: Any = None, **inputs) -> torch.Tensor:
         first = self.target.first
         S = self.ids.shape[1]
         if self.progress is not None:
             self.progress(self.forwards)
-        out = self.model(**inputs, use_cache=False, logits_to_keep=S - first)
-        self.forwards += next(iter(inputs.values())).shape[0]
+        run = next(iter(inputs.values()))
+        with_cache = hf_compat.cache_kwargs(self.model, cache) if cache is not None else {"use_cache": False}
+        out = self.model(**inputs, **with_cache, logits_to_keep=S - first)
+        self.forwards += run.shape[0]
+        self.tokens += run.shape[0] * run.shape[1]
         return scores(out.logits[:, -(S - first) :], self.target, first)
 
     def f_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -74,8 +82,31 @@ class Problem:
         return self._logits(inputs_embeds=embeds)
 
     def f_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """F [B, R] of token ids [B, S]: rows sorted by where they first differ from the text (latest
+        first) and run `batch` at a time, each batch from the text's own KV cache up to its earliest change.
+        A token's keys and values depend only on the tokens before it, so that prefix is computed once
+        per batch instead of once per row: occlusion runs about half the tokens."""
+        S = self.ids.shape[1]
+        changed = ids != self.ids
+        start = torch.where(changed.any(1), changed.int().argmax(1), S)  # [B] first changed position
+        order = torch.argsort(start, descending=True, stable=True)
+        exact = self.reuse_prefix and hf_compat.prefix_cache_exact(self.model.config, S)
         with torch.no_grad():
-            return torch.cat([self._logits(input_ids=c) for c in ids.split(self.batch)])
+            parts = []
+            for rows in order.split(self.batch):
+                # the rows' logits are read from target.first on, so the prefix stops there at the latest
+                p = min(int(start[rows].min()), self.target.first) if exact else 0
+                parts.append(self._after_prefix(ids[rows], p))
+            return torch.cat(parts)[torch.argsort(order)]
+
+    def _after_prefix(self, ids: torch.Tensor, p: int) -> torch.Tensor:
+        if p < 1:
+            return self._logits(input_ids=ids)
+        cache = hf_compat.new_kv_cache(self.model.config)
+        self.model(input_ids=self.ids[:, :p], **hf_compat.cache_kwargs(self.model, cache), logits_to_keep=1)
+        self.tokens += p
+        cache.batch_repeat_interleave(ids.shape[0])
+        return self._logits(cache, input_ids=ids[:, p:])
 
     def f_presence(self, presence: torch.Tensor) -> torch.Tensor:
         """F [B, R] with segment j kept where presence[b, j] > 0.5, else replaced by the baseline token."""

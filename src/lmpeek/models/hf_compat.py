@@ -50,6 +50,29 @@ def new_kv_cache(config: Any) -> Any:
     return DynamicCache(config=config)
 
 
+# RoPE variants whose frequencies depend on the length of the forward that runs them (dynamic NTK; Phi-3's
+# longrope past its original length): a prefix run alone would be rotated as a shorter text.
+_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
+
+
+def prefix_cache_exact(config: Any, length: int) -> bool:
+    """Whether running a text's first p tokens into a KV cache and then the rest on it computes what one
+    forward over all `length` tokens computes (up to float rounding): every layer attends to every earlier
+    token (no recurrent or linear-attention layers, no sliding window shorter than the text), and RoPE does
+    not depend on the forward's length."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = tuple(getattr(cfg, "layer_types", None) or ())
+    if any(t not in ("full_attention", "sliding_attention") for t in types):
+        return False
+    window = getattr(cfg, "sliding_window", None)
+    if window is not None and window < length and (not types or "sliding_attention" in types):
+        return False
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    per_type = [v for v in rope.values() if isinstance(v, dict)] if isinstance(rope, dict) else []
+    kinds = {r.get("rope_type", r.get("type")) for r in (per_type or [rope]) if isinstance(r, dict)}
+    return not kinds & _LENGTH_DEPENDENT_ROPE
+
+
 # --- attention implementations --------------------------------------------------------------------
 
 
