@@ -32,15 +32,6 @@ TEXT = "The capital of France is Paris. Über 😀"
 
 
 @pytest.fixture(scope="module")
-def session():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = lmpeek.load("tiny:llama")
-    with Session(model) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def stored(session):
     return session.trace(TEXT)
 

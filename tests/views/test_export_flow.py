@@ -4,26 +4,15 @@ lmpeek.flow's graph) at each slider stop the export promises; bad items fail bef
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 
 import lmpeek
 from lmpeek.errors import InvalidInput
-from lmpeek.session import Session
 from lmpeek.views.export import FLOW_THRESHOLDS, Include, record_pack, request_key
 from tests.views.test_export import body, unpack
 
 TEXT = "The capital of France is Paris. The capital of Germany is"
-
-
-@pytest.fixture(scope="module")
-def session():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = lmpeek.load("tiny:llama")
-    with Session(model) as s:
-        yield s
 
 
 def test_include_flow_parses_and_refuses_bad_items():

@@ -5,28 +5,17 @@ body as recorded; the recorded numbers are lmpeek.attribute's."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 
 import lmpeek
 from lmpeek.errors import InvalidInput
-from lmpeek.session import Session
 from lmpeek.views.export import WHY_METHOD, Include, export_html, record_pack, why_request
 from lmpeek.views.features_export import post_key
 from tests.views.test_export import block, body, unpack
 
 TEXT = "The capital of France is Paris, and the capital of Spain is"
-
-
-@pytest.fixture(scope="module")
-def session():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = lmpeek.load("tiny:llama")
-    with Session(model) as s:
-        yield s
 
 
 def _events(raw: bytes) -> list[tuple[str, dict]]:
