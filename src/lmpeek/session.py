@@ -181,9 +181,10 @@ class WhyResult:
 
 
 def attribution_forwards(kind: str, method: str, n: int, steps: int | None, faith: bool,
-                         rows: int = 1) -> tuple[int, int]:  # fmt: skip
+                         rows: int = 1, span: bool = False) -> tuple[int, int]:  # fmt: skip
     """Sequences a method runs on n segments for `rows` target rows (a span's tokens), as methods.py
-    counts them: the forward that finds the target, then F(x) and F(x'), then the method's own;
+    counts them: the forward that finds the target (which also gives F(x) of a next-token target), then
+    F(x) of a span and F(x'), then the method's own;
     faithfulness scores at most (1 + 8 random orders) × 2 curves × (n + 1) masks, of which the full
     and empty ones are shared. A perturbation is one teacher-forced pass for every row (its rows are
     memoised), so only a gradient method's own count grows with the rows (one backward each).
@@ -199,7 +200,7 @@ def attribution_forwards(kind: str, method: str, n: int, steps: int | None, fait
     if kind == "gradient":
         own *= max(rows, 1)
     scored = 18 * max(n - 1, 0) + 2 if faith else 0
-    return 1 + 2 + own + scored, own if kind == "gradient" else 0
+    return 1 + (2 if span else 1) + own + scored, own if kind == "gradient" else 0
 
 
 def greedy_continuation(
@@ -856,7 +857,15 @@ class Session:
             raise InvalidInput(f"the text ({len(prompt)} tokens) + span ({rows}) exceed the context {ctx}")
         baseline_id, baseline_text = _baseline_token(tok, None) if faithfulness else (None, "")
         kind = METHODS[method].kind
-        estimate, backward = attribution_forwards(kind, method, len(segments), steps, faithfulness, rows)
+        estimate, backward = attribution_forwards(
+            kind,
+            method,
+            len(segments),
+            steps,
+            faithfulness,
+            rows,
+            span=span is not None or generate is not None,
+        )
         generating = generate or 0  # one forward of one token each (the KV cache), after the first
         seconds = (estimate + 2 * backward) * one + generating * one / max(len(prompt), 1)
         estimate += generating

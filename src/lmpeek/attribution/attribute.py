@@ -180,6 +180,8 @@ def attribute(
         problem = Problem(hf, ids, target_, token_segment, len(segments), steps=steps, samples=samples,
                           seed=seed, batch=batch, time_budget=time_budget, progress=progress)  # fmt: skip
         problem.forwards = 1
+        if target_.positions == (len(prompt) - 1,) and not target_.span_ids:  # F(x): that forward's
+            problem.f_input = tgt.scores(last.logits[:, -1:], target_, len(prompt) - 1)[0]
         if kind == "gradient":
             x = hf.get_input_embeddings()(ids).detach()
             if baseline in (None, "zeros"):

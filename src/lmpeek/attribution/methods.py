@@ -20,7 +20,9 @@ ids. Its results are memoised per presence pattern, so asking for R target rows 
 forward per distinct perturbation (all rows come from that pass), not R. Those forwards run `batch` at a
 time in order of their first changed token (latest first), each batch continuing from the text's own KV
 cache up to that token (`f_ids`; where `hf_compat.prefix_cache_exact` says the cache reproduces a full
-forward): occlusion runs about half the tokens. Gradient methods need one backward per row. Tokens in no segment (outside user spans, the teacher-forced span) are never changed.
+forward): occlusion runs about half the tokens. Gradient methods need one backward per row. Tokens in
+no segment (outside user spans, the teacher-forced span) are never changed. F(x) of a next-token target
+comes from the forward that found the target (`Problem.f_input`), not from one more.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Problem:
     tokens: int = 0  # tokens those forwards ran (fewer than forwards x S where a cached prefix was reused)
     # called with `forwards` before each forward (progress; it may raise to cancel between batches)
     progress: Callable[[int], None] | None = None
+    f_input: torch.Tensor | None = None  # [R] F(x) when a forward already gave it (the target-finding one)
     reuse_prefix: bool = True  # perturbation batches start from the text's KV cache up to their first change
     _cache: dict[bytes, torch.Tensor] = field(default_factory=dict)
 
@@ -110,6 +113,8 @@ class Problem:
 
     def f_presence(self, presence: torch.Tensor) -> torch.Tensor:
         """F [B, R] with segment j kept where presence[b, j] > 0.5, else replaced by the baseline token."""
+        if self.f_input is not None and not self._cache:  # every segment present: F(x), known
+            self._cache[np.ones(self.n_features, bool).tobytes()] = self.f_input.float().cpu()
         keep = (presence.detach().cpu() > 0.5).numpy()
         keys = [row.tobytes() for row in keep]
         todo = {k: row for k, row in zip(keys, keep, strict=True) if k not in self._cache}
@@ -172,6 +177,8 @@ def _embeds(p: Problem) -> torch.Tensor:
 
 def _ends(p: Problem, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     with torch.no_grad():
+        if p.f_input is not None:
+            return p.f_input.double().cpu().numpy(), p.f_embeds(p.baseline_embeds)[0].double().cpu().numpy()
         f = p.f_embeds(torch.cat([x, p.baseline_embeds]))
     return f[0].double().cpu().numpy(), f[1].double().cpu().numpy()
 
