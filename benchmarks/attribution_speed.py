@@ -10,6 +10,9 @@ a time (set to lmpeek's batch here, so the comparison is not just batching). IG 
     .venv/bin/python benchmarks/attribution_speed.py --tokens 32 --model tiny:llama
     .venv/bin/python benchmarks/attribution_speed.py --span 20 --tokens 60
 
+--breakdown: what one batch of IG costs (forward + backward with one position's logits or all of
+them, forward alone) and this CPU's float32 GEMM rate, the floor under IG at equal steps.
+
 --span N: occlusion of every prompt token for each of N generated tokens (the token × input matrix of
 a greedy N-token answer to a --tokens-token prompt): lmpeek scores all N rows from one teacher-forced
 pass per perturbation, batched; it prints the forwards counted, against the N × (tokens + 1) a per-target
@@ -39,9 +42,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--methods", default=",".join(METHOD_NAMES))
     ap.add_argument("--span", type=int, default=0, help="occlusion of an N-token generated answer")
+    ap.add_argument("--breakdown", action="store_true", help="what one IG batch costs, and the GEMM peak")
     args = ap.parse_args()
     if args.span:
         return span(args)
+    if args.breakdown:
+        return breakdown(args)
 
     import torch
     from _batches import interleaved, sample_text
@@ -127,6 +133,45 @@ def main() -> None:
         extra = f"  captum IG delta {captum[method]():+.4f}" if method == "integrated_gradients" else ""
         print(f"{method:<22}{t['lmpeek']:>10.3f}{t['captum']:>10.3f}{t['lmpeek'] / t['captum']:>8.2f}"
               f"{a.forwards:>10}  {a.delta[0]:+.4f} ({a.relative_delta[0]:.1%}){extra}")  # fmt: skip
+
+
+def breakdown(args) -> None:
+    """One IG batch (--batch interpolated copies of the text): forward + input-gradient backward with the
+    logits of the last position only (lmpeek) and of every position (Captum's forward), forward alone,
+    and the float32 GEMM rate of the model's MLP shape on this machine: the floor under any IG."""
+    import torch
+    from _batches import interleaved, sample_text
+
+    import lmpeek
+
+    model = lmpeek.load(args.model, progress=False)
+    hf, tok = model.hf, model.tokenizer
+    ids = torch.tensor([tok.encode(sample_text(tok, args.tokens))])
+    x = hf.get_input_embeddings()(ids).detach().expand(args.batch, -1, -1).contiguous()
+    top = int(hf(ids).logits[0, -1].argmax())
+
+    def run(keep: int, grad: bool = True):
+        def f():
+            e = x.clone().requires_grad_(grad)
+            with torch.set_grad_enabled(grad):
+                logits = hf(inputs_embeds=e, logits_to_keep=keep).logits[:, -1]
+                y = torch.log_softmax(logits.float(), -1)[:, top]
+                if grad:
+                    torch.autograd.grad(y.sum(), e)
+
+        return f
+
+    modes = {"fwd+bwd, last logits": run(1), "fwd+bwd, all logits": run(0), "fwd, last logits": run(1, False)}
+    t = interleaved(modes, repeat=args.repeat)
+    print(f"one batch of {args.batch} x {ids.shape[1]} tokens, {torch.get_num_threads()} threads:")
+    for name, sec in t.items():
+        print(f"  {name:<22}{sec:8.3f} s")
+    cfg = hf.config
+    a = torch.randn(args.batch * ids.shape[1], cfg.hidden_size)
+    w = torch.randn(cfg.intermediate_size, cfg.hidden_size)
+    gemm = interleaved({"gemm": lambda: torch.nn.functional.linear(a, w)}, repeat=10)["gemm"]
+    rate = 2 * a.shape[0] * a.shape[1] * w.shape[0] / gemm / 1e9
+    print(f"  float32 GEMM [{a.shape[0]} x {a.shape[1]}] @ [{a.shape[1]} x {w.shape[0]}]: {rate:.0f} GFLOP/s")
 
 
 def span(args) -> None:

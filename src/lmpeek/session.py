@@ -187,8 +187,8 @@ def attribution_forwards(kind: str, method: str, n: int, steps: int | None, fait
     F(x) of a span and F(x'), then the method's own;
     faithfulness scores at most (1 + 8 random orders) × 2 curves × (n + 1) masks, of which the full
     and empty ones are shared. A perturbation is one teacher-forced pass for every row (its rows are
-    memoised), so only a gradient method's own count grows with the rows (one backward each).
-    Returns (sequences, of which also run backward: a gradient method's own)."""
+    memoised); a gradient method runs its forwards once for all rows and one backward per row from them.
+    Returns (sequences, backward passes of a sequence: a gradient method's own × rows)."""
     own = {
         "integrated_gradients": steps or 16,  # adaptive IG may double it (progress totals then grow)
         "gradient_x_input": 1,
@@ -197,10 +197,8 @@ def attribution_forwards(kind: str, method: str, n: int, steps: int | None, fait
         "kernel_shap": 200,
         "lime": 200,
     }.get(method, n)
-    if kind == "gradient":
-        own *= max(rows, 1)
     scored = 18 * max(n - 1, 0) + 2 if faith else 0
-    return 1 + (2 if span else 1) + own + scored, own if kind == "gradient" else 0
+    return 1 + (2 if span else 1) + own + scored, own * max(rows, 1) if kind == "gradient" else 0
 
 
 def greedy_continuation(

@@ -102,6 +102,38 @@ def test_integrated_gradients_equals_captum(models, arch):
     _close(got.scores[0], want.sum(-1)[0].detach().numpy())
 
 
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input"])
+def test_gradient_span_rows_share_one_forward_per_step(models, method):
+    """A teacher-forced span's rows: each equals Captum run on that row alone (its own forwards), while
+    lmpeek runs each step's forward once for all rows and backpropagates each row from it."""
+    from captum.attr import InputXGradient, IntegratedGradients
+
+    model = models["llama"]
+    hf, tok = model.hf, model.tokenizer
+    span = " Paris. The city"
+    prompt, cont = tok.encode(TEXT), tok.encode(span)
+    ids = torch.tensor([prompt + cont])
+    x = hf.get_input_embeddings()(ids).detach()
+    got = attribute(model, TEXT, method=method, span=span, steps=8, batch=4)
+    assert got.scores.shape == (len(cont), len(prompt)) and len(cont) > 2
+    steps = 8 if method == "integrated_gradients" else 1
+    assert got.forwards == 1 + 2 + steps  # not + steps x rows
+    fixed = torch.zeros_like(x, dtype=torch.bool)
+    fixed[:, len(prompt) :] = True  # the span's own tokens are never attributed: held at x
+    for t, tid in enumerate(cont):
+
+        def f(e, t=t, tid=tid):
+            e = torch.where(fixed, x, e)
+            return torch.log_softmax(hf(inputs_embeds=e).logits[:, len(prompt) - 1 + t].float(), -1)[:, tid]
+
+        if method == "integrated_gradients":
+            base = torch.where(fixed, x, 0.0)
+            want = IntegratedGradients(f).attribute(x, baselines=base, n_steps=8, internal_batch_size=4)
+        else:
+            want = InputXGradient(f).attribute(x.clone().requires_grad_())
+        _close(got.scores[t], want.sum(-1)[0, : len(prompt)].detach().numpy())
+
+
 def test_ig_delta_shrinks_with_steps(models):
     model = models["gpt2"]
     rel = [attribute(model, TEXT, steps=s).relative_delta[0] for s in (4, 16, 64)]

@@ -13,6 +13,7 @@ from sse_client import events as _events
 
 import lmpeek
 from lmpeek.capture.generate import generate as lib_generate
+from lmpeek.session import attribution_forwards
 
 TEXT = "The cat sat on the mat and then it slept"
 SPAN = " on the rug by the door"
@@ -140,7 +141,12 @@ def test_a_gradient_span_estimate_counts_a_backward_per_row(client):
     est, res = _result(client, text=TEXT + " too", method="gradient_x_input", features="words", span=SPAN,
                        faithfulness=False)  # fmt: skip
     rows = len(res["target_labels"])
-    assert est["forwards"] == 1 + 2 + rows and res["forwards"] == est["forwards"]
+    # one forward for all rows (the target's, F(x), F(x'), then the method's one) ...
+    assert rows > 1 and est["forwards"] == 1 + 2 + 1 and res["forwards"] == est["forwards"]
+    # ... and a backward per row, which the time counts (as two forwards each)
+    assert attribution_forwards("gradient", "gradient_x_input", 3, None, False, rows, span=True) == (4, rows)
+    ig = attribution_forwards("gradient", "integrated_gradients", 3, 8, False, rows, span=True)
+    assert ig == (1 + 2 + 8, 8 * rows)
 
 
 def test_user_spans_are_the_library_and_leave_other_tokens_alone(client):

@@ -20,13 +20,15 @@ ids. Its results are memoised per presence pattern, so asking for R target rows 
 forward per distinct perturbation (all rows come from that pass), not R. Those forwards run `batch` at a
 time in order of their first changed token (latest first), each batch continuing from the text's own KV
 cache up to that token (`f_ids`; where `hf_compat.prefix_cache_exact` says the cache reproduces a full
-forward): occlusion runs about half the tokens. Gradient methods need one backward per row. Tokens in
+forward): occlusion runs about half the tokens. Gradient methods run one forward per step (batched) for
+all rows and one backward per row from it (`_RowsFromOneForward`). Tokens in
 no segment (outside user spans, the teacher-forced span) are never changed. F(x) of a next-token target
 comes from the forward that found the target (`Problem.f_input`), not from one more.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable
@@ -188,6 +190,40 @@ def _relative(scores_: np.ndarray, fx: np.ndarray, fb: np.ndarray) -> np.ndarray
     return np.abs(delta) / np.maximum(np.abs(fx - fb), 1e-12)
 
 
+class _RowsFromOneForward:
+    """Captum's `gradient_func` for R target rows attributed one after another (a span's tokens): the
+    first row's pass runs each batch's forward once and backpropagates every row from it (the graph
+    kept between them), keeping the other rows' gradients for their own passes, which then run no
+    forward. Captum calls it in the same order for every row (the same steps and batches), so the k-th
+    call of row r takes the k-th gradients kept for r. One row: Captum's own compute_gradients."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.kept: list[collections.deque] = [collections.deque() for _ in range(rows)]
+
+    def __call__(self, forward_fn, inputs, target_ind=None, additional_forward_args=None):
+        row = int(target_ind)
+        if self.kept[row]:
+            return self.kept[row].popleft()
+        assert additional_forward_args is None
+        with torch.autograd.set_grad_enabled(True):
+            out = forward_fn(*inputs)  # [B, R]
+            mine = None
+            for r in range(row, self.rows):  # rows before `row` have had their pass
+                grads = torch.autograd.grad(torch.unbind(out[:, r]), inputs, retain_graph=r < self.rows - 1)
+                if r == row:
+                    mine = grads
+                else:
+                    self.kept[r].append(grads)
+        return mine
+
+
+def _one_forward_for_all_rows(explainer: Any, p: Problem) -> Any:
+    if len(p.rows()) > 1:
+        explainer.gradient_func = _RowsFromOneForward(len(p.rows()))
+    return explainer
+
+
 @register("integrated_gradients", "gradient", "path integral of gradients from the baseline (Captum IG)")
 def integrated_gradients(p: Problem) -> Result:
     from captum.attr import IntegratedGradients
@@ -200,6 +236,7 @@ def integrated_gradients(p: Problem) -> Result:
     worst_before = np.inf
     while True:
         out = np.zeros((len(p.rows()), p.n_features))
+        _one_forward_for_all_rows(ig, p)
         for r in p.rows():
             attr = ig.attribute(x, baselines=p.baseline_embeds, target=r, n_steps=steps,
                                 method="gausslegendre", internal_batch_size=p.batch)  # fmt: skip
@@ -220,7 +257,7 @@ def gradient_x_input(p: Problem) -> Result:
     x = _embeds(p)
     fx, fb = _ends(p, x)
     base = p.baseline_embeds
-    ixg = InputXGradient(lambda d: p.f_embeds(base + d))
+    ixg = _one_forward_for_all_rows(InputXGradient(lambda d: p.f_embeds(base + d)), p)
     out = np.zeros((len(p.rows()), p.n_features))
     for r in p.rows():
         d = (x - base).requires_grad_()
