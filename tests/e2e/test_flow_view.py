@@ -42,15 +42,20 @@ def _key(e: dict) -> tuple:
     return (e["source"], e["target"], e["kind"], "" if e["head"] is None else str(e["head"]))
 
 
-def _check_view(page, base: str, tid: str, tokens: list[str], token: int, shot: str) -> dict:
-    page.get_by_test_id("flow-token").select_option(str(token))
-    want = _flow(page, base, tid, token=token, threshold=0.04)
+def check_drawn(page, want: dict) -> None:
+    """The page draws exactly `want`'s edges (a flow graph's JSON), each with its flow."""
     assert want["edges"], "a graph with no edge tests nothing"
     _wait_edges(page, len(want["edges"]))
     drawn = _drawn(page)
     assert sorted(_key(e) for e in drawn) == sorted(_key(e) for e in want["edges"])
     flows = {_key(e): e["flow"] for e in want["edges"]}
     assert all(d["flow"] == pytest.approx(flows[_key(d)], rel=1e-12) for d in drawn)
+
+
+def _check_view(page, base: str, tid: str, tokens: list[str], token: int, shot: str) -> dict:
+    page.get_by_test_id("flow-token").select_option(str(token))
+    want = _flow(page, base, tid, token=token, threshold=0.04)
+    check_drawn(page, want)
     assert page.get_by_test_id("flow-node").count() == len(want["nodes"])
 
     # hovering the widest head edge says its layer, head, token and flow (3 significant digits)
