@@ -811,10 +811,11 @@ class Session:
         from lmpeek.attribution import segments as seg
         from lmpeek.attribution import targets as tgt
         from lmpeek.attribution.attribute import _baseline_token, _template_mask
-        from lmpeek.attribution.methods import METHODS
+        from lmpeek.attribution.methods import METHODS, occlusion_token_share
         from lmpeek.capture.hooks import model_lock
         from lmpeek.capture.tokens import tokenize
         from lmpeek.errors import InvalidInput
+        from lmpeek.models import hf_compat
 
         validate.text(text)
         if method not in METHODS:
@@ -865,11 +866,17 @@ class Session:
             span=span is not None or generate is not None,
         )
         generating = generate or 0  # one forward of one token each (the KV cache), after the first
-        seconds = (estimate + 2 * backward) * one + generating * one / max(len(prompt), 1)
-        estimate += generating
         # sequences per batched forward: about a quarter second each, so the queue's other jobs (run
         # between batches) never wait long; at most the library's defaults
         batch = max(1, min(16, int(0.25 / max(one, 1e-6))))
+        seconds = (estimate + 2 * backward) * one + generating * one / max(len(prompt), 1)
+        if method == "occlusion":  # its batches continue the text's cache: fewer tokens than sequences
+            forced = generate if generate is not None else len(resolved.span_ids)  # the span's tokens
+            token_segment = np.concatenate([segments.token_map(len(prompt)), -np.ones(forced, int)])
+            exact = hf_compat.prefix_cache_exact(model.hf.config, len(token_segment))
+            share = occlusion_token_share(token_segment, len(segments), batch, len(prompt) - 1, exact)
+            seconds -= len(segments) * one * (1 - share)
+        estimate += generating
 
         def compute(pause: Callable[[Any], None]) -> WhyResult:
             from lmpeek.attribution.attribute import attribute

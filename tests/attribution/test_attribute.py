@@ -13,7 +13,14 @@ import torch
 
 import lmpeek
 from lmpeek.attribution.attribute import attribute, attribute_cli
-from lmpeek.attribution.methods import METHODS, Problem, exact_shapley, surrogate, weighted_least_squares
+from lmpeek.attribution.methods import (
+    METHODS,
+    Problem,
+    exact_shapley,
+    occlusion_token_share,
+    surrogate,
+    weighted_least_squares,
+)
 from lmpeek.attribution.targets import Target
 from lmpeek.errors import InvalidInput
 from lmpeek.models import hf_compat
@@ -224,6 +231,25 @@ def test_perturbations_start_from_the_text_prefix(arch):
         assert problem.tokens < 0.7 * S * S, (problem.tokens, S)
     else:
         assert problem.tokens == S * S
+
+
+@pytest.mark.parametrize("features", ["tokens", "words"])
+def test_occlusion_token_share_is_what_runs(models, features):
+    """The job estimate's share of tokens (occlusion_token_share) is the tokens occlusion's perturbations
+    really run, prefixes included: here the text's first segment in batches of 3."""
+    model = models["llama"]
+    hf, tok = model.hf, model.tokenizer
+    text = TEXT + " a city known for its food, its art and its long history"
+    a = attribute(model, text, method="occlusion", features=features)
+    ids = torch.tensor([tok.encode(text)])
+    S, n = ids.shape[1], len(a.segments)
+    segment = np.asarray(a.segments.token_map(S))
+    target = Target("log_prob", (S - 1,), (1,), None, ("x",), "")
+    problem = Problem(hf, ids, target, segment, n, baseline_id=tok.eos_token_id, batch=3)
+    METHODS["occlusion"].run(problem)
+    ends = 2 * S  # every segment present and none: one call of 2 rows, no prefix in common
+    share = occlusion_token_share(segment, n, 3, S - 1, True)
+    assert problem.tokens - ends == round(share * n * S) and share < 0.9
 
 
 def test_shapley_exact_and_sampled_equal_captum(models):

@@ -300,6 +300,27 @@ def occlusion(p: Problem) -> Result:
     return Result(out, fx, fb)
 
 
+def occlusion_token_share(
+    token_segment: np.ndarray, n_features: int, batch: int, first: int, exact: bool
+) -> float:
+    """The tokens occlusion's n perturbations run, as a share of n whole sequences (`Problem.f_ids`):
+    Captum hands them over `batch` consecutive segments at a time, and each batch runs the text's prefix
+    up to its earliest change once and its rows from there. 1.0 where no cached prefix is reused."""
+    S = len(token_segment)
+    if not exact or n_features == 0 or S == 0:
+        return 1.0
+    starts = np.full(n_features, S)
+    for position, j in enumerate(token_segment):
+        if j >= 0:
+            starts[j] = min(starts[j], position)
+    run = 0
+    for b in range(0, n_features, batch):
+        rows = starts[b : b + batch]
+        p = min(int(rows.min()), first)
+        run += len(rows) * (S - p) + (p if p >= 1 else 0)
+    return run / (n_features * S)
+
+
 def exact_shapley(values: np.ndarray, n: int) -> np.ndarray:
     """Shapley values from v over all subsets: values[m] = v(subset with bit j of m set for player j),
     values [2^n, R] -> phi [R, n]."""
